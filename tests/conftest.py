@@ -1,0 +1,55 @@
+"""Shared fixtures: small reference problems and the three tree flavours every transform must accept."""
+
+import numpy as np
+import pytest
+
+
+def softmax_regression_data(n=24, d=5, c=3, seed=0):
+    """Inputs, labels and float64 parameters of a softmax-regression problem."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    y = rng.integers(0, c, size=n)
+    w = rng.normal(size=(d, c)) * 0.5
+    b = rng.normal(size=c) * 0.1
+    return x, y, w, b
+
+
+def softmax_regression_grads(x, y, w, b):
+    """Per-example gradients of the cross-entropy, derived by hand: dW = x (p - e_y)^T, db = p - e_y."""
+    logits = x @ w + b
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(axis=1, keepdims=True)
+    residual = p - np.eye(w.shape[1])[y]
+    return np.einsum("nd,nc->ndc", x, residual), residual
+
+
+@pytest.fixture
+def regression_problem():
+    return softmax_regression_data()
+
+
+def tree_flavours(w, b):
+    """The same (kernel, bias) pair as a Linen variables dict, an NNX State and a plain dict.
+
+    Returns ``{name: (tree, unpack)}`` where ``unpack(tree) -> (kernel, bias)`` reads the arrays back.
+    """
+    from flax import nnx
+
+    def unpack_linen(t):
+        return t["params"]["Dense_0"]["kernel"], t["params"]["Dense_0"]["bias"]
+
+    def unpack_nnx(t):
+        return t["Dense_0"]["kernel"][...], t["Dense_0"]["bias"][...]
+
+    def unpack_plain(t):
+        return t["w"], t["b"]
+
+    linen = {"params": {"Dense_0": {"kernel": w, "bias": b}}}
+    state = nnx.State({"Dense_0": {"kernel": nnx.Param(w), "bias": nnx.Param(b)}})
+    plain = {"w": w, "b": b}
+    return {
+        "linen": (linen, unpack_linen),
+        "nnx": (state, unpack_nnx),
+        "plain": (plain, unpack_plain),
+    }

@@ -1,0 +1,215 @@
+"""Diagonal importance estimators: the empirical Fisher and the batch-gradient accumulators of SSD/LFSSD.
+
+With per-example losses ℓᵢ(θ) over N examples split into K batches bₖ:
+
+* ``"empirical"``  I = (1/N) Σᵢ (∂ℓᵢ/∂θ)²                -- the empirical Fisher diagonal (exact per-example
+  gradients with ``vmap``; independent of how the data are batched);
+* ``"batch_sq"``   I = (1/K) Σₖ (∂ mean_{i∈bₖ} ℓᵢ / ∂θ)²  -- what the SSD reference computes; since
+  E[ḡ²] = μ² + σ²/B it shrinks with the batch size B;
+* ``"batch_abs"``  I = (1/K) Σₖ |∂ mean_{i∈bₖ} ℓᵢ / ∂θ|   -- LFSSD's accumulator (with ℓᵢ = ‖f(xᵢ)‖²).
+
+The two batch estimators agree with ``"empirical"`` (squared) at B = 1.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unlearnx import tree as tree_lib
+
+PyTree = Any
+LossFn = Callable[[PyTree, PyTree], jax.Array]
+Estimator = Literal["empirical", "batch_sq", "batch_abs"]
+ESTIMATORS: tuple[str, ...] = ("empirical", "batch_sq", "batch_abs")
+
+__all__ = ["ESTIMATORS", "diagonal", "output_norm_loss", "sampled_label_loss"]
+
+
+def diagonal(
+    loss_fn: LossFn,
+    params: PyTree,
+    batches: Iterable[PyTree],
+    *,
+    estimator: Estimator = "empirical",
+    chunk_size: int | None = None,
+    axis_name: str | None = None,
+) -> PyTree:
+    """Diagonal importance of every parameter (see the module docstring for the three estimators).
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> [B]`` per-example losses.
+      params: the parameter tree (Linen dict, NNX ``State``, plain dict, ...). Leaves must be floating.
+      batches: an iterable of batches, pytrees whose leaves share a leading batch axis (the last batch may be
+        smaller).
+      estimator: ``"empirical"``, ``"batch_sq"`` or ``"batch_abs"``.
+      chunk_size: for ``"empirical"``, the number of per-example gradients materialised at once (bounds
+        memory at ``chunk_size × |θ|`` floats); ``None`` does a whole batch at once.
+      axis_name: when called inside ``shard_map``/``pmap`` over a data axis, the name of that axis; sums over
+        examples and batch means are then all-reduced across devices, so every device returns the
+        importance of the global data.
+
+    Returns:
+      A float32 tree with ``params``' exact structure.
+
+    Raises:
+      ValueError: unknown estimator, bad ``chunk_size``, no batches, empty or ragged batches, or a loss that
+        is not per-example.
+      TypeError: a non-floating parameter leaf.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    for path, leaf in tree_lib.leaves_with_paths(params):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(f"params: leaf {path!r} has non-floating dtype {jnp.result_type(leaf)}")
+
+    contribution = _contribution_fn(loss_fn, estimator, chunk_size, axis_name)
+    total = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+    count = 0
+    checked_shapes: set = set()
+    for index, batch in enumerate(batches):
+        shape_key = _check_batch(loss_fn, params, batch, index, checked_shapes)
+        checked_shapes.add(shape_key)
+        total, n = contribution(total, params, batch)
+        count = count + n
+    if not checked_shapes:
+        raise ValueError("batches is empty: importance needs at least one batch")
+    return jax.tree.map(lambda t: t / jnp.asarray(count, jnp.float32), total)
+
+
+def _check_batch(loss_fn: LossFn, params: PyTree, batch: PyTree, index: int, seen: set) -> tuple:
+    """Validates one batch's leading axis and the per-example shape of the loss (once per batch shape)."""
+    leaves = tree_lib.leaves_with_paths(batch)
+    if not leaves:
+        raise ValueError(f"batch {index} has no arrays")
+    sizes = {path: (np.shape(leaf)[0] if np.ndim(leaf) else None) for path, leaf in leaves}
+    if None in sizes.values():
+        path = next(p for p, s in sizes.items() if s is None)
+        raise ValueError(f"batch {index}: leaf {path!r} is a scalar; batches need a leading batch axis")
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"batch {index}: leaves disagree on the batch size: {sizes}")
+    size = next(iter(sizes.values()))
+    if size == 0:
+        raise ValueError(f"batch {index} is empty (batch size 0)")
+    key = tuple((path, np.shape(leaf), str(jnp.result_type(leaf))) for path, leaf in leaves)
+    if key not in seen:
+        out = jax.eval_shape(loss_fn, params, batch)
+        if getattr(out, "shape", None) != (size,):
+            raise ValueError(
+                "loss_fn must return per-example losses of shape (B,) = "
+                f"({size},) for batch {index}, got {getattr(out, 'shape', type(out))}"
+            )
+    return key
+
+
+@functools.lru_cache(maxsize=64)
+def _contribution_fn(
+    loss_fn: LossFn, estimator: str, chunk_size: int | None, axis_name: str | None
+) -> Callable:
+    """Builds the jitted ``(total, params, batch) -> (total + contribution, count)`` update."""
+
+    def batch_mean_gradient(params, batch):
+        size = jax.tree.leaves(batch)[0].shape[0]
+        grads = jax.grad(lambda p: jnp.sum(loss_fn(p, batch)))(params)
+        grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+        size = jnp.asarray(size, jnp.float32)
+        if axis_name is not None:
+            grads, size = jax.lax.psum((grads, size), axis_name)
+        return jax.tree.map(lambda g: g / size, grads)
+
+    def per_example_squares(params, batch, weights):
+        def example_loss(p, example):
+            return loss_fn(p, jax.tree.map(lambda a: a[None], example))[0]
+
+        grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0))(params, batch)
+        return jax.tree.map(
+            lambda g: jnp.tensordot(weights, jnp.square(g.astype(jnp.float32)), axes=1), grads
+        )
+
+    def empirical(total, params, batch):
+        size = jax.tree.leaves(batch)[0].shape[0]
+        chunk = size if chunk_size is None else min(chunk_size, size)
+        num_chunks = -(-size // chunk)
+        pad = num_chunks * chunk - size
+        # Pad with copies of the first example (valid inputs, so no inf/NaN) carrying weight 0.
+        padded = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, 0)]), batch)
+        weights = jnp.concatenate([jnp.ones(size), jnp.zeros(pad)]).astype(jnp.float32)
+        chunks = jax.tree.map(lambda a: a.reshape((num_chunks, chunk) + a.shape[1:]), padded)
+        chunk_weights = weights.reshape(num_chunks, chunk)
+
+        def body(acc, xs):
+            chunk_batch, w = xs
+            squares = per_example_squares(params, chunk_batch, w)
+            return jax.tree.map(jnp.add, acc, squares), None
+
+        summed, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, total), (chunks, chunk_weights))
+        count = jnp.asarray(size, jnp.float32)
+        if axis_name is not None:
+            summed, count = jax.lax.psum((summed, count), axis_name)
+        return jax.tree.map(jnp.add, total, summed), count
+
+    def batch_accumulate(total, params, batch):
+        grads = batch_mean_gradient(params, batch)
+        reduce = jnp.square if estimator == "batch_sq" else jnp.abs
+        return jax.tree.map(lambda t, g: t + reduce(g), total, grads), jnp.asarray(1.0, jnp.float32)
+
+    return jax.jit(empirical if estimator == "empirical" else batch_accumulate)
+
+
+def _example_fingerprints(batch: PyTree) -> jax.Array:
+    """A uint32 hash per example of all the batch's leaves, so sampling is tied to the example itself.
+
+    The same example hashes the same whether it is evaluated alone (per-example gradients) or inside a
+    batch, which keeps the sampled labels identical across the estimators.
+    """
+    hashes = None
+    for leaf in jax.tree.leaves(batch):
+        flat = jnp.reshape(leaf, (leaf.shape[0], -1)).astype(jnp.float32)
+        bits = jax.lax.bitcast_convert_type(flat, jnp.uint32)
+        weights = (2 * jnp.arange(flat.shape[1], dtype=jnp.uint32) + 1) * jnp.uint32(2654435761)
+        leaf_hash = jnp.sum(bits * weights, axis=1, dtype=jnp.uint32)
+        hashes = leaf_hash if hashes is None else hashes * jnp.uint32(31) + leaf_hash
+    return hashes
+
+
+def sampled_label_loss(logits_fn: Callable[[PyTree, PyTree], jax.Array], rng: jax.Array) -> LossFn:
+    """A per-example loss whose labels are drawn from the model's own predictive distribution.
+
+    ℓᵢ(θ) = −log p_θ(ŷᵢ | xᵢ) with ŷᵢ ~ p_θ(· | xᵢ) (sampled without gradient). Used with the
+    ``"empirical"`` estimator this is a Monte-Carlo estimate of the true Fisher diagonal
+    E_x E_{y~p_θ}[(∂ log p_θ(y|x)/∂θ)²]. Each example's sample uses ``rng`` folded with a hash of the
+    example's contents, so it does not depend on batching.
+
+    Args:
+      logits_fn: ``logits_fn(params, batch) -> [B, C]`` logits.
+      rng: a ``jax.random.key``.
+
+    Returns:
+      ``loss_fn(params, batch) -> [B]``.
+    """
+
+    def loss_fn(params: PyTree, batch: PyTree) -> jax.Array:
+        logits = logits_fn(params, batch)
+        keys = jax.vmap(lambda h: jax.random.fold_in(rng, h))(_example_fingerprints(batch))
+        labels = jax.vmap(jax.random.categorical)(keys, jax.lax.stop_gradient(logits))
+        log_probs = jax.nn.log_softmax(logits)
+        return -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
+
+    return loss_fn
+
+
+def output_norm_loss(logits_fn: Callable[[PyTree, PyTree], jax.Array]) -> LossFn:
+    """LFSSD's label-free per-example loss ℓᵢ(θ) = ‖f_θ(xᵢ)‖₂² over the model outputs."""
+
+    def loss_fn(params: PyTree, batch: PyTree) -> jax.Array:
+        outputs = logits_fn(params, batch)
+        return jnp.sum(jnp.square(outputs.reshape(outputs.shape[0], -1)), axis=1)
+
+    return loss_fn

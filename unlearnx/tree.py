@@ -1,0 +1,201 @@
+"""Parameter-tree utilities: key paths as strings, path selectors, structure checks and statistics.
+
+Every transform in unlearnx addresses parameters by *path*, never by leaf identity, so the same code works
+on Linen variable dicts (``params/Dense_0/kernel``), NNX ``State`` trees (whose leaves sit under a trailing
+``.value`` attribute, which is dropped: ``Dense_0/kernel``), plain nested dicts, lists and dataclasses.
+
+A selector (``where=``) is one of:
+
+* ``None`` -- every leaf except batch statistics (Linen ``batch_stats`` collections and NNX
+  ``BatchStat`` variables), which are never trainable;
+* a string -- a glob matched against the whole path (``"*/kernel"``, ``"params/Dense_*/*"``), or a regular
+  expression searched in the path when prefixed with ``re:`` (``"re:Dense_[01]/kernel$"``);
+* a compiled ``re.Pattern`` -- searched in the path;
+* a callable ``path -> bool``;
+* a tree of bools with the tree's structure.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+PyTree = Any
+Where = None | str | re.Pattern | Callable[[str], bool] | PyTree
+
+__all__ = [
+    "check_same_structure",
+    "is_batch_stat",
+    "key_path_str",
+    "leaves_with_paths",
+    "path_tree",
+    "select",
+    "tree_stats",
+]
+
+
+def _key_str(key: Any) -> str:
+    if isinstance(key, jax.tree_util.DictKey):
+        return str(key.key)
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return key.name
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return str(key.idx)
+    if isinstance(key, jax.tree_util.FlattenedIndexKey):
+        return str(key.key)
+    return str(key)
+
+
+def key_path_str(key_path: tuple) -> str:
+    """Joins a JAX key path with ``/``: ``(DictKey('params'), DictKey('Dense_0'), ...)`` -> ``params/Dense_0/...``.
+
+    Integer keys become their decimal string and a trailing NNX ``.value`` attribute is dropped, so an NNX
+    ``State`` and its pure-dict form give the same paths.
+    """
+    parts = [_key_str(k) for k in key_path]
+    if parts and parts[-1] == "value" and isinstance(key_path[-1], jax.tree_util.GetAttrKey):
+        parts = parts[:-1]
+    return "/".join(parts)
+
+
+def leaves_with_paths(tree: PyTree) -> list[tuple[str, Any]]:
+    """Returns ``[(path_string, leaf), ...]`` in the tree's flattening order."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [(key_path_str(path), leaf) for path, leaf in flat]
+
+
+def path_tree(tree: PyTree) -> PyTree:
+    """A tree with the structure of ``tree`` whose leaves are their own path strings."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: key_path_str(path), tree)
+
+
+def _is_variable(node: Any) -> bool:
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover - flax is a dependency
+        return False
+    return isinstance(node, nnx.Variable)
+
+
+def is_batch_stat(tree: PyTree) -> PyTree:
+    """A bool tree marking batch statistics: leaves under a ``batch_stats`` key or in an NNX ``BatchStat``."""
+    try:
+        from flax import nnx
+
+        batch_stat_type: tuple[type, ...] = (nnx.BatchStat,)
+    except ImportError:  # pragma: no cover
+        batch_stat_type = ()
+
+    def mark(path, node):
+        in_collection = "batch_stats" in key_path_str(path).split("/")
+        if _is_variable(node):
+            flag = in_collection or isinstance(node, batch_stat_type)
+            return jax.tree.map(lambda _: flag, node)
+        return in_collection
+
+    return jax.tree_util.tree_map_with_path(mark, tree, is_leaf=_is_variable)
+
+
+def _matcher(where: str | re.Pattern | Callable[[str], bool]) -> Callable[[str], bool]:
+    if isinstance(where, re.Pattern):
+        return lambda path: where.search(path) is not None
+    if isinstance(where, str):
+        if where.startswith("re:"):
+            pattern = re.compile(where[3:])
+            return lambda path: pattern.search(path) is not None
+        return lambda path: fnmatch.fnmatchcase(path, where)
+    return where
+
+
+def select(tree: PyTree, where: Where = None) -> PyTree:
+    """Evaluates a selector on every leaf of ``tree``.
+
+    Args:
+      tree: any pytree of arrays.
+      where: a selector (see the module docstring).
+
+    Returns:
+      A tree with ``tree``'s structure whose leaves are Python bools.
+
+    Raises:
+      TypeError: a bool tree whose structure differs from ``tree``, or whose leaves are not bools.
+    """
+    if where is None:
+        return jax.tree.map(lambda stat: not stat, is_batch_stat(tree))
+    if isinstance(where, str | re.Pattern) or callable(where):
+        match = _matcher(where)
+        return jax.tree_util.tree_map_with_path(lambda path, _: bool(match(key_path_str(path))), tree)
+    check_same_structure(tree, where, names=("tree", "where"))
+    for path, flag in leaves_with_paths(where):
+        if not isinstance(flag, bool | np.bool_):
+            raise TypeError(f"where: leaf {path!r} must be a Python bool, got {flag!r}")
+    return jax.tree.map(bool, where)
+
+
+def check_same_structure(a: PyTree, b: PyTree, *, names: tuple[str, str] = ("a", "b")) -> None:
+    """Raises ``ValueError`` naming the first path where two trees' structures or leaf shapes differ."""
+    paths_a = {p: leaf for p, leaf in leaves_with_paths(a)}
+    paths_b = {p: leaf for p, leaf in leaves_with_paths(b)}
+    missing = [p for p in paths_a if p not in paths_b]
+    extra = [p for p in paths_b if p not in paths_a]
+    if missing or extra:
+        detail = []
+        if missing:
+            detail.append(f"{names[1]} lacks {missing[:3]}")
+        if extra:
+            detail.append(f"{names[1]} has extra {extra[:3]}")
+        raise ValueError(f"{names[0]} and {names[1]} have different structures: " + "; ".join(detail))
+    for path, leaf in paths_a.items():
+        shape_a, shape_b = np.shape(leaf), np.shape(paths_b[path])
+        if shape_a != shape_b:
+            raise ValueError(f"{names[0]} and {names[1]} differ in shape at {path!r}: {shape_a} vs {shape_b}")
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        raise ValueError(
+            f"{names[0]} and {names[1]} have the same paths but different tree types: "
+            f"{jax.tree.structure(a)} vs {jax.tree.structure(b)}"
+        )
+
+
+def tree_stats(tree: PyTree, where: Where = None) -> dict[str, Any]:
+    """Summary statistics of the selected leaves of a tree.
+
+    Returns a dict with ``size`` (number of scalars), ``zeros`` (exact zeros), ``sparsity`` (zeros / size),
+    ``l2_norm`` (sqrt of the sum of squares), ``max_abs``, ``nonfinite`` (NaN/inf count) and ``per_leaf``,
+    a ``{path: {size, zeros, sparsity, l2_norm}}`` dict. Computed in float64 on the host.
+    """
+    flags = dict(leaves_with_paths(select(tree, where)))
+    per_leaf: dict[str, dict[str, float]] = {}
+    size = zeros = nonfinite = 0
+    sum_sq = max_abs = 0.0
+    for path, leaf in leaves_with_paths(tree):
+        if not flags[path]:
+            continue
+        values = np.asarray(leaf, dtype=np.float64)
+        leaf_zeros = int(np.count_nonzero(values == 0))
+        leaf_sq = float(np.sum(np.square(values[np.isfinite(values)])))
+        per_leaf[path] = {
+            "size": int(values.size),
+            "zeros": leaf_zeros,
+            "sparsity": leaf_zeros / max(values.size, 1),
+            "l2_norm": leaf_sq**0.5,
+        }
+        size += values.size
+        zeros += leaf_zeros
+        nonfinite += int(np.count_nonzero(~np.isfinite(values)))
+        sum_sq += leaf_sq
+        if values.size:
+            max_abs = max(max_abs, float(np.max(np.abs(values))))
+    return {
+        "size": size,
+        "zeros": zeros,
+        "sparsity": zeros / max(size, 1),
+        "l2_norm": sum_sq**0.5,
+        "max_abs": max_abs,
+        "nonfinite": nonfinite,
+        "per_leaf": per_leaf,
+    }
