@@ -115,9 +115,15 @@ def _contribution_fn(
 ) -> Callable:
     """Builds the jitted ``(total, params, batch) -> (total + contribution, count)`` update."""
 
+    def local(params):
+        # Inside shard_map, differentiating replicated (device-invariant) params already all-reduces the
+        # gradient; casting them to device-varying keeps each gradient local so that the explicit psum
+        # below is the only reduction and per-example gradients stay per example.
+        return params if axis_name is None else jax.tree.map(lambda p: _varying(p, axis_name), params)
+
     def batch_mean_gradient(params, batch):
         size = jax.tree.leaves(batch)[0].shape[0]
-        grads = jax.grad(lambda p: jnp.sum(loss_fn(p, batch)))(params)
+        grads = jax.grad(lambda p: jnp.sum(loss_fn(p, batch)))(local(params))
         grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
         size = jnp.asarray(size, jnp.float32)
         if axis_name is not None:
@@ -128,7 +134,7 @@ def _contribution_fn(
         def example_loss(p, example):
             return loss_fn(p, jax.tree.map(lambda a: a[None], example))[0]
 
-        grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0))(params, batch)
+        grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0))(local(params), batch)
         return jax.tree.map(
             lambda g: jnp.tensordot(weights, jnp.square(g.astype(jnp.float32)), axes=1), grads
         )
@@ -149,7 +155,7 @@ def _contribution_fn(
             squares = per_example_squares(params, chunk_batch, w)
             return jax.tree.map(jnp.add, acc, squares), None
 
-        summed, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, total), (chunks, chunk_weights))
+        summed, _ = jax.lax.scan(body, local(jax.tree.map(jnp.zeros_like, total)), (chunks, chunk_weights))
         count = jnp.asarray(size, jnp.float32)
         if axis_name is not None:
             summed, count = jax.lax.psum((summed, count), axis_name)
@@ -161,6 +167,14 @@ def _contribution_fn(
         return jax.tree.map(lambda t, g: t + reduce(g), total, grads), jnp.asarray(1.0, jnp.float32)
 
     return jax.jit(empirical if estimator == "empirical" else batch_accumulate)
+
+
+def _varying(leaf: jax.Array, axis_name: str) -> jax.Array:
+    """Casts a device-invariant value to device-varying over ``axis_name`` (no-op if already varying)."""
+    try:
+        return jax.lax.pcast(leaf, axis_name, to="varying")
+    except ValueError:  # already varying along the axis
+        return leaf
 
 
 def _example_fingerprints(batch: PyTree) -> jax.Array:

@@ -52,7 +52,7 @@ def _key_str(key: Any) -> str:
 
 
 def key_path_str(key_path: tuple) -> str:
-    """Joins a JAX key path with ``/``: ``(DictKey('params'), DictKey('Dense_0'), ...)`` -> ``params/Dense_0/...``.
+    """Joins a JAX key path with ``/``, e.g. ``(DictKey('params'), DictKey('w'))`` -> ``params/w``.
 
     Integer keys become their decimal string and a trailing NNX ``.value`` attribute is dropped, so an NNX
     ``State`` and its pure-dict form give the same paths.

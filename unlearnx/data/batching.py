@@ -1,0 +1,117 @@
+"""Epoch-wise minibatching of in-memory arrays with Grain."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    try:
+        size = operator.index(batch_size)
+    except TypeError:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.") from None
+    if size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    return size
+
+
+def num_batches(n: int, batch_size: int, drop_remainder: bool = False) -> int:
+    """Returns how many batches :func:`batches` yields for ``n`` examples.
+
+    Args:
+        n: Number of examples (non-negative).
+        batch_size: Positive batch size.
+        drop_remainder: Whether a final partial batch is dropped.
+
+    Raises:
+        ValueError: If ``n`` is negative or ``batch_size`` is not a positive int.
+    """
+    size = _check_batch_size(batch_size)
+    n = operator.index(n)
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}.")
+    return n // size if drop_remainder else -(-n // size)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """Mixes ``seed`` and ``epoch`` into one 32-bit seed, as Grain's shuffle requires."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint32)[0])
+
+
+def batches(
+    arrays: Mapping[str, np.ndarray],
+    batch_size: int,
+    *,
+    seed: int | None = None,
+    epoch: int = 0,
+    drop_remainder: bool = False,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Iterates over one epoch of minibatches.
+
+    Grain produces batches of example indices (shuffled when ``seed`` is given) and each batch
+    is gathered from every array with NumPy fancy indexing. The order is a deterministic
+    function of ``(seed, epoch)``: reusing both repeats it, changing ``epoch`` gives a new
+    permutation.
+
+    Args:
+        arrays: Arrays sharing their leading (example) dimension, e.g. ``Dataset.arrays()``.
+        batch_size: Positive number of examples per batch.
+        seed: Non-negative shuffle seed, or None to keep the original order.
+        epoch: Non-negative epoch number, mixed into the shuffle seed.
+        drop_remainder: Whether to drop the last batch when it is smaller than ``batch_size``.
+
+    Returns:
+        An iterator of dicts with the same keys as ``arrays`` and batch-sized leading
+        dimensions. Arguments are validated when this function is called, not on first use.
+
+    Raises:
+        ValueError: If ``arrays`` is empty or holds no examples, if the arrays differ in length,
+            or if ``batch_size``, ``seed`` or ``epoch`` is invalid.
+    """
+    size = _check_batch_size(batch_size)
+    if not arrays:
+        raise ValueError("arrays is empty; need at least one array to batch.")
+    data = {key: np.asarray(value) for key, value in arrays.items()}
+    lengths = {}
+    for key, value in data.items():
+        if value.ndim == 0:
+            raise ValueError(f"arrays[{key!r}] is a scalar; need a leading example dimension.")
+        lengths[key] = len(value)
+    first_key, n = next(iter(lengths.items()))
+    for key, length in lengths.items():
+        if length != n:
+            raise ValueError(
+                f"All arrays must have the same leading length: arrays[{first_key!r}] has {n}, "
+                f"arrays[{key!r}] has {length}."
+            )
+    if n == 0:
+        raise ValueError("arrays hold no examples; nothing to batch.")
+    epoch = operator.index(epoch)
+    if epoch < 0:
+        raise ValueError(f"epoch must be non-negative, got {epoch}.")
+
+    import grain  # Lazy: importing Grain takes most of a second.
+
+    index_ds = grain.MapDataset.range(n)
+    if seed is not None:
+        seed = operator.index(seed)
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative or None, got {seed}.")
+        index_ds = index_ds.shuffle(seed=_epoch_seed(seed, epoch))
+    index_ds = index_ds.batch(size, drop_remainder=drop_remainder, batch_fn=_as_index_array)
+
+    def generate() -> Iterator[dict[str, np.ndarray]]:
+        for i in range(len(index_ds)):
+            idx = index_ds[i]
+            yield {key: value[idx] for key, value in data.items()}
+
+    return generate()
+
+
+def _as_index_array(indices: list[int]) -> np.ndarray:
+    return np.asarray(indices, dtype=np.intp)

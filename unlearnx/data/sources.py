@@ -1,0 +1,87 @@
+"""Loading named datasets into :class:`~unlearnx.data.dataset.Dataset` objects, with caching."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+from unlearnx.data import digits, mnist
+from unlearnx.data.dataset import Dataset
+from unlearnx.data.tfds_source import load_tfds_split
+
+TFDS_PREFIX = "tfds:"
+KNOWN_NAMES = ("digits", "fashion_mnist", "mnist", f"{TFDS_PREFIX}<name>")
+_DEFAULT_DIRS = {"fashion_mnist": mnist.FASHION_MNIST_DIR}
+
+
+def _resolve_dir(name: str, data_dir: str | os.PathLike[str] | None) -> str | None:
+    if data_dir is None:
+        default = _DEFAULT_DIRS.get(name)
+        return None if default is None else str(default)
+    return str(Path(data_dir).expanduser().resolve())
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_arrays(name: str, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Parses a dataset split once; returns read-only ``(x, y, num_classes)``."""
+    if name == "digits":
+        x, y = digits.load_digits_split(split)
+        num_classes = digits.NUM_CLASSES
+    elif name in ("fashion_mnist", "mnist"):
+        if data_dir is None:
+            raise FileNotFoundError(
+                f"{name}: no default location; pass data_dir= pointing at a directory with the "
+                "four IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (optionally .gz)."
+            )
+        x, y = mnist.load_idx_split(name, split, Path(data_dir))
+        num_classes = mnist.NUM_CLASSES
+    else:
+        x, y, num_classes = load_tfds_split(name.removeprefix(TFDS_PREFIX), split, data_dir)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y, num_classes
+
+
+def load(name: str, split: str = "train", *, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+    """Loads a labelled image dataset into memory.
+
+    Supported names:
+
+    * ``"digits"``: scikit-learn's 8x8 digits (1797 images, ``[N, 8, 8, 1]``). Splits
+      ``"train"`` (80%), ``"test"`` (20%), stratified with a fixed seed, and ``"all"``.
+    * ``"fashion_mnist"`` / ``"mnist"``: the four (optionally gzipped) IDX files in ``data_dir``
+      (``[N, 28, 28, 1]``). Fashion-MNIST defaults to ``/usr/share/datasets/fashion-mnist``
+      (Debian package ``dataset-fashion-mnist``); MNIST has no default. Splits ``"train"``
+      and ``"test"``.
+    * ``"tfds:<name>"``, e.g. ``"tfds:cifar100"``: a TFDS image classification dataset that
+      has been prepared (in ArrayRecord format) in ``data_dir``; any TFDS split string works.
+
+    Parsed arrays are cached per ``(name, split, data_dir)``, so repeated loads are cheap. The
+    returned arrays are shared with the cache and therefore read-only; copy them to modify.
+
+    Args:
+        name: Dataset name, see above.
+        split: Split name.
+        data_dir: Directory to read from; see above for the defaults.
+
+    Returns:
+        The dataset, with images scaled to ``[0, 1]`` and ``name`` set to ``name``.
+
+    Raises:
+        ValueError: If the name or split is unknown, or the files are corrupt.
+        FileNotFoundError: If the data is not on this machine; the message says how to get it.
+    """
+    if name in ("digits", "fashion_mnist", "mnist"):
+        valid = digits.SPLITS if name == "digits" else mnist.SPLITS
+        if split not in valid:
+            raise ValueError(f"{name}: unknown split {split!r}; valid splits are {list(valid)}.")
+        if name == "digits":
+            data_dir = None
+    elif not (name.startswith(TFDS_PREFIX) and len(name) > len(TFDS_PREFIX)):
+        raise ValueError(f"Unknown dataset {name!r}; known names are {list(KNOWN_NAMES)}.")
+    x, y, num_classes = _cached_arrays(name, split, _resolve_dir(name, data_dir))
+    return Dataset(x=x, y=y, num_classes=num_classes, name=name)
