@@ -74,18 +74,31 @@ def diagonal(
     total = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
     count = 0
     checked_shapes: set = set()
+    padded_size = None
     for index, batch in enumerate(batches):
-        shape_key = _check_batch(loss_fn, params, batch, index, checked_shapes)
+        shape_key, size = _check_batch(loss_fn, params, batch, index, checked_shapes)
         checked_shapes.add(shape_key)
-        total, n = contribution(total, params, batch)
+        # A short (last) batch is padded to the first batch's size with zero-weight copies of its first
+        # example, so one compiled update serves every batch.
+        padded_size = size if padded_size is None else max(padded_size, size)
+        pad = padded_size - size
+        weights = jnp.concatenate([jnp.ones(size, jnp.float32), jnp.zeros(pad, jnp.float32)])
+        if pad:
+            batch = jax.tree.map(lambda a, pad=pad: jnp.concatenate([a, jnp.repeat(a[:1], pad, 0)]), batch)
+        total, n = contribution(total, params, batch, weights)
         count = count + n
     if not checked_shapes:
         raise ValueError("batches is empty: importance needs at least one batch")
     return jax.tree.map(lambda t: t / jnp.asarray(count, jnp.float32), total)
 
 
-def _check_batch(loss_fn: LossFn, params: PyTree, batch: PyTree, index: int, seen: set) -> tuple:
-    """Validates one batch's leading axis and the per-example shape of the loss (once per batch shape)."""
+def _check_batch(
+    loss_fn: LossFn, params: PyTree, batch: PyTree, index: int, seen: set
+) -> tuple[tuple, int]:
+    """Validates one batch's leading axis and the per-example loss shape (once per batch shape).
+
+    Returns a hashable description of the batch's shapes and the batch size.
+    """
     leaves = tree_lib.leaves_with_paths(batch)
     if not leaves:
         raise ValueError(f"batch {index} has no arrays")
@@ -106,14 +119,17 @@ def _check_batch(loss_fn: LossFn, params: PyTree, batch: PyTree, index: int, see
                 "loss_fn must return per-example losses of shape (B,) = "
                 f"({size},) for batch {index}, got {getattr(out, 'shape', type(out))}"
             )
-    return key
+    return key, size
 
 
 @functools.lru_cache(maxsize=64)
 def _contribution_fn(
     loss_fn: LossFn, estimator: str, chunk_size: int | None, axis_name: str | None
 ) -> Callable:
-    """Builds the jitted ``(total, params, batch) -> (total + contribution, count)`` update."""
+    """Builds the jitted ``(total, params, batch, weights) -> (total + contribution, count)`` update.
+
+    ``weights`` is 1 for real examples and 0 for padding.
+    """
 
     def local(params):
         # Inside shard_map, differentiating replicated (device-invariant) params already all-reduces the
@@ -121,11 +137,10 @@ def _contribution_fn(
         # below is the only reduction and per-example gradients stay per example.
         return params if axis_name is None else jax.tree.map(lambda p: _varying(p, axis_name), params)
 
-    def batch_mean_gradient(params, batch):
-        size = jax.tree.leaves(batch)[0].shape[0]
-        grads = jax.grad(lambda p: jnp.sum(loss_fn(p, batch)))(local(params))
+    def batch_mean_gradient(params, batch, weights):
+        grads = jax.grad(lambda p: jnp.sum(weights * loss_fn(p, batch)))(local(params))
         grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
-        size = jnp.asarray(size, jnp.float32)
+        size = jnp.sum(weights)
         if axis_name is not None:
             grads, size = jax.lax.psum((grads, size), axis_name)
         return jax.tree.map(lambda g: g / size, grads)
@@ -139,14 +154,14 @@ def _contribution_fn(
             lambda g: jnp.tensordot(weights, jnp.square(g.astype(jnp.float32)), axes=1), grads
         )
 
-    def empirical(total, params, batch):
-        size = jax.tree.leaves(batch)[0].shape[0]
+    def empirical(total, params, batch, weights):
+        size = weights.shape[0]
         chunk = size if chunk_size is None else min(chunk_size, size)
         num_chunks = -(-size // chunk)
         pad = num_chunks * chunk - size
         # Pad with copies of the first example (valid inputs, so no inf/NaN) carrying weight 0.
         padded = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, 0)]), batch)
-        weights = jnp.concatenate([jnp.ones(size), jnp.zeros(pad)]).astype(jnp.float32)
+        weights = jnp.concatenate([weights, jnp.zeros(pad, jnp.float32)])
         chunks = jax.tree.map(lambda a: a.reshape((num_chunks, chunk) + a.shape[1:]), padded)
         chunk_weights = weights.reshape(num_chunks, chunk)
 
@@ -156,13 +171,13 @@ def _contribution_fn(
             return jax.tree.map(jnp.add, acc, squares), None
 
         summed, _ = jax.lax.scan(body, local(jax.tree.map(jnp.zeros_like, total)), (chunks, chunk_weights))
-        count = jnp.asarray(size, jnp.float32)
+        count = jnp.sum(weights)
         if axis_name is not None:
             summed, count = jax.lax.psum((summed, count), axis_name)
         return jax.tree.map(jnp.add, total, summed), count
 
-    def batch_accumulate(total, params, batch):
-        grads = batch_mean_gradient(params, batch)
+    def batch_accumulate(total, params, batch, weights):
+        grads = batch_mean_gradient(params, batch, weights)
         reduce = jnp.square if estimator == "batch_sq" else jnp.abs
         return jax.tree.map(lambda t, g: t + reduce(g), total, grads), jnp.asarray(1.0, jnp.float32)
 

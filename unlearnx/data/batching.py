@@ -38,11 +38,6 @@ def num_batches(n: int, batch_size: int, drop_remainder: bool = False) -> int:
     return n // size if drop_remainder else -(-n // size)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """Mixes ``seed`` and ``epoch`` into one 32-bit seed, as Grain's shuffle requires."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint32)[0])
-
-
 def batches(
     arrays: Mapping[str, np.ndarray],
     batch_size: int,
@@ -97,13 +92,16 @@ def batches(
 
     import grain  # Lazy: importing Grain takes most of a second.
 
-    index_ds = grain.MapDataset.range(n)
+    order = np.arange(n)
     if seed is not None:
         seed = operator.index(seed)
         if seed < 0:
             raise ValueError(f"seed must be non-negative or None, got {seed}.")
-        index_ds = index_ds.shuffle(seed=_epoch_seed(seed, epoch))
-    index_ds = index_ds.batch(size, drop_remainder=drop_remainder, batch_fn=_as_index_array)
+        # One vectorised permutation per epoch (Grain's own index shuffle costs ~70 µs per example).
+        order = np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(n)
+    # Grain serves whole index batches (cut with NumPy), so no per-example Python work is done.
+    stop = n - n % size if drop_remainder else n
+    index_ds = grain.MapDataset.source([order[start : start + size] for start in range(0, stop, size)])
 
     def generate() -> Iterator[dict[str, np.ndarray]]:
         for i in range(len(index_ds)):
@@ -112,6 +110,3 @@ def batches(
 
     return generate()
 
-
-def _as_index_array(indices: list[int]) -> np.ndarray:
-    return np.asarray(indices, dtype=np.intp)

@@ -1,5 +1,15 @@
-"""Unlearning transforms: Selective Synaptic Dampening (SSD, LFSSD via its importances, ASSD α)."""
+"""Unlearning: Selective Synaptic Dampening (SSD; LFSSD through its importances; ASSD α) and the data of
+the standard retraining baselines (finetune, NegGrad+, amnesiac, bad teacher)."""
 
+from unlearnx.unlearn.baselines import ascent_mixture, bad_teacher_set, random_wrong_labels, relabel_mixture
 from unlearnx.unlearn.ssd import assd_alpha, dampening_factors, ssd
 
-__all__ = ["assd_alpha", "dampening_factors", "ssd"]
+__all__ = [
+    "ascent_mixture",
+    "assd_alpha",
+    "bad_teacher_set",
+    "dampening_factors",
+    "random_wrong_labels",
+    "relabel_mixture",
+    "ssd",
+]

@@ -1,0 +1,15 @@
+"""Experiment entrypoints, one module per paper; ``python -m experiments`` lists and runs them."""
+
+import importlib
+
+#: Name -> module of every experiment, in the order the quick suite runs them.
+EXPERIMENTS = {
+    "ssd_forget": "experiments.ssd_forget",
+}
+
+
+def load(name: str):
+    """Imports the experiment module ``name`` (a ValueError lists the known ones)."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(EXPERIMENTS[name])

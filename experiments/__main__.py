@@ -1,0 +1,75 @@
+"""``python -m experiments``: list the experiments and run the quick suite;
+``python -m experiments NAME [--preset P] [--resume] [--out DIR] [--key value ...]``: run one.
+
+Every run writes ``<out>/<NAME>/<timestamp>/{config.json, metrics.json, report.md, *.png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import experiments
+from experiments import runner
+from unlearnx import parallel
+
+
+def _parse_interrupt(text: str) -> tuple[str, int]:
+    phase, _, epoch = text.rpartition(":")
+    if not phase or not epoch.isdigit():
+        raise argparse.ArgumentTypeError(f"--interrupt takes PHASE:EPOCH, got {text!r}")
+    return phase, int(epoch)
+
+
+def run_one(name: str, preset: str, overrides, *, out: str, resume: bool, interrupt=None) -> str:
+    module = experiments.load(name)
+    if preset not in module.PRESETS:
+        raise SystemExit(f"{name}: unknown preset {preset!r}; presets: {', '.join(module.PRESETS)}")
+    config = runner.apply_overrides(module.PRESETS[preset], overrides)
+    run_dir = runner.run_directory(out, name, config, resume=resume)
+    print(f"== {name} [{preset}] -> {run_dir}", flush=True)
+    started = time.perf_counter()
+    try:
+        module.main(config, run_dir, interrupt=interrupt)
+    except KeyboardInterrupt as stop:
+        raise SystemExit(
+            f"{name} interrupted ({stop}); rerun with --resume to continue from {run_dir}"
+        ) from None
+    print(f"== {name} done in {time.perf_counter() - started:.1f} s; report: {run_dir}/report.md", flush=True)
+    return run_dir
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", nargs="?", help="experiment to run (omit to run the quick suite)")
+    parser.add_argument("--preset", default="quick")
+    parser.add_argument("--out", default="runs", help="root folder of run directories")
+    parser.add_argument("--resume", action="store_true", help="continue the newest run of the same config")
+    parser.add_argument("--list", action="store_true", help="list experiments and presets, then exit")
+    parser.add_argument(
+        "--interrupt",
+        type=_parse_interrupt,
+        default=None,
+        help="testing aid: stop after PHASE:EPOCH has been checkpointed",
+    )
+    args, overrides = parser.parse_known_args(argv)
+    parallel.initialize_distributed()
+    print("experiments:")
+    for name in experiments.EXPERIMENTS:
+        module = experiments.load(name)
+        summary = (module.__doc__ or "").strip().splitlines()[0]
+        print(f"  {name:<14} presets: {', '.join(module.PRESETS):<30} {summary}")
+    if args.list:
+        return
+    names = [args.name] if args.name else list(experiments.EXPERIMENTS)
+    for name in names:
+        run_one(name, args.preset, overrides, out=args.out, resume=args.resume, interrupt=args.interrupt)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

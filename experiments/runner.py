@@ -1,0 +1,128 @@
+"""What every experiment shares: presets and ``--key value`` overrides of a frozen config, the run
+directory ``runs/<name>/<timestamp>/`` (reused by ``--resume``), JSON/Markdown writers and mean ± std."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "apply_overrides",
+    "markdown_table",
+    "mean_std",
+    "run_directory",
+    "write_json",
+]
+
+
+def _parse(text: str, annotation: Any, name: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() == "none" and type(None) in args:
+            return None
+        return _parse(text, next(a for a in args if a is not type(None)), name)
+    if origin is tuple:
+        item = args[0] if args else str
+        return tuple(_parse(part, item, name) for part in text.split(",") if part.strip())
+    if annotation is bool:
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"--{name}: expected true/false, got {text!r}")
+    try:
+        return annotation(text)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--{name}: cannot read {text!r} as {annotation}") from error
+
+
+def apply_overrides(config: Any, pairs: Sequence[str]) -> Any:
+    """Applies ``["--key", "value", ...]`` (or ``--key=value``) to a frozen dataclass config.
+
+    Values are parsed by the field's annotation; tuples are comma-separated (``--seeds 0,1,2``).
+    """
+    hints = typing.get_type_hints(type(config))
+    fields = {f.name for f in dataclasses.fields(config)}
+    changes: dict[str, Any] = {}
+    tokens = list(pairs)
+    while tokens:
+        token = tokens.pop(0)
+        if not token.startswith("--"):
+            raise ValueError(f"expected --key value, got {token!r}")
+        key, _, value = token[2:].partition("=")
+        key = key.replace("-", "_")
+        if not value:
+            if not tokens:
+                raise ValueError(f"--{key} needs a value")
+            value = tokens.pop(0)
+        if key not in fields:
+            raise ValueError(f"unknown option --{key}; known: {', '.join(sorted(fields))}")
+        changes[key] = _parse(value, hints[key], key)
+    return dataclasses.replace(config, **changes)
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+    """Writes ``value`` as indented JSON (dataclasses, NumPy scalars and arrays converted; NaN → null)."""
+    with open(path, "w") as handle:
+        json.dump(_jsonable(value), handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def run_directory(root: str | os.PathLike, name: str, config: Any, *, resume: bool) -> str:
+    """``root/name/<timestamp>/`` with ``config.json`` written; with ``resume``, the newest earlier run of
+    the same config (so its checkpoints are picked up), or a new directory if there is none."""
+    base = os.path.join(os.fspath(root), name)
+    wanted = _jsonable(config)
+    if resume and os.path.isdir(base):
+        for entry in sorted(os.listdir(base), reverse=True):
+            config_path = os.path.join(base, entry, "config.json")
+            if os.path.exists(config_path):
+                with open(config_path) as handle:
+                    if json.load(handle) == wanted:
+                        return os.path.join(base, entry)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    directory = os.path.join(base, stamp)
+    os.makedirs(directory)
+    write_json(os.path.join(directory, "config.json"), config)
+    return directory
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and population standard deviation, ignoring NaN entries."""
+    array = np.asarray(list(values), np.float64)
+    array = array[~np.isnan(array)]
+    if array.size == 0:
+        return float("nan"), float("nan")
+    return float(array.mean()), float(array.std())
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,23 @@
+"""Flax NNX models behind a pure functional bridge.
+
+Outside this package models are only :class:`Model` objects: pure ``init``/``apply`` functions
+over Linen-style nested-dict variables (``{"params": ..., "batch_stats": ...}``) with string keys.
+"""
+
+from unlearnx.models.bridge import Model, Variables, from_module, num_params
+from unlearnx.models.cnn import cnn
+from unlearnx.models.mlp import mlp
+from unlearnx.models.registry import available, get
+from unlearnx.models.resnet import resnet18
+
+__all__ = [
+    "Model",
+    "Variables",
+    "available",
+    "cnn",
+    "from_module",
+    "get",
+    "mlp",
+    "num_params",
+    "resnet18",
+]

@@ -1,0 +1,40 @@
+"""Model construction by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from unlearnx.models.bridge import Model
+from unlearnx.models.cnn import cnn
+from unlearnx.models.mlp import mlp
+from unlearnx.models.resnet import resnet18
+
+_REGISTRY: dict[str, Callable[..., Model]] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18}
+
+
+def available() -> tuple[str, ...]:
+    """Returns the names accepted by :func:`get`."""
+    return tuple(sorted(_REGISTRY))
+
+
+def get(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> Model:
+    """Builds a model by name.
+
+    Args:
+        name: One of ``"mlp"``, ``"cnn"``, ``"resnet18"``.
+        input_shape: Per-example input shape (no batch dimension).
+        num_classes: Number of output logits.
+        **kwargs: Forwarded to the constructor.
+
+    Returns:
+        The :class:`~unlearnx.models.bridge.Model`.
+
+    Raises:
+        ValueError: If ``name`` is unknown.
+    """
+    try:
+        constructor = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"Unknown model {name!r}; available: {', '.join(available())}") from None
+    return constructor(tuple(input_shape), num_classes, **kwargs)
