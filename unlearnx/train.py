@@ -194,7 +194,7 @@ def fit(
         state = checkpointer.restore(state)
     drop_remainder = len(next(iter(arrays.values()))) >= batch_size
     last_save = time.perf_counter()
-    bar = tqdm(range(start_epoch, epochs), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(start_epoch, epochs), desc=desc, disable=None if progress else True, leave=False)
     for epoch in bar:
         started = time.perf_counter()
         losses = []
