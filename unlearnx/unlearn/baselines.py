@@ -25,7 +25,9 @@ def _concat(*parts: Arrays) -> dict[str, np.ndarray]:
     keys = set(parts[0])
     for part in parts[1:]:
         if set(part) != keys:
-            raise ValueError(f"cannot combine example sets with different fields: {sorted(keys)} vs {sorted(part)}")
+            raise ValueError(
+                f"cannot combine example sets with different fields: {sorted(keys)} vs {sorted(part)}"
+            )
     return {key: np.concatenate([np.asarray(part[key]) for part in parts]) for key in sorted(keys)}
 
 
