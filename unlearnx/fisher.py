@@ -92,9 +92,7 @@ def diagonal(
     return jax.tree.map(lambda t: t / jnp.asarray(count, jnp.float32), total)
 
 
-def _check_batch(
-    loss_fn: LossFn, params: PyTree, batch: PyTree, index: int, seen: set
-) -> tuple[tuple, int]:
+def _check_batch(loss_fn: LossFn, params: PyTree, batch: PyTree, index: int, seen: set) -> tuple[tuple, int]:
     """Validates one batch's leading axis and the per-example loss shape (once per batch shape).
 
     Returns a hashable description of the batch's shapes and the batch size.

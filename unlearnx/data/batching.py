@@ -109,4 +109,3 @@ def batches(
             yield {key: value[idx] for key, value in data.items()}
 
     return generate()
-
