@@ -1,0 +1,60 @@
+"""The experiment entrypoints: overrides, a smoke run's outputs, and an interrupted run resumed exactly."""
+
+import json
+import os
+
+import pytest
+
+from experiments import __main__ as cli
+from experiments import runner, ssd_forget
+
+
+def test_overrides_parse_by_annotation():
+    config = runner.apply_overrides(
+        ssd_forget.PRESETS["quick"],
+        ["--seeds", "4,5", "--alpha=2.5", "--data-dir", "none", "--progress", "false", "--epochs", "7"],
+    )
+    assert config.seeds == (4, 5) and config.alpha == 2.5 and config.data_dir is None
+    assert config.progress is False and config.epochs == 7
+    with pytest.raises(ValueError, match="unknown option --alhpa"):
+        runner.apply_overrides(config, ["--alhpa", "1"])
+    with pytest.raises(ValueError, match="--epochs: cannot read 'many'"):
+        runner.apply_overrides(config, ["--epochs", "many"])
+
+
+def test_markdown_and_mean_std():
+    assert runner.markdown_table(["a", "b"], [[1, 2]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
+    assert runner.mean_std([1.0, 3.0, float("nan")]) == (2.0, 1.0)
+
+
+@pytest.mark.slow
+def test_smoke_run_then_interrupted_and_resumed_run_give_the_same_metrics(tmp_path, capsys):
+    straight = cli.run_one(
+        "ssd_forget", "smoke", ["--checkpoint-seconds", "0"], out=str(tmp_path / "a"), resume=False
+    )
+    for name in (
+        "config.json",
+        "metrics.json",
+        "timing.json",
+        "report.md",
+        "accuracy.png",
+        "alpha_sweep.png",
+    ):
+        assert os.path.getsize(os.path.join(straight, name)) > 0, name
+    assert "| ssd |" in capsys.readouterr().out  # the table is printed
+
+    with pytest.raises(SystemExit, match="rerun with --resume"):
+        cli.run_one(
+            "ssd_forget",
+            "smoke",
+            ["--checkpoint-seconds", "0"],
+            out=str(tmp_path / "b"),
+            resume=False,
+            interrupt=("retrain", 2),
+        )
+    resumed = cli.run_one(
+        "ssd_forget", "smoke", ["--checkpoint-seconds", "0"], out=str(tmp_path / "b"), resume=True
+    )
+    assert len(os.listdir(tmp_path / "b" / "ssd_forget")) == 1  # the interrupted run's directory was reused
+    with open(os.path.join(straight, "metrics.json")) as a, open(os.path.join(resumed, "metrics.json")) as b:
+        assert json.load(a) == json.load(b)
