@@ -53,9 +53,7 @@ def test_output_shapes_and_jit_matches_eager(small):
     assert out.shape == (2, 5)
     assert jax.tree.structure(new_vars) == jax.tree.structure(variables)
     np.testing.assert_allclose(out_j, out, rtol=1e-5, atol=1e-6)
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new_vars_j, new_vars
-    )
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), new_vars_j, new_vars)
 
 
 def test_grad_of_cross_entropy(small):
@@ -163,3 +161,24 @@ def test_num_params_and_model_is_frozen():
     assert model.num_params(jax.eval_shape(model.init, jax.random.key(0))) == expected
     with pytest.raises(dataclasses.FrozenInstanceError):
         model.name = "other"  # type: ignore[misc]
+
+
+class _Listed(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.layers = nnx.List([nnx.Linear(3, 3, rngs=rngs) for _ in range(2)])
+
+    def __call__(self, x, *, train, rngs=None):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_integer_nnx_keys_become_strings():
+    model = models.from_module(_Listed, "listed")
+    variables = model.init(jax.random.key(0))
+    assert_plain_tree(variables)
+    assert set(variables["params"]["layers"]) == {"0", "1"}
+    p = variables["params"]["layers"]
+    x = jnp.ones((2, 3))
+    expected = (x @ p["0"]["kernel"] + p["0"]["bias"]) @ p["1"]["kernel"] + p["1"]["bias"]
+    np.testing.assert_allclose(model.apply(variables, x), expected, rtol=1e-5, atol=1e-6)

@@ -9,16 +9,16 @@ import pytest
 
 from unlearnx import models
 
+CASES = {
+    "mlp": (lambda: models.mlp((4, 4, 1), 3, hidden=(8,)), (4, 4, 1)),
+    "cnn": (lambda: models.cnn((8, 8, 1), 3, channels=(4,), hidden=8), (8, 8, 1)),
+}
 
-@pytest.mark.parametrize(
-    "model",
-    [
-        models.mlp((4, 4, 1), 3, hidden=(8,)),
-        models.cnn((8, 8, 1), 3, channels=(4,), hidden=8),
-    ],
-    ids=["mlp", "cnn"],
-)
-def test_standard_checkpointer_round_trip(model, tmp_path):
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_standard_checkpointer_round_trip(name, tmp_path):
+    factory, input_shape = CASES[name]
+    model = factory()
     variables = model.init(jax.random.key(0))
     path = tmp_path / "ckpt"
     with ocp.StandardCheckpointer() as checkpointer:
@@ -29,9 +29,5 @@ def test_standard_checkpointer_round_trip(model, tmp_path):
     for tree in (restored, restored_untyped):
         assert jax.tree.structure(tree) == jax.tree.structure(variables)
         jax.tree.map(np.testing.assert_array_equal, tree, variables)
-    x = np.ones((2, *model_input_shape(model)), np.float32)
+    x = np.ones((2, *input_shape), np.float32)
     np.testing.assert_array_equal(model.apply(restored, x), model.apply(variables, x))
-
-
-def model_input_shape(model: models.Model) -> tuple[int, ...]:
-    return (4, 4, 1) if model.name == "mlp" else (8, 8, 1)

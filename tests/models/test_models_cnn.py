@@ -110,9 +110,7 @@ def test_eval_leaves_stats_and_uses_running_averages(bn_setup):
     assert isinstance(out, jax.Array)
     jax.tree.map(np.testing.assert_array_equal, variables["batch_stats"], before)
     # Running averages make eval outputs independent of the rest of the batch ...
-    np.testing.assert_allclose(
-        model.apply(variables, jnp.asarray(x[:1])), out[:1], rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(model.apply(variables, jnp.asarray(x[:1])), out[:1], rtol=1e-5, atol=1e-6)
     # ... unlike train mode, which normalises with batch statistics.
     out_train, new_vars = model.apply(variables, jnp.asarray(x), train=True)
     out_train_1, _ = model.apply(variables, jnp.asarray(x[:2]), train=True)

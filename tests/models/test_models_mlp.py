@@ -77,9 +77,7 @@ def test_dropout_eval_is_deterministic(dropout_model):
     model, variables, x = dropout_model
     out = model.apply(variables, x)
     np.testing.assert_array_equal(out, model.apply(variables, x, rng=jax.random.key(7)))
-    np.testing.assert_allclose(
-        out, _numpy_forward(variables["params"], np.asarray(x)), rtol=1e-5, atol=1e-5
-    )
+    np.testing.assert_allclose(out, _numpy_forward(variables["params"], np.asarray(x)), rtol=1e-5, atol=1e-5)
 
 
 def test_dropout_missing_rng_raises(dropout_model):

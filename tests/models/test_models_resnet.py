@@ -83,9 +83,7 @@ def test_init_deterministic(small_resnet):
     again = init(jax.random.key(0))
     jax.tree.map(np.testing.assert_array_equal, again, variables)
     other = init(jax.random.key(1))
-    assert not np.array_equal(
-        other["params"]["Conv_0"]["kernel"], variables["params"]["Conv_0"]["kernel"]
-    )
+    assert not np.array_equal(other["params"]["Conv_0"]["kernel"], variables["params"]["Conv_0"]["kernel"])
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +93,7 @@ def train_step(small_resnet):
     labels = jnp.array([0, 4])
 
     def loss(params, batch_stats):
-        logits, new_vars = model.apply(
-            {"params": params, "batch_stats": batch_stats}, x, train=True
-        )
+        logits, new_vars = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return ce, (logits, new_vars)
 

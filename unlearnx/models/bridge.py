@@ -97,9 +97,7 @@ def _to_plain(state: nnx.State) -> dict[str, Any]:
     return out
 
 
-def _flat_plain(
-    tree: Mapping[str, Any], prefix: tuple[str, ...] = ()
-) -> dict[tuple[str, ...], Any]:
+def _flat_plain(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
     flat: dict[tuple[str, ...], Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
@@ -128,9 +126,7 @@ def _from_plain(abstract: list[tuple[Path, nnx.Variable]], tree: Any, collection
 
 
 def _has_active_dropout(module: nnx.Module) -> bool:
-    return any(
-        isinstance(sub, nnx.Dropout) and sub.rate > 0.0 for _, sub in nnx.iter_modules(module)
-    )
+    return any(isinstance(sub, nnx.Dropout) and sub.rate > 0.0 for _, sub in nnx.iter_modules(module))
 
 
 def from_module(
@@ -157,9 +153,7 @@ def from_module(
         ValueError: If the module holds state other than ``nnx.Param`` / ``nnx.BatchStat``.
     """
     abstract_module = nnx.eval_shape(lambda: factory(nnx.Rngs(0)))
-    graphdef, abs_params, abs_stats, abs_rest = nnx.split(
-        abstract_module, nnx.Param, nnx.BatchStat, ...
-    )
+    graphdef, abs_params, abs_stats, abs_rest = nnx.split(abstract_module, nnx.Param, nnx.BatchStat, ...)
     rest_paths = ["/".join(_str_path(p)) for p, _ in nnx.to_flat_state(abs_rest)]
     if rest_paths:
         raise ValueError(

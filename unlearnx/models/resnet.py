@@ -55,9 +55,7 @@ class BasicBlock(nnx.Module):
         rngs: Random streams for parameter initialisation.
     """
 
-    def __init__(
-        self, in_ch: int, out_ch: int, stride: int, *, bn_momentum: float, rngs: nnx.Rngs
-    ) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, *, bn_momentum: float, rngs: nnx.Rngs) -> None:
         self.Conv_0 = _conv(in_ch, out_ch, 3, stride, rngs)
         self.BatchNorm_0 = nnx.BatchNorm(out_ch, momentum=bn_momentum, rngs=rngs)
         self.Conv_1 = _conv(out_ch, out_ch, 3, 1, rngs)
@@ -145,13 +143,9 @@ def resnet18(
         The :class:`~unlearnx.models.bridge.Model`.
     """
     if len(input_shape) != 3:
-        raise ValueError(
-            f"resnet18 expects input_shape (height, width, channels), got {input_shape}"
-        )
+        raise ValueError(f"resnet18 expects input_shape (height, width, channels), got {input_shape}")
     in_channels = int(input_shape[-1])
     return from_module(
-        lambda rngs: ResNet18(
-            in_channels, num_classes, width=width, bn_momentum=bn_momentum, rngs=rngs
-        ),
+        lambda rngs: ResNet18(in_channels, num_classes, width=width, bn_momentum=bn_momentum, rngs=rngs),
         name="resnet18",
     )
