@@ -304,66 +304,30 @@ def run_seed(config: Config, seed: int, run_dir: str, interrupt=None) -> dict[st
     n_train, n_retain, n_forget = len(study.train["y"]), len(study.retain["y"]), len(study.forget["y"])
     variables, seconds, passes = {}, {}, {}
 
-    variables["original"], seconds["original"] = _timed(
-        study.fit,
-        initial,
-        study.train,
-        phase="original",
-        epochs=config.epochs,
-        lr=config.lr,
-        optimizer=config.optimizer,
-        checkpointed=True,
-        interrupt=interrupt,
-    )
-    passes["original"] = config.epochs * n_train
-    original = variables["original"]
+    def train_phase(phase, start, arrays, epochs, lr, optimizer="adam", checkpointed=False, batch_size=None):
+        variables[phase], seconds[phase] = _timed(
+            study.fit,
+            start,
+            arrays,
+            phase=phase,
+            epochs=epochs,
+            lr=lr,
+            optimizer=optimizer,
+            batch_size=batch_size,
+            checkpointed=checkpointed,
+            interrupt=interrupt,
+        )
+        passes[phase] = epochs * len(arrays["x"])
+        return variables[phase]
 
-    variables["retrain"], seconds["retrain"] = _timed(
-        study.fit,
-        study.model.init(study.keys["retrain"]),
-        study.retain,
-        phase="retrain",
-        epochs=config.epochs,
-        lr=config.lr,
-        optimizer=config.optimizer,
-        checkpointed=True,
-        interrupt=interrupt,
-    )
-    passes["retrain"] = config.epochs * n_retain
-
-    variables["finetune"], seconds["finetune"] = _timed(
-        study.fit,
-        original,
-        study.retain,
-        phase="finetune",
-        epochs=config.finetune_epochs,
-        lr=config.finetune_lr,
-        optimizer="sgd",
-    )
-    passes["finetune"] = config.finetune_epochs * n_retain
-
+    original = train_phase("original", initial, study.train, config.epochs, config.lr, config.optimizer, True)
+    retrain_initial = study.model.init(study.keys["retrain"])
+    train_phase("retrain", retrain_initial, study.retain, config.epochs, config.lr, config.optimizer, True)
+    train_phase("finetune", original, study.retain, config.finetune_epochs, config.finetune_lr, "sgd")
     mixture = unlearn.ascent_mixture(study.retain, study.forget, forget_weight=config.neggrad_forget_weight)
-    variables["neggrad+"], seconds["neggrad+"] = _timed(
-        study.fit,
-        original,
-        mixture,
-        phase="neggrad+",
-        epochs=config.neggrad_epochs,
-        lr=config.neggrad_lr,
-        optimizer="sgd",
-    )
-    passes["neggrad+"] = config.neggrad_epochs * (n_retain + n_forget)
-
+    train_phase("neggrad+", original, mixture, config.neggrad_epochs, config.neggrad_lr, "sgd")
     relabelled = unlearn.relabel_mixture(study.retain, study.forget, num_classes=study.num_classes, seed=seed)
-    variables["amnesiac"], seconds["amnesiac"] = _timed(
-        study.fit,
-        original,
-        relabelled,
-        phase="amnesiac",
-        epochs=config.amnesiac_epochs,
-        lr=config.amnesiac_lr,
-    )
-    passes["amnesiac"] = config.amnesiac_epochs * (n_retain + n_forget)
+    train_phase("amnesiac", original, relabelled, config.amnesiac_epochs, config.amnesiac_lr)
 
     started = time.perf_counter()
     subset = np.random.default_rng(seed).permutation(n_retain)[: int(config.bad_teacher_fraction * n_retain)]
@@ -375,16 +339,16 @@ def run_seed(config: Config, seed: int, run_dir: str, interrupt=None) -> dict[st
         train.predict(study.model, original, retain_x),
         train.predict(study.model, incompetent, study.forget["x"]),
     )
-    variables["bad_teacher"] = study.fit(
+    teacher_seconds = time.perf_counter() - started
+    train_phase(
+        "bad_teacher",
         original,
         teacher_set,
-        phase="bad_teacher",
-        epochs=config.bad_teacher_epochs,
-        lr=config.bad_teacher_lr,
+        config.bad_teacher_epochs,
+        config.bad_teacher_lr,
         batch_size=config.bad_teacher_batch_size,
     )
-    seconds["bad_teacher"] = time.perf_counter() - started
-    passes["bad_teacher"] = config.bad_teacher_epochs * len(teacher_set["x"])
+    seconds["bad_teacher"] += teacher_seconds
 
     fraction = n_forget / n_train
     importances = {
@@ -547,8 +511,9 @@ def plot(config: Config, metrics: dict[str, Any], run_dir: str) -> None:
         )
     ax.set_xticks(positions, METHODS, rotation=30, ha="right")
     ax.set_ylabel("accuracy %")
+    ax.set_ylim(0, 120)
     ax.set_title(f"Forgetting class {config.forget_class} ({config.dataset}, {config.model})")
-    ax.legend()
+    ax.legend(ncol=2, loc="upper right")
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "accuracy.png"), dpi=120)
     plt.close(fig)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import softmax_regression_data, softmax_regression_grads, tree_flavours
+from problems import softmax_regression_data, softmax_regression_grads, tree_flavours
 
 from unlearnx import fisher
 
@@ -79,14 +79,17 @@ def test_batch_sq_depends_on_batch_size_empirical_does_not():
     assert sq[0] > sq[1] > sq[2]  # E[g_bar^2] = mu^2 + sigma^2 / B shrinks with B
 
 
-def test_jitted_matches_eager():
+@pytest.mark.parametrize("estimator", ["empirical", "batch_sq", "batch_abs"])
+def test_jitted_matches_eager(estimator):
     x, y, w, b = softmax_regression_data()
-    params, unpack = tree_flavours(jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32))["plain"]
-    batches = _batches(x, y, 6)
-    eager = fisher.diagonal(_loss_for(unpack), params, batches, estimator="batch_sq")
-    jitted = jax.jit(lambda p, bs: fisher.diagonal(_loss_for(unpack), p, bs, estimator="batch_sq"))(
+    params, unpack = tree_flavours(jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32))["nnx"]
+    batches = _batches(x, y, 7)  # a short last batch inside jit too
+    loss = _loss_for(unpack)
+    eager = fisher.diagonal(loss, params, batches, estimator=estimator, chunk_size=3)
+    jitted = jax.jit(lambda p, bs: fisher.diagonal(loss, p, bs, estimator=estimator, chunk_size=3))(
         params, batches
     )
+    assert jax.tree.structure(jitted) == jax.tree.structure(params)
     for a, c in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
         np.testing.assert_allclose(a, c, rtol=1e-6)
 

@@ -1,7 +1,6 @@
-"""Shared fixtures: small reference problems and the three tree flavours every transform must accept."""
+"""Shared test helpers: small reference problems and the three tree flavours every transform accepts."""
 
 import numpy as np
-import pytest
 
 
 def softmax_regression_data(n=24, d=5, c=3, seed=0):
@@ -22,11 +21,6 @@ def softmax_regression_grads(x, y, w, b):
     p /= p.sum(axis=1, keepdims=True)
     residual = p - np.eye(w.shape[1])[y]
     return np.einsum("nd,nc->ndc", x, residual), residual
-
-
-@pytest.fixture
-def regression_problem():
-    return softmax_regression_data()
 
 
 def tree_flavours(w, b):
