@@ -7,11 +7,13 @@ import dataclasses
 import datetime
 import json
 import os
+import sys
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 __all__ = [
@@ -93,9 +95,20 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
         handle.write("\n")
 
 
+def _shared_timestamp() -> str:
+    """The run's timestamp, taken on process 0 and broadcast so every host of a pod uses one directory."""
+    nanoseconds = np.int64(datetime.datetime.now().timestamp() * 1e9)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        nanoseconds = np.int64(multihost_utils.broadcast_one_to_all(nanoseconds))
+    moment = datetime.datetime.fromtimestamp(int(nanoseconds) / 1e9)
+    return moment.strftime("%Y%m%d-%H%M%S-%f")
+
+
 def run_directory(root: str | os.PathLike, name: str, config: Any, *, resume: bool) -> str:
     """``root/name/<timestamp>/`` with ``config.json`` written; with ``resume``, the newest earlier run of
-    the same config (so its checkpoints are picked up), or a new directory if there is none."""
+    the same config (so its checkpoints are picked up), or a new directory (with a warning) if none."""
     base = os.path.join(os.fspath(root), name)
     wanted = _jsonable(config)
     if resume and os.path.isdir(base):
@@ -105,10 +118,12 @@ def run_directory(root: str | os.PathLike, name: str, config: Any, *, resume: bo
                 with open(config_path) as handle:
                     if json.load(handle) == wanted:
                         return os.path.join(base, entry)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    directory = os.path.join(base, stamp)
-    os.makedirs(directory)
-    write_json(os.path.join(directory, "config.json"), config)
+    if resume:
+        print(f"--resume: no earlier run of this config under {base}; starting a new run", file=sys.stderr)
+    directory = os.path.join(base, _shared_timestamp())
+    os.makedirs(directory, exist_ok=True)
+    if jax.process_index() == 0:
+        write_json(os.path.join(directory, "config.json"), config)
     return directory
 
 

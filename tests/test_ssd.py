@@ -86,14 +86,15 @@ def test_invariants(theta, forget, full, alpha, lam):
         assert np.all(np.abs(out[selected]) <= bound + 1e-30)
 
 
-def test_batch_stats_are_never_touched():
+@pytest.mark.parametrize("where", [None, "*", "re:bn", lambda path: True])
+def test_batch_stats_are_never_touched(where):
     variables = {
         "params": {"bn": {"scale": jnp.ones(3)}},
         "batch_stats": {"bn": {"mean": jnp.ones(3), "var": jnp.ones(3)}},
     }
     forget = jax.tree.map(lambda a: jnp.full_like(a, 5.0), variables)
     full = jax.tree.map(lambda a: jnp.full_like(a, 0.1), variables)
-    out = unlearn.ssd(variables, forget, full)
+    out = unlearn.ssd(variables, forget, full, where=where)
     np.testing.assert_allclose(out["params"]["bn"]["scale"], 0.02)  # beta = 0.1 / 5
     np.testing.assert_array_equal(out["batch_stats"]["bn"]["mean"], 1.0)
     np.testing.assert_array_equal(out["batch_stats"]["bn"]["var"], 1.0)
@@ -127,6 +128,14 @@ def test_assd_alpha_is_the_documented_percentile(fraction):
     want = np.percentile(ratio, 100 - math.log(1 + 100 * fraction))
     got = unlearn.assd_alpha(forget, full, fraction)
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_assd_alpha_ignores_batch_statistics():
+    forget = {"params": {"w": jnp.asarray([1.0, 2.0, 3.0])}, "batch_stats": {"m": jnp.asarray([1e6])}}
+    full = {"params": {"w": jnp.asarray([1.0, 1.0, 1.0])}, "batch_stats": {"m": jnp.asarray([1.0])}}
+    fraction = 0.5
+    want = np.percentile([1.0, 2.0, 3.0], 100 - math.log(1 + 100 * fraction))
+    np.testing.assert_allclose(float(unlearn.assd_alpha(forget, full, fraction)), want, rtol=1e-6)
 
 
 class TestErrors:

@@ -43,7 +43,9 @@ def diagonal(
     """Diagonal importance of every parameter (see the module docstring for the three estimators).
 
     Args:
-      loss_fn: ``loss_fn(params, batch) -> [B]`` per-example losses.
+      loss_fn: ``loss_fn(params, batch) -> [B]`` per-example losses. Row i must depend on example i only
+        (e.g. BatchNorm in eval mode): examples are differentiated one at a time for ``"empirical"`` and
+        short batches are padded with zero-weight rows.
       params: the parameter tree (Linen dict, NNX ``State``, plain dict, ...). Leaves must be floating.
       batches: an iterable of batches, pytrees whose leaves share a leading batch axis (the last batch may be
         smaller).
@@ -70,33 +72,64 @@ def diagonal(
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
             raise TypeError(f"params: leaf {path!r} has non-floating dtype {jnp.result_type(leaf)}")
 
-    contribution = _contribution_fn(loss_fn, estimator, chunk_size, axis_name)
+    contribution = _cached(_contribution_fn, loss_fn, estimator, chunk_size, axis_name)
     total = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
     count = 0
-    checked_shapes: set = set()
     padded_size = None
     for index, batch in enumerate(batches):
-        shape_key, size = _check_batch(loss_fn, params, batch, index, checked_shapes)
-        checked_shapes.add(shape_key)
+        size = _batch_size(batch, index)
         # A short (last) batch is padded to the first batch's size with zero-weight copies of its first
-        # example, so one compiled update serves every batch.
+        # example, so one compiled update (and one loss-shape check) serves every batch.
         padded_size = size if padded_size is None else max(padded_size, size)
         pad = padded_size - size
-        weights = jnp.concatenate([jnp.ones(size, jnp.float32), jnp.zeros(pad, jnp.float32)])
+        weights = np.concatenate([np.ones(size, np.float32), np.zeros(pad, np.float32)])
         if pad:
-            batch = jax.tree.map(lambda a, pad=pad: jnp.concatenate([a, jnp.repeat(a[:1], pad, 0)]), batch)
+            batch = jax.tree.map(lambda a, pad=pad: _pad_rows(a, pad), batch)
+        _check_loss_shape(loss_fn, params, batch, index)
         total, n = contribution(total, params, batch, weights)
         count = count + n
-    if not checked_shapes:
+    if padded_size is None:
         raise ValueError("batches is empty: importance needs at least one batch")
     return jax.tree.map(lambda t: t / jnp.asarray(count, jnp.float32), total)
 
 
-def _check_batch(loss_fn: LossFn, params: PyTree, batch: PyTree, index: int, seen: set) -> tuple[tuple, int]:
-    """Validates one batch's leading axis and the per-example loss shape (once per batch shape).
+def _cached(builder: Callable, loss_fn: LossFn, *args: Any) -> Any:
+    """``builder(loss_fn, *args)`` through its cache, or uncached when ``loss_fn`` is not hashable."""
+    try:
+        return builder(loss_fn, *args)
+    except TypeError:  # an unhashable callable (e.g. a module holding arrays)
+        return builder.__wrapped__(loss_fn, *args)
 
-    Returns a hashable description of the batch's shapes and the batch size.
-    """
+
+def _pad_rows(leaf: Any, pad: int) -> Any:
+    """Appends ``pad`` copies of the first row: on the host for NumPy data, on device otherwise."""
+    if isinstance(leaf, np.ndarray):
+        return np.concatenate([leaf, np.repeat(leaf[:1], pad, axis=0)])
+    return _pad_on_device(leaf, pad)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _pad_on_device(leaf: jax.Array, pad: int) -> jax.Array:
+    return jnp.concatenate([leaf, jnp.repeat(leaf[:1], pad, axis=0)])
+
+
+def _spec(tree: PyTree) -> tuple:
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((tuple(np.shape(leaf)), jnp.result_type(leaf)) for leaf in leaves)
+
+
+@functools.lru_cache(maxsize=256)
+def _loss_shape(loss_fn: LossFn, params_spec: tuple, batch_spec: tuple) -> tuple:
+    """The loss's output shape for abstract params and batch (traced once per signature)."""
+    abstract = [
+        jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in leaves])
+        for treedef, leaves in (params_spec, batch_spec)
+    ]
+    return getattr(jax.eval_shape(loss_fn, *abstract), "shape", None)
+
+
+def _batch_size(batch: PyTree, index: int) -> int:
+    """Validates one batch's leading axis and returns the batch size."""
     leaves = tree_lib.leaves_with_paths(batch)
     if not leaves:
         raise ValueError(f"batch {index} has no arrays")
@@ -109,15 +142,17 @@ def _check_batch(loss_fn: LossFn, params: PyTree, batch: PyTree, index: int, see
     size = next(iter(sizes.values()))
     if size == 0:
         raise ValueError(f"batch {index} is empty (batch size 0)")
-    key = tuple((path, np.shape(leaf), str(jnp.result_type(leaf))) for path, leaf in leaves)
-    if key not in seen:
-        out = jax.eval_shape(loss_fn, params, batch)
-        if getattr(out, "shape", None) != (size,):
-            raise ValueError(
-                "loss_fn must return per-example losses of shape (B,) = "
-                f"({size},) for batch {index}, got {getattr(out, 'shape', type(out))}"
-            )
-    return key, size
+    return size
+
+
+def _check_loss_shape(loss_fn: LossFn, params: PyTree, batch: PyTree, index: int) -> None:
+    """Raises unless ``loss_fn`` returns one loss per example (traced once per input signature)."""
+    size = np.shape(jax.tree.leaves(batch)[0])[0]
+    shape = _cached(_loss_shape, loss_fn, _spec(params), _spec(batch))
+    if shape != (size,):
+        raise ValueError(
+            f"loss_fn must return per-example losses of shape (B,) = ({size},) for batch {index}, got {shape}"
+        )
 
 
 @functools.lru_cache(maxsize=64)

@@ -24,6 +24,7 @@ __all__ = [
     "data_mesh",
     "initialize_distributed",
     "is_main_process",
+    "process_share",
     "replicate",
     "shard_batch",
 ]
@@ -61,18 +62,38 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
+def process_share(batch: PyTree) -> PyTree:
+    """This process's contiguous share of a global host batch that every process loaded identically.
+
+    Process i of P keeps rows [i·B/P, (i+1)·B/P); the shares, concatenated in process order, are the
+    global batch that :func:`shard_batch` assembles. With one process the batch is returned as is.
+    """
+    count, index = jax.process_count(), jax.process_index()
+    if count == 1:
+        return batch
+    size = np.shape(jax.tree.leaves(batch)[0])[0]
+    if size % count:
+        raise ValueError(f"a global batch of {size} cannot be split evenly over {count} processes")
+    share = size // count
+    return jax.tree.map(lambda leaf: leaf[index * share : (index + 1) * share], batch)
+
+
 def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
     """Places a host batch on ``mesh`` split along its leading axis.
 
-    Each process passes its own share of the global batch (the whole batch when there is one process).
-    A batch whose per-process size is not divisible by the number of local devices (a short last batch)
-    is replicated instead, which gives the same result at some extra cost.
+    Each process passes its own share of the global batch (:func:`process_share`; the whole batch when
+    there is one process). On one process a batch not divisible by the number of devices (a short last
+    batch) is replicated instead, which gives the same result at some extra cost; across processes that
+    would mix different data, so it is an error.
     """
     axis = mesh.axis_names[0]
     local_devices = mesh.local_mesh.devices.size
     sizes = {np.shape(leaf)[0] for leaf in jax.tree.leaves(batch)}
     if len(sizes) != 1:
         raise ValueError(f"batch leaves disagree on the leading (batch) size: {sorted(sizes)}")
-    spec = PartitionSpec(axis) if sizes.pop() % local_devices == 0 else PartitionSpec()
+    size = sizes.pop()
+    if size % local_devices and jax.process_count() > 1:
+        raise ValueError(f"a per-process batch of {size} does not split over {local_devices} local devices")
+    spec = PartitionSpec(axis) if size % local_devices == 0 else PartitionSpec()
     sharding = NamedSharding(mesh, spec)
     return jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(sharding, leaf), batch)

@@ -110,15 +110,10 @@ def predict(model: Model, variables: PyTree, x: np.ndarray, *, batch_size: int =
     return np.concatenate(outputs).astype(np.float32)
 
 
-_EVAL_FNS: dict[int, Callable] = {}
-
-
+@functools.lru_cache(maxsize=32)
 def _eval_fn(model: Model) -> Callable:
-    """One jitted eval function per model object, so repeated evaluation never recompiles."""
-    key = id(model)
-    if key not in _EVAL_FNS or _EVAL_FNS[key][0] is not model:
-        _EVAL_FNS[key] = (model, jax.jit(lambda variables, x: model.apply(variables, x, train=False)))
-    return _EVAL_FNS[key][1]
+    """One jitted eval function per model, so repeated evaluation never recompiles."""
+    return jax.jit(lambda variables, x: model.apply(variables, x, train=False))
 
 
 class MetricLogger:
@@ -199,9 +194,8 @@ def fit(
         started = time.perf_counter()
         losses = []
         for batch in data.batches(arrays, batch_size, seed=seed, epoch=epoch, drop_remainder=drop_remainder):
-            state, metrics = step_fn(
-                state, parallel.shard_batch(batch, mesh), jax.random.fold_in(rng, state.step)
-            )
+            batch = parallel.shard_batch(parallel.process_share(batch), mesh)
+            state, metrics = step_fn(state, batch, jax.random.fold_in(rng, state.step))
             losses.append(metrics["loss"])
         mean_loss = float(jnp.mean(jnp.stack(losses)))
         bar.set_postfix(loss=f"{mean_loss:.4f}")
