@@ -1,15 +1,18 @@
 """Full-class forgetting with Selective Synaptic Dampening against the standard baselines.
 
-Reproduces the shape of Foster et al. (AAAI 2024), Table 1: a classifier is trained on all classes, one class
-is forgotten, and every method is scored on retain/forget accuracy, membership inference and cost.
+Reproduces the shape of Foster et al. (AAAI 2024), Table 1: a classifier is trained on all classes once per
+seed, each class in ``forget_classes`` is forgotten from it in turn, and every method is scored on
+retain/forget accuracy, membership inference and cost.
 
 Methods: original, retrain from scratch on D_r (a real re-initialisation), finetune on D_r, NegGrad+,
-amnesiac (random wrong labels), bad teacher, SSD (α, λ), SSD with the ASSD percentile α, SSD on the exact
-empirical Fisher, and label-free LFSSD. The α sweep re-dampens with cached importances.
+amnesiac (random wrong labels), bad teacher, SSD (α, λ), SSD with the ASSD percentile α, ASSD on the exact
+empirical Fisher, and label-free LFSSD. The α sweep re-dampens with cached importances; the class sweep
+forgets every class in turn with the importance-only methods.
 
 Presets: ``smoke`` (seconds, for tests), ``quick`` (digits + MLP, 3 seeds, ~1-2 min on 2 CPU cores),
-``fashion`` (Fashion-MNIST + BatchNorm CNN), ``paper`` (CIFAR-100 + ResNet-18 from TFDS, class "rocket",
-the paper's α = 10, λ = 1, importance batch 64 and 200-epoch oracle with LR drops at 60/120/160).
+``fashion`` (Fashion-MNIST + BatchNorm CNN), ``paper`` (CIFAR-100 + ResNet-18 from TFDS forgetting baby,
+lamp, mushroom, rocket and sea, the paper's α = 10, λ = 1, importance batch 64 and a 200-epoch oracle with LR
+drops at 60/120/160).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import jax
 import numpy as np
 import optax
 
-from experiments import runner
+from experiments import runner, ssd_report
 from unlearnx import data, eval, fisher, models, parallel, train, unlearn
 from unlearnx.checkpoint import Checkpointer
 
@@ -44,8 +47,9 @@ class Config:
     dataset: str = "digits"
     data_dir: str | None = None
     model: str = "mlp"
-    width: int = 256
-    forget_class: int = 3
+    width: int = 256  # MLP hidden width, CNN dense width, ResNet base width
+    channels: tuple[int, ...] = (32, 64)  # CNN stages
+    forget_classes: tuple[int, ...] = (3,)
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int = 30
     batch_size: int = 64
@@ -88,25 +92,29 @@ PRESETS: dict[str, Config] = {
         progress=False,
     ),
     "quick": Config(),
+    # ~15 min on 2 CPU cores (a CNN step on Fashion-MNIST costs ~25× an MLP step on digits).
     "fashion": Config(
         class_sweep=False,
         dataset="fashion_mnist",
         model="cnn",
-        forget_class=0,
-        epochs=10,
+        channels=(16, 32),
+        width=64,
+        forget_classes=(0,),
+        epochs=5,
         batch_size=128,
         finetune_epochs=2,
         neggrad_epochs=1,
         amnesiac_epochs=1,
         amnesiac_lr=1e-4,
         bad_teacher_lr=1e-4,
-        seeds=(0, 1),
+        seeds=(0,),
     ),
     "paper": Config(
         class_sweep=False,
         dataset="tfds:cifar100",
         model="resnet18",
-        forget_class=69,
+        width=64,
+        forget_classes=(2, 40, 51, 69, 71),  # baby, lamp, mushroom, rocket, sea
         seeds=(0, 1, 2),
         epochs=200,
         batch_size=128,
@@ -124,25 +132,19 @@ PRESETS: dict[str, Config] = {
     ),
 }
 
-METHODS = (
-    "original",
-    "retrain",
-    "finetune",
-    "neggrad+",
-    "amnesiac",
-    "bad_teacher",
-    "ssd",
-    "assd",
-    "assd_empirical",
-    "lfssd",
-)
-METRICS = ("retain_test_acc", "forget_test_acc", "forget_train_acc", "entropy_mia", "loss_mia")
+METHODS = ssd_report.METHODS
 
 
 @functools.cache
-def _model(name: str, input_shape: tuple[int, ...], num_classes: int, width: int) -> models.Model:
+def _model(
+    name: str, input_shape: tuple[int, ...], num_classes: int, width: int, channels: tuple[int, ...]
+) -> models.Model:
     """One model object per architecture, so compiled train/eval steps are shared across seeds."""
-    kwargs = {"hidden": (width, width)} if name == "mlp" else {}
+    kwargs = {
+        "mlp": {"hidden": (width, width)},
+        "cnn": {"channels": channels, "hidden": width},
+        "resnet18": {"width": width},
+    }.get(name, {})
     return models.get(name, input_shape, num_classes, **kwargs)
 
 
@@ -162,33 +164,41 @@ def _optimizer(name: str, lr: float, *, steps_per_epoch: int = 1, milestones=(),
     raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Split:
+    """One forget class: D_f, D_r, their test counterparts, and the D used for I_D."""
+
+    cls: int
+    forget: dict
+    retain: dict
+    forget_test: dict
+    retain_test: dict
+    importance_data: dict
+
+
 class _Study:
-    """The data, model and evaluation shared by all methods of one seed."""
+    """The data, model, training and evaluation shared by every method and class of one seed."""
 
     def __init__(self, config: Config, seed: int, run_dir: str):
         self.config, self.seed = config, seed
         self.checkpoints = os.path.join(run_dir, "checkpoints", f"seed{seed}")
+        self.logger = train.MetricLogger(os.path.join(run_dir, "train_log.jsonl"))
         train_set = data.load(config.dataset, "train", data_dir=config.data_dir)
-        test_set = data.load(config.dataset, "test", data_dir=config.data_dir)
-        self.train = train_set.arrays()
-        self.forget, self.retain = (
-            s.arrays() for s in data.forget_retain_split(train_set, config.forget_class)
-        )
-        self.forget_test, self.retain_test = (
-            s.arrays() for s in data.forget_retain_split(test_set, config.forget_class)
-        )
-        self.test = test_set.arrays()
-        self.importance_data = _importance_data(self.train, self.retain, self.forget, config.importance_order)
-        self.resumed: list[str] = []
+        self.test_set = data.load(config.dataset, "test", data_dir=config.data_dir)
+        self.train_set, self.train, self.test = train_set, train_set.arrays(), self.test_set.arrays()
         self.num_classes = train_set.num_classes
-        self.model = _model(config.model, tuple(train_set.x.shape[1:]), self.num_classes, config.width)
-        self.keys = dict(
-            zip(
-                ("init", "retrain", "teacher", "steps"),
-                jax.random.split(jax.random.key(seed), 4),
-                strict=True,
-            )
+        self.model = _model(
+            config.model, tuple(train_set.x.shape[1:]), self.num_classes, config.width, config.channels
         )
+        names = ("init", "retrain", "teacher", "steps")
+        self.keys = dict(zip(names, jax.random.split(jax.random.key(seed), len(names)), strict=True))
+        self.resumed: list[str] = []
+
+    def split(self, cls: int) -> _Split:
+        forget, retain = (s.arrays() for s in data.forget_retain_split(self.train_set, cls))
+        forget_test, retain_test = (s.arrays() for s in data.forget_retain_split(self.test_set, cls))
+        full = _importance_data(self.train, retain, forget, self.config.importance_order)
+        return _Split(cls, forget, retain, forget_test, retain_test, full)
 
     def fit(
         self,
@@ -200,9 +210,10 @@ class _Study:
         lr,
         optimizer="adam",
         batch_size=None,
-        checkpointed=False,
+        checkpoint=None,
         interrupt=None,
     ):
+        """``train.fit`` with this study's settings; ``checkpoint`` names a checkpoint folder (resumable)."""
         batch_size = batch_size or self.config.batch_size
         # fit drops the short last batch (unless the set is smaller than one batch).
         steps = max(len(arrays["x"]) // batch_size, 1)
@@ -217,9 +228,9 @@ class _Study:
                 if saved and epoch >= stop_at:
                     raise KeyboardInterrupt(f"simulated interruption of {phase!r} after epoch {epoch}")
 
-        checkpoint_dir = os.path.join(self.checkpoints, phase) if checkpointed else None
+        checkpoint_dir = None if checkpoint is None else os.path.join(self.checkpoints, checkpoint)
         if checkpoint_dir is not None and Checkpointer(checkpoint_dir).latest_step() is not None:
-            self.resumed.append(phase)  # its wall time will cover only the epochs run after resuming
+            self.resumed.append(checkpoint)  # its wall time will cover only the epochs run after resuming
         return train.fit(
             self.model,
             variables,
@@ -232,46 +243,44 @@ class _Study:
             checkpoint_dir=checkpoint_dir,
             checkpoint_seconds=self.config.checkpoint_seconds,
             on_epoch_end=hook,
-            desc=f"seed {self.seed} {phase}",
+            logger=self.logger,
+            desc=f"seed {self.seed} {checkpoint or phase}",
             progress=self.config.progress,
         )
 
-    def evaluate(self, variables) -> dict[str, float]:
+    def evaluate(self, variables, split: _Split) -> dict[str, float]:
         logits = {
             name: train.predict(self.model, variables, arrays["x"])
             for name, arrays in (
-                ("retain", self.retain),
-                ("forget", self.forget),
+                ("retain", split.retain),
+                ("forget", split.forget),
                 ("test", self.test),
-                ("forget_test", self.forget_test),
-                ("retain_test", self.retain_test),
+                ("forget_test", split.forget_test),
+                ("retain_test", split.retain_test),
             )
         }
         return {
-            "retain_test_acc": eval.accuracy(logits["retain_test"], self.retain_test["y"]),
-            "forget_test_acc": eval.accuracy(logits["forget_test"], self.forget_test["y"]),
-            "forget_train_acc": eval.accuracy(logits["forget"], self.forget["y"]),
+            "retain_test_acc": eval.accuracy(logits["retain_test"], split.retain_test["y"]),
+            "forget_test_acc": eval.accuracy(logits["forget_test"], split.forget_test["y"]),
+            "forget_train_acc": eval.accuracy(logits["forget"], split.forget["y"]),
             "entropy_mia": eval.entropy_mia(
                 eval.entropy(logits["retain"]), eval.entropy(logits["test"]), eval.entropy(logits["forget"])
             ),
             "loss_mia": eval.loss_mia(
-                eval.cross_entropy(logits["forget"], self.forget["y"]),
-                eval.cross_entropy(logits["forget_test"], self.forget_test["y"]),
+                eval.cross_entropy(logits["forget"], split.forget["y"]),
+                eval.cross_entropy(logits["forget_test"], split.forget_test["y"]),
                 seed=self.seed,
             ),
         }
 
-    def importances(self, variables, *, estimator: str, label_free: bool = False, forget=None, full=None):
-        """(I_f, I_D, seconds for I_f, seconds for I_D) over all ``variables``, eval mode, unshuffled,
+    def importances(self, variables, split: _Split, *, estimator: str, label_free: bool = False):
+        """(I_f, I_D, seconds for I_f, seconds for I_D) over all ``variables``: eval mode, unshuffled,
         data-parallel over all devices.
 
         Importances cover the batch statistics too (SSD's default selector never touches them), so the
         loss depends on the model alone and compiles once per model and estimator, not once per seed.
-        A warm-up pass over D_f (untimed) compiles before the timed passes. ``forget``/``full`` default
-        to the study's D_f and its I_D data.
+        A warm-up pass over D_f (untimed) compiles before the timed passes.
         """
-        forget = self.forget if forget is None else forget
-        full = self.importance_data if full is None else full
         loss_fn = _importance_loss(self.model, label_free)
         chunk = self.config.empirical_chunk_size if estimator == "empirical" else None
         mesh = parallel.data_mesh()
@@ -283,8 +292,10 @@ class _Study:
             )
             return _timed(fisher.diagonal, loss_fn, variables, batches, estimator=estimator, chunk_size=chunk)
 
-        run(forget)
-        (forget_importance, forget_seconds), (full_importance, full_seconds) = map(run, (forget, full))
+        run(split.forget)
+        (forget_importance, forget_seconds), (full_importance, full_seconds) = map(
+            run, (split.forget, split.importance_data)
+        )
         return forget_importance, full_importance, forget_seconds, full_seconds
 
 
@@ -322,18 +333,30 @@ def _timed(fn, *args, **kwargs):
 @jax.jit
 def dampen(variables, forget_importance, full_importance, alpha, lam):
     """SSD on model variables (batch statistics untouched) with traced α and λ: one compilation serves
-    every method, seed and sweep point."""
+    every method, class, seed and sweep point."""
     return unlearn.ssd(variables, forget_importance, full_importance, alpha=alpha, lam=lam)
 
 
-def run_seed(config: Config, seed: int, run_dir: str, interrupt=None) -> dict[str, Any]:
-    """All methods for one seed: ``{"metrics": {method: {...}}, "seconds": {...}, "passes": {...}, ...}``."""
-    study = _Study(config, seed, run_dir)
-    initial = study.model.init(study.keys["init"])
-    n_train, n_retain, n_forget = len(study.train["y"]), len(study.retain["y"]), len(study.forget["y"])
-    variables, seconds, passes = {}, {}, {}
+#: SSD-family methods: (estimator, α or None for the ASSD percentile, λ or None for the config's λ).
+SSD_METHODS = {
+    "ssd": ("batch_sq", "alpha", None),
+    "assd": ("batch_sq", None, 1.0),
+    "assd_empirical": ("empirical", None, 1.0),
+    "lfssd": ("batch_abs", "lfssd_alpha", None),
+}
 
-    def train_phase(phase, start, arrays, epochs, lr, optimizer="adam", checkpointed=False, batch_size=None):
+
+def forget_class(
+    study: _Study, original, original_seconds: float, cls: int, interrupt=None
+) -> dict[str, Any]:
+    """Every method forgetting class ``cls`` from ``original``: metrics, seconds, passes, α, α sweep."""
+    config, split = study.config, study.split(cls)
+    n_train, n_retain, n_forget = len(study.train["y"]), len(split.retain["y"]), len(split.forget["y"])
+    variables = {"original": original}
+    seconds = {"original": original_seconds}
+    passes = {"original": config.epochs * n_train}
+
+    def train_phase(phase, start, arrays, epochs, lr, optimizer="adam", batch_size=None, checkpoint=None):
         variables[phase], seconds[phase] = _timed(
             study.fit,
             start,
@@ -343,30 +366,39 @@ def run_seed(config: Config, seed: int, run_dir: str, interrupt=None) -> dict[st
             lr=lr,
             optimizer=optimizer,
             batch_size=batch_size,
-            checkpointed=checkpointed,
+            checkpoint=checkpoint,
             interrupt=interrupt,
         )
         passes[phase] = epochs * len(arrays["x"])
-        return variables[phase]
 
-    original = train_phase("original", initial, study.train, config.epochs, config.lr, config.optimizer, True)
-    retrain_initial = study.model.init(study.keys["retrain"])
-    train_phase("retrain", retrain_initial, study.retain, config.epochs, config.lr, config.optimizer, True)
-    train_phase("finetune", original, study.retain, config.finetune_epochs, config.finetune_lr, "sgd")
-    mixture = unlearn.ascent_mixture(study.retain, study.forget, forget_weight=config.neggrad_forget_weight)
+    train_phase(
+        "retrain",
+        study.model.init(study.keys["retrain"]),
+        split.retain,
+        config.epochs,
+        config.lr,
+        config.optimizer,
+        checkpoint=f"class{cls}/retrain",
+    )
+    train_phase("finetune", original, split.retain, config.finetune_epochs, config.finetune_lr, "sgd")
+    mixture = unlearn.ascent_mixture(split.retain, split.forget, forget_weight=config.neggrad_forget_weight)
     train_phase("neggrad+", original, mixture, config.neggrad_epochs, config.neggrad_lr, "sgd")
-    relabelled = unlearn.relabel_mixture(study.retain, study.forget, num_classes=study.num_classes, seed=seed)
+    relabelled = unlearn.relabel_mixture(
+        split.retain, split.forget, num_classes=study.num_classes, seed=study.seed
+    )
     train_phase("amnesiac", original, relabelled, config.amnesiac_epochs, config.amnesiac_lr)
 
     started = time.perf_counter()
-    subset = np.random.default_rng(seed).permutation(n_retain)[: int(config.bad_teacher_fraction * n_retain)]
-    retain_x = study.retain["x"][np.sort(subset)]
+    chosen = np.random.default_rng(study.seed).permutation(n_retain)[
+        : int(config.bad_teacher_fraction * n_retain)
+    ]
+    retain_x = split.retain["x"][np.sort(chosen)]
     incompetent = study.model.init(study.keys["teacher"])
     teacher_set = unlearn.bad_teacher_set(
         retain_x,
-        study.forget["x"],
+        split.forget["x"],
         train.predict(study.model, original, retain_x),
-        train.predict(study.model, incompetent, study.forget["x"]),
+        train.predict(study.model, incompetent, split.forget["x"]),
     )
     teacher_seconds = time.perf_counter() - started
     train_phase(
@@ -379,22 +411,19 @@ def run_seed(config: Config, seed: int, run_dir: str, interrupt=None) -> dict[st
     )
     seconds["bad_teacher"] += teacher_seconds
 
-    fraction = n_forget / n_train
     importances = {
-        estimator: study.importances(original, estimator=estimator, label_free=estimator == "batch_abs")
+        estimator: study.importances(
+            original, split, estimator=estimator, label_free=estimator == "batch_abs"
+        )
         for estimator in ("batch_sq", "empirical", "batch_abs")
     }
-    ssd_alphas = {
-        "ssd": ("batch_sq", config.alpha, config.lam),
-        "assd": ("batch_sq", None, 1.0),
-        "assd_empirical": ("empirical", None, 1.0),
-        "lfssd": ("batch_abs", config.lfssd_alpha, config.lam),
-    }
     chosen_alpha = {}
-    for method, (estimator, alpha, lam) in ssd_alphas.items():
+    for method, (estimator, alpha_field, lam) in SSD_METHODS.items():
         forget_imp, full_imp, forget_s, full_s = importances[estimator]
+        alpha = None if alpha_field is None else getattr(config, alpha_field)
+        lam = config.lam if lam is None else lam
         if alpha is None:  # ASSD: the percentile of I_f / I_D over the trainable parameters
-            alpha = float(unlearn.assd_alpha(forget_imp["params"], full_imp["params"], fraction))
+            alpha = float(unlearn.assd_alpha(forget_imp, full_imp, n_forget / n_train))
         chosen_alpha[method] = alpha
         dampen(original, forget_imp, full_imp, alpha, lam)  # compile outside the timing
         variables[method], dampen_s = _timed(dampen, original, forget_imp, full_imp, alpha, lam)
@@ -402,23 +431,20 @@ def run_seed(config: Config, seed: int, run_dir: str, interrupt=None) -> dict[st
         seconds[f"{method} (I_D cached)"] = forget_s + dampen_s
         passes[method] = n_train + n_forget
     passes["ssd (I_D cached)"] = n_forget
-    forget_imp, full_imp = importances["batch_sq"][:2]
 
-    metrics = {method: study.evaluate(variables[method]) for method in METHODS}
+    forget_imp, full_imp = importances["batch_sq"][:2]
     sweep = {"forget_test_acc": [], "retain_test_acc": []}
     for alpha in config.alpha_sweep:
         swept = dampen(original, forget_imp, full_imp, alpha, config.lam)
-        for key, arrays in (("forget_test_acc", study.forget_test), ("retain_test_acc", study.retain_test)):
+        for key, arrays in (("forget_test_acc", split.forget_test), ("retain_test_acc", split.retain_test)):
             sweep[key].append(eval.accuracy(train.predict(study.model, swept, arrays["x"]), arrays["y"]))
     return {
-        "metrics": metrics,
-        "class_sweep": class_sweep(study, original) if config.class_sweep else None,
+        "metrics": {method: study.evaluate(variables[method], split) for method in METHODS},
         "seconds": seconds,
         "passes": passes,
         "alpha": chosen_alpha,
         "alpha_sweep": sweep,
         "sizes": {"train": n_train, "retain": n_retain, "forget": n_forget},
-        "resumed": study.resumed,
     }
 
 
@@ -426,216 +452,53 @@ CLASS_SWEEP_METHODS = ("ssd", "assd", "assd_empirical")
 
 
 def class_sweep(study: _Study, original) -> dict[str, dict[str, list[float]]]:
-    """Every class forgotten in turn from the same original model (SSD, ASSD and ASSD on the empirical
-    Fisher; importances only, no retraining): ``{method: {"forget_test_acc": [..], "retain_test_acc": [..]}}``
-    indexed by class."""
+    """Every class forgotten in turn from the same original model by the importance-only methods:
+    ``{method: {"forget_test_acc": [...], "retain_test_acc": [...]}}`` indexed by class."""
     config = study.config
     out = {m: {"forget_test_acc": [], "retain_test_acc": []} for m in CLASS_SWEEP_METHODS}
     for cls in range(study.num_classes):
-        in_class = study.train["y"] == cls
-        forget = {k: v[in_class] for k, v in study.train.items()}
-        retain = {k: v[~in_class] for k, v in study.train.items()}
-        full = _importance_data(study.train, retain, forget, config.importance_order)
-        fraction = len(forget["y"]) / len(study.train["y"])
+        split = study.split(cls)
+        fraction = len(split.forget["y"]) / len(study.train["y"])
         importances = {
-            estimator: study.importances(original, estimator=estimator, forget=forget, full=full)[:2]
+            estimator: study.importances(original, split, estimator=estimator)[:2]
             for estimator in ("batch_sq", "empirical")
         }
-        for method, estimator in zip(CLASS_SWEEP_METHODS, ("batch_sq", "batch_sq", "empirical"), strict=True):
-            forget_imp, full_imp = importances[estimator]
+        for method in CLASS_SWEEP_METHODS:
+            forget_imp, full_imp = importances[SSD_METHODS[method][0]]
             alpha, lam = config.alpha, config.lam
             if method != "ssd":
                 alpha, lam = unlearn.assd_alpha(forget_imp, full_imp, fraction), 1.0
-            predictions = np.argmax(
-                train.predict(
-                    study.model, dampen(original, forget_imp, full_imp, alpha, lam), study.test["x"]
-                ),
-                1,
-            )
-            correct = predictions == study.test["y"]
-            test_in_class = study.test["y"] == cls
-            out[method]["forget_test_acc"].append(float(correct[test_in_class].mean()))
-            out[method]["retain_test_acc"].append(float(correct[~test_in_class].mean()))
+            edited = dampen(original, forget_imp, full_imp, alpha, lam)
+            correct = np.argmax(train.predict(study.model, edited, study.test["x"]), 1) == study.test["y"]
+            in_class = study.test["y"] == cls
+            out[method]["forget_test_acc"].append(float(correct[in_class].mean()))
+            out[method]["retain_test_acc"].append(float(correct[~in_class].mean()))
     return out
 
 
-def _summaries(per_seed: dict[str, dict[str, Any]], field: str, names) -> dict[str, Any]:
-    out = {}
-    for name in names:
-        values = [result[field][name] for result in per_seed.values()]
-        if isinstance(values[0], dict):
-            out[name] = {
-                k: dict(zip(("mean", "std"), runner.mean_std(v[k] for v in values), strict=True))
-                for k in values[0]
-            }
-        else:
-            out[name] = dict(zip(("mean", "std"), runner.mean_std(values), strict=True))
-    return out
-
-
-def _fmt(stat: dict[str, float], scale: float = 100.0, digits: int = 1) -> str:
-    return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
-
-
-def report(config: Config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
-    """The Markdown report: the paper-shaped table, the cost table, the α sweep and the acceptance checks."""
-    summary, seconds = metrics["summary"], timing["summary"]
-    retrain_seconds = seconds["retrain"]
-    rows = [
-        [method]
-        + [_fmt(summary[method][m]) for m in METRICS]
-        + [f"{seconds[method]:.3f}", f"{seconds[method] / retrain_seconds:.3f}"]
-        for method in METHODS
-    ]
-    header = [
-        "method",
-        "retain test acc %",
-        "forget test acc %",
-        "forget train acc %",
-        "entropy MIA %",
-        "loss MIA %",
-        "time s",
-        "time / retrain",
-    ]
-    passes = metrics["passes"]
-    cost_rows = [
-        [
-            name,
-            f"{passes[name]:,}",
-            f"{passes['retrain'] / passes[name]:.1f}×",
-            f"{seconds[name]:.3f}",
-            f"{retrain_seconds / seconds[name]:.0f}×",
-        ]
-        for name in ("retrain", "finetune", "neggrad+", "amnesiac", "bad_teacher", "ssd", "ssd (I_D cached)")
-    ]
-    sweep = metrics["alpha_sweep"]
-    sweep_rows = [
-        [f"{alpha:g}", _fmt(sweep["forget_test_acc"][i]), _fmt(sweep["retain_test_acc"][i])]
-        for i, alpha in enumerate(config.alpha_sweep)
-    ]
-    ssd, original = summary["ssd"], summary["original"]
-    checks = [
-        f"- SSD (α = {config.alpha:g}, λ = {config.lam:g}) forget test accuracy "
-        f"{_fmt(ssd['forget_test_acc'])}% (target ≤ 5%); retain test accuracy drop "
-        f"{(original['retain_test_acc']['mean'] - ssd['retain_test_acc']['mean']) * 100:.1f} points "
-        "(target ≤ 5).",
-        "- α per seed (ASSD on batch_sq / ASSD on empirical / LFSSD): "
-        + ", ".join(
-            f"{a['assd']:.1f} / {a['assd_empirical']:.2f} / {a['lfssd']:.2f}"
-            for a in metrics["alpha"].values()
-        )
-        + ". Because D includes D_f, the exact empirical Fisher has I_D ≥ (|D_f|/|D|)·I_f, so no parameter "
-        "passes a fixed α ≥ |D|/|D_f| = "
-        f"{metrics['sizes']['train'] / metrics['sizes']['forget']:.1f}; with the reference's unshuffled, "
-        "class-grouped D the batch estimators obey nearly the same bound (the forget batches reappear in "
-        "D). On CIFAR-100 (|D|/|D_f| = 100) α = 10 is far below it; on 10-class data it is not.",
-        f"- Entropy MIA on D_f: original {_fmt(original['entropy_mia'])}%, retrain "
-        f"{_fmt(summary['retrain']['entropy_mia'])}%, SSD {_fmt(ssd['entropy_mia'])}%.",
-    ]
-    class_section = []
-    if metrics["class_sweep"]:
-        table = metrics["class_sweep"]
-        class_rows = [
-            [str(c)]
-            + [
-                f"{_fmt(table[m]['forget_test_acc'][c])} / {_fmt(table[m]['retain_test_acc'][c])}"
-                for m in CLASS_SWEEP_METHODS
-            ]
-            for c in range(len(table["ssd"]["forget_test_acc"]))
-        ]
-        class_section = [
-            "## Every class forgotten in turn (forget / retain test acc %, same original models)",
-            runner.markdown_table(
-                ["class", f"SSD α = {config.alpha:g}", "ASSD (batch_sq)", "ASSD (empirical Fisher)"],
-                class_rows,
-            ),
-        ]
-    if timing["resumed_phases"]:
-        checks.append(
-            f"- Resumed phases {timing['resumed_phases']}: their times cover only the epochs after resuming."
-        )
-    return (
-        "\n\n".join(
-            [
-                f"# SSD full-class forgetting — {config.dataset}, {config.model}, "
-                f"forget class {config.forget_class}",
-                f"Seeds {list(config.seeds)}; mean ± std over seeds. Times are medians over seeds (the "
-                "first seed compiles the steps the others reuse); SSD times are warm: "
-                "I_D + I_f + dampening (`batch_sq`, batch "
-                f"{config.importance_batch_size}). Entropy MIA: fraction of D_f an attacker trained on "
-                "retain-train vs test entropies calls members (target: retrain's score); sklearn "
-                "LogisticRegression(class_weight='balanced', solver='lbfgs', C=1). Loss MIA: 5-fold "
-                "cross-validated accuracy of a logistic regression telling D_f from as many forget-class "
-                "test examples by loss (50% = chance). I_D batches follow the "
-                f"`{config.importance_order}` order (see `importance_order`).",
-                runner.markdown_table(header, rows),
-                "## Cost (forward+backward example passes, and wall time)",
-                runner.markdown_table(
-                    ["method", "passes", "retrain / method (passes)", "time s", "retrain / method (time)"],
-                    cost_rows,
-                ),
-                "## α sweep (SSD with cached importances, λ = " + f"{config.lam:g})",
-                runner.markdown_table(["α", "forget test acc %", "retain test acc %"], sweep_rows),
-                *class_section,
-                "## Checks",
-                "\n".join(checks),
-                "![accuracy](accuracy.png)\n\n![alpha sweep](alpha_sweep.png)",
-            ]
-        )
-        + "\n"
+def run_seed(config: Config, seed: int, run_dir: str, interrupt=None) -> dict[str, Any]:
+    """Trains the original model once, then forgets each of ``config.forget_classes`` from it."""
+    study = _Study(config, seed, run_dir)
+    original, original_seconds = _timed(
+        study.fit,
+        study.model.init(study.keys["init"]),
+        study.train,
+        phase="original",
+        epochs=config.epochs,
+        lr=config.lr,
+        optimizer=config.optimizer,
+        checkpoint="original",
+        interrupt=interrupt,
     )
-
-
-def plot(config: Config, metrics: dict[str, Any], run_dir: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = metrics["summary"]
-    fig, ax = plt.subplots(figsize=(10, 4))
-    positions = np.arange(len(METHODS))
-    for offset, key, label in (
-        (-0.2, "retain_test_acc", "retain test"),
-        (0.2, "forget_test_acc", "forget test"),
-    ):
-        ax.bar(
-            positions + offset,
-            [summary[m][key]["mean"] * 100 for m in METHODS],
-            0.4,
-            yerr=[summary[m][key]["std"] * 100 for m in METHODS],
-            label=label,
-            capsize=3,
-        )
-    ax.set_xticks(positions, METHODS, rotation=30, ha="right")
-    ax.set_ylabel("accuracy %")
-    ax.set_ylim(0, 120)
-    ax.set_title(f"Forgetting class {config.forget_class} ({config.dataset}, {config.model})")
-    ax.legend(ncol=2, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "accuracy.png"), dpi=120)
-    plt.close(fig)
-
-    sweep = metrics["alpha_sweep"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("forget_test_acc", "forget test"), ("retain_test_acc", "retain test")):
-        ax.errorbar(
-            config.alpha_sweep,
-            [s["mean"] * 100 for s in sweep[key]],
-            yerr=[s["std"] * 100 for s in sweep[key]],
-            marker="o",
-            label=label,
-            capsize=3,
-        )
-    ax.axvline(config.alpha, color="grey", linestyle=":", label=f"α = {config.alpha:g}")
-    ax.set_xscale("log")
-    ax.set_xlabel("α (selection threshold)")
-    ax.set_ylabel("accuracy %")
-    ax.set_title(f"SSD α sweep, λ = {config.lam:g}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "alpha_sweep.png"), dpi=120)
-    plt.close(fig)
+    classes = {
+        str(cls): forget_class(study, original, original_seconds, cls, interrupt)
+        for cls in config.forget_classes
+    }
+    return {
+        "classes": classes,
+        "class_sweep": class_sweep(study, original) if config.class_sweep else None,
+        "resumed": study.resumed,
+    }
 
 
 def main(config: Config, run_dir: str, *, interrupt: tuple[str, int] | None = None) -> dict[str, Any]:
@@ -645,57 +508,15 @@ def main(config: Config, run_dir: str, *, interrupt: tuple[str, int] | None = No
     wall-clock times go to ``timing.json``. ``interrupt=(phase, epoch)`` simulates a crash after that
     phase's checkpoint, for testing ``--resume``.
     """
+    if not config.forget_classes:
+        raise ValueError("forget_classes is empty")
     per_seed = {str(seed): run_seed(config, seed, run_dir, interrupt) for seed in config.seeds}
-    first = next(iter(per_seed.values()))
-    sweep = {
-        key: [
-            dict(
-                zip(
-                    ("mean", "std"),
-                    runner.mean_std(r["alpha_sweep"][key][i] for r in per_seed.values()),
-                    strict=True,
-                )
-            )
-            for i in range(len(config.alpha_sweep))
-        ]
-        for key in ("forget_test_acc", "retain_test_acc")
-    }
-    class_summary = None
-    if config.class_sweep:
-        runs = list(per_seed.values())
-        class_summary = {
-            method: {
-                key: [
-                    {"mean": float(column.mean()), "std": float(column.std())}
-                    for column in np.asarray([r["class_sweep"][method][key] for r in runs]).T
-                ]
-                for key in ("forget_test_acc", "retain_test_acc")
-            }
-            for method in CLASS_SWEEP_METHODS
-        }
-    metrics = {
-        "per_seed": {seed: r["metrics"] for seed, r in per_seed.items()},
-        "class_sweep": class_summary,
-        "summary": _summaries(per_seed, "metrics", METHODS),
-        "passes": first["passes"],
-        "sizes": first["sizes"],
-        "alpha": {seed: r["alpha"] for seed, r in per_seed.items()},
-        "alpha_sweep": sweep,
-    }
-    timing = {
-        "per_seed": {seed: r["seconds"] for seed, r in per_seed.items()},
-        # The median over seeds: the first seed's times include compiling steps the others reuse.
-        "summary": {
-            name: float(np.median([r["seconds"][name] for r in per_seed.values()]))
-            for name in first["seconds"]
-        },
-        "resumed_phases": {seed: r["resumed"] for seed, r in per_seed.items() if r["resumed"]},
-    }
+    metrics, timing = ssd_report.summarise(config, per_seed)
     runner.write_json(os.path.join(run_dir, "metrics.json"), metrics)
     runner.write_json(os.path.join(run_dir, "timing.json"), timing)
-    text = report(config, metrics, timing)
+    text = ssd_report.report(config, metrics, timing)
     with open(os.path.join(run_dir, "report.md"), "w") as handle:
         handle.write(text)
-    plot(config, metrics, run_dir)
+    ssd_report.plot(config, metrics, run_dir)
     print(text)
     return metrics

@@ -39,6 +39,7 @@ def test_smoke_run_then_interrupted_and_resumed_run_give_the_same_metrics(tmp_pa
         "report.md",
         "accuracy.png",
         "alpha_sweep.png",
+        "train_log.jsonl",
     ):
         assert os.path.getsize(os.path.join(straight, name)) > 0, name
     assert "| ssd |" in capsys.readouterr().out  # the table is printed

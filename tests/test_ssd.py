@@ -60,8 +60,10 @@ def test_jitted_matches_eager():
     np.testing.assert_array_equal(eager["w"], jitted["w"])
 
 
-finite = st.floats(-100, 100, allow_nan=False, width=32)
-importance = st.one_of(st.just(0.0), st.floats(0, 1e6, allow_nan=False, width=32))
+# XLA flushes float32 subnormals (< 1.2e-38) to zero, as documented on ssd(); the invariants are
+# stated for normal numbers.
+finite = st.floats(-100, 100, allow_nan=False, width=32, allow_subnormal=False)
+importance = st.one_of(st.just(0.0), st.floats(0, 1e6, allow_nan=False, width=32, allow_subnormal=False))
 
 
 @settings(max_examples=60, deadline=None)

@@ -125,6 +125,8 @@ def ssd(
 
     Returns:
       The dampened tree, ``params``' exact structure and dtypes; unselected leaves are returned bit-identical.
+      Importances below float32's smallest normal number (≈1.2e-38) count as 0, since XLA flushes
+      subnormals to zero; rescale both importance trees by a common factor if yours are that small.
 
     Raises:
       ValueError: mismatched structures or shapes, negative/non-finite importances (checked when concrete),
