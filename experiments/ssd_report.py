@@ -189,7 +189,10 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
         notes.append(
             f"- Resumed phases {timing['resumed_phases']}: their times cover only the epochs after resuming."
         )
-    sections += ["## Notes", "\n".join(notes), "![accuracy](accuracy.png)\n\n![alpha sweep](alpha_sweep.png)"]
+    images = ["![accuracy](accuracy.png)", "![alpha sweep](alpha_sweep.png)"]
+    if metrics["class_sweep"]:
+        images.append("![class sweep](class_sweep.png)")
+    sections += ["## Notes", "\n".join(notes), "\n\n".join(images)]
     return "\n\n".join(sections) + "\n"
 
 
@@ -249,3 +252,29 @@ def plot(config, metrics: dict[str, Any], run_dir: str) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "alpha_sweep.png"), dpi=120)
     plt.close(fig)
+
+    if metrics["class_sweep"]:
+        table = metrics["class_sweep"]
+        fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+        num_classes = len(next(iter(table.values()))["forget_test_acc"])
+        width = 0.8 / len(table)
+        for i, (method, result) in enumerate(table.items()):
+            for ax, key in zip(axes, ("forget_test_acc", "retain_test_acc"), strict=True):
+                ax.bar(
+                    np.arange(num_classes) + (i - (len(table) - 1) / 2) * width,
+                    [s["mean"] * 100 for s in result[key]],
+                    width,
+                    yerr=[s["std"] * 100 for s in result[key]],
+                    capsize=2,
+                    label=method,
+                )
+        axes[0].set_ylabel("forget test acc %")
+        axes[1].set_ylabel("retain test acc %")
+        axes[1].set_xlabel("forgotten class")
+        axes[1].set_xticks(np.arange(num_classes))
+        axes[0].set_ylim(0, 130)
+        axes[0].legend(ncol=len(table), fontsize="small", loc="upper center")
+        axes[0].set_title("Each class forgotten in turn from the same original models")
+        fig.tight_layout()
+        fig.savefig(os.path.join(run_dir, "class_sweep.png"), dpi=120)
+        plt.close(fig)
