@@ -57,6 +57,7 @@ class Config:
     lr: float = 1e-3
     lr_milestones: tuple[int, ...] = ()
     weight_decay: float = 0.0
+    augment: bool = False  # random crop (pad 4) + horizontal flip while training, as the reference on CIFAR
     importance_batch_size: int = 64
     importance_order: str = "reference"
     alpha: float = 10.0
@@ -122,6 +123,7 @@ PRESETS: dict[str, Config] = {
         lr=0.1,
         lr_milestones=(60, 120, 160),
         weight_decay=5e-4,
+        augment=True,
         importance_batch_size=64,
         finetune_epochs=5,
         finetune_lr=0.02,
@@ -243,6 +245,7 @@ class _Study:
             checkpoint_dir=checkpoint_dir,
             checkpoint_seconds=self.config.checkpoint_seconds,
             on_epoch_end=hook,
+            augment=data.crop_and_flip if self.config.augment else None,
             logger=self.logger,
             desc=f"seed {self.seed} {checkpoint or phase}",
             progress=self.config.progress,

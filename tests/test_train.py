@@ -1,5 +1,6 @@
 """unlearnx.train: the weighted/soft objective by hand, a real fit on digits, resumable checkpoints."""
 
+import functools
 import json
 
 import jax
@@ -110,3 +111,22 @@ def test_fit_rejects_bad_arguments(digits):
         )
     with pytest.raises(ValueError, match="x is empty"):
         train.predict(model, model.init(jax.random.key(0)), train_set.x[:0])
+
+
+def test_augmented_fit_is_reproducible(digits):
+    train_set, _ = digits
+    model = _mlp(train_set)
+    variables = model.init(jax.random.key(0))
+    arrays = {k: v[:256] for k, v in train_set.arrays().items()}
+    kwargs = dict(optimizer=optax.adam(1e-3), epochs=2, batch_size=64, rng=jax.random.key(1), progress=False)
+    augment = functools.partial(data.crop_and_flip, pad=1)
+    first = train.fit(model, variables, arrays, augment=augment, **kwargs)
+    second = train.fit(model, variables, arrays, augment=augment, **kwargs)
+    plain = train.fit(model, variables, arrays, **kwargs)
+    kernel = ("params", "Dense_0", "kernel")
+
+    def get(v):
+        return v[kernel[0]][kernel[1]][kernel[2]]
+
+    np.testing.assert_array_equal(get(first), get(second))
+    assert not np.allclose(get(first), get(plain))

@@ -147,6 +147,7 @@ def fit(
     logger: MetricLogger | None = None,
     mesh: jax.sharding.Mesh | None = None,
     on_epoch_end: Callable[[int, TrainState, bool], None] | None = None,
+    augment: Callable[[dict, np.random.Generator], dict] | None = None,
     desc: str = "train",
     progress: bool = True,
 ) -> PyTree:
@@ -173,6 +174,9 @@ def fit(
       mesh: data-parallel mesh (default: all devices).
       on_epoch_end: called as ``on_epoch_end(epoch, state, saved)`` after each epoch, ``saved`` telling
         whether that epoch was checkpointed.
+      augment: host-side batch transform ``augment(batch, generator)`` (e.g.
+        :func:`unlearnx.data.crop_and_flip`); the generator is seeded by ``(seed, epoch, batch index)`` so
+        augmentation is reproducible and resumable.
       desc: label of the progress bar and log records.
       progress: show a progress bar.
     """
@@ -193,7 +197,12 @@ def fit(
     for epoch in bar:
         started = time.perf_counter()
         losses = []
-        for batch in data.batches(arrays, batch_size, seed=seed, epoch=epoch, drop_remainder=drop_remainder):
+        epoch_batches = data.batches(
+            arrays, batch_size, seed=seed, epoch=epoch, drop_remainder=drop_remainder
+        )
+        for index, batch in enumerate(epoch_batches):
+            if augment is not None:
+                batch = augment(batch, np.random.default_rng((seed, epoch, index)))
             batch = parallel.shard_batch(parallel.process_share(batch), mesh)
             state, metrics = step_fn(state, batch, jax.random.fold_in(rng, state.step))
             losses.append(metrics["loss"])
