@@ -1,0 +1,84 @@
+"""Per-tensor sparsity targets: uniform, and Erdős–Rényi-Kernel (ERK) with RigL's ε-solve.
+
+ERK gives tensor l (shape n_1 × … × n_d, size N_l) the density d_l = ε·(Σᵢ nᵢ / Πᵢ nᵢ)^power_scale, with ε
+chosen so that Σ_l d_l·N_l = (1 − s)·Σ_l N_l. A tensor whose density would exceed 1 is made dense and ε is
+solved again over the rest, so the overall sparsity over the selected tensors is exactly s (before the
+rounding of per-tensor counts).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+from unlearnx import tree as tree_lib
+
+PyTree = Any
+
+__all__ = ["erk_sparsities", "uniform_sparsities"]
+
+
+def _check_sparsity(sparsity: float) -> float:
+    value = float(sparsity)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    return value
+
+
+def _selected_paths(params: PyTree, where: tree_lib.Where) -> dict[str, tuple[int, ...]]:
+    """Path -> shape of every selected tensor; the default selects every tensor of rank ≥ 2."""
+    default = where is None
+    flags = dict(tree_lib.leaves_with_paths(tree_lib.select(params, where)))
+    chosen = {
+        path: tuple(np.shape(leaf))
+        for path, leaf in tree_lib.leaves_with_paths(params)
+        if flags[path] and (not default or np.ndim(leaf) >= 2)
+    }
+    if not chosen:
+        raise ValueError(f"where={where!r} selects no parameter tensor to sparsify")
+    return chosen
+
+
+def _as_tree(params: PyTree, values: dict[str, float]) -> PyTree:
+    return jax.tree_util.tree_map_with_path(lambda path, _: values.get(tree_lib.key_path_str(path)), params)
+
+
+def uniform_sparsities(params: PyTree, sparsity: float, *, where: tree_lib.Where = None) -> PyTree:
+    """Every selected tensor at ``sparsity``; unselected ones ``None`` (kept dense).
+
+    ``where`` follows :mod:`unlearnx.tree`; by default every tensor of rank ≥ 2 (kernels, not biases or
+    norm scales) is selected, as in GraNet's CIFAR setting.
+    """
+    value = _check_sparsity(sparsity)
+    return _as_tree(params, {path: value for path in _selected_paths(params, where)})
+
+
+def erk_sparsities(
+    params: PyTree, sparsity: float, *, where: tree_lib.Where = None, power_scale: float = 1.0
+) -> PyTree:
+    """ERK sparsities (see the module docstring); unselected tensors ``None``.
+
+    Args:
+      params: parameter tree.
+      sparsity: overall target s ∈ [0, 1) over the selected tensors.
+      where: selector (default: every tensor of rank ≥ 2).
+      power_scale: exponent on the ERK raw density (1 is ERK, 0 is uniform).
+    """
+    value = _check_sparsity(sparsity)
+    shapes = _selected_paths(params, where)
+    sizes = {path: math.prod(shape) for path, shape in shapes.items()}
+    raw = {path: (sum(shape) / sizes[path]) ** power_scale for path, shape in shapes.items()}
+    dense: set[str] = set()
+    while True:
+        budget = (1.0 - value) * sum(sizes.values()) - sum(sizes[p] for p in dense)
+        weight = sum(raw[p] * sizes[p] for p in shapes if p not in dense)
+        epsilon = budget / weight if weight > 0 else 0.0
+        overflow = [p for p in shapes if p not in dense and epsilon * raw[p] > 1.0]
+        if not overflow:
+            break
+        dense.update(overflow)
+    densities = {p: 1.0 if p in dense else epsilon * raw[p] for p in shapes}
+    return _as_tree(params, {p: 1.0 - d for p, d in densities.items()})
