@@ -102,9 +102,15 @@ def _check_momentum_policy(inner: optax.GradientTransformation, params: PyTree, 
         return
     state = jax.eval_shape(inner.init, params)
     found = []
-    optax.tree_utils.tree_map_params(
-        inner, lambda leaf: found.append(leaf) or leaf, state, transform_non_params=lambda leaf: leaf
-    )
+    try:
+        optax.tree_utils.tree_map_params(
+            inner, lambda leaf: found.append(leaf) or leaf, state, transform_non_params=lambda leaf: leaf
+        )
+    except Exception as error:  # the inner init does not accept a parameter-shaped placeholder tree
+        raise ValueError(
+            f"momentum_policy={policy!r} cannot find the inner optimizer's per-parameter state ({error}); "
+            "use momentum_policy='none' or an inner optimizer whose state mirrors the parameters"
+        ) from error
     param_sizes = {int(np.size(leaf)) for leaf in jax.tree.leaves(params)} | {
         sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
     }
