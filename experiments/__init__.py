@@ -5,6 +5,7 @@ import importlib
 #: Name -> module of every experiment, in the order the quick suite runs them.
 EXPERIMENTS = {
     "ssd_forget": "experiments.ssd_forget",
+    "granet_sparse": "experiments.granet_sparse",
 }
 
 

@@ -252,6 +252,7 @@ class _Study:
         )
 
     def evaluate(self, variables, split: _Split) -> dict[str, float]:
+        """The METRICS of one edited model; all NaN when it has diverged (non-finite outputs)."""
         logits = {
             name: train.predict(self.model, variables, arrays["x"])
             for name, arrays in (
@@ -262,6 +263,8 @@ class _Study:
                 ("retain_test", split.retain_test),
             )
         }
+        if not all(np.isfinite(values).all() for values in logits.values()):
+            return dict.fromkeys(ssd_report.METRICS, float("nan"))
         return {
             "retain_test_acc": eval.accuracy(logits["retain_test"], split.retain_test["y"]),
             "forget_test_acc": eval.accuracy(logits["forget_test"], split.forget_test["y"]),

@@ -179,12 +179,25 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
                 ["class", *(f"ssd (α = {config.alpha:g})" if m == "ssd" else m for m in methods)], rows
             ),
         ]
+    diverged = sorted(
+        {
+            f"{method} (class {cls})"
+            for cls, result in metrics["classes"].items()
+            for per_seed in result["per_seed"].values()
+            for method, values in per_seed.items()
+            if np.isnan(values["retain_test_acc"])
+        }
+    )
     notes = [
         "- Because D includes D_f, the exact empirical Fisher has I_D ≥ (|D_f|/|D|)·I_f, so no parameter "
         "passes a fixed α ≥ |D|/|D_f|; with the reference's unshuffled, class-grouped D the batch estimators "
         "obey nearly the same bound (the forget batches reappear in D). On CIFAR-100 (|D|/|D_f| = 100) "
         "α = 10 is far below it; on 10-class data it is not.",
     ]
+    if diverged:
+        notes.append(
+            f"- Diverged (non-finite outputs; metrics NaN, left out of the means): {', '.join(diverged)}."
+        )
     if timing["resumed_phases"]:
         notes.append(
             f"- Resumed phases {timing['resumed_phases']}: their times cover only the epochs after resuming."

@@ -1,0 +1,134 @@
+"""Masked sparse training steps against the same dense step, measured side by side in one process.
+
+One jitted training step (forward, backward, optimizer update; :func:`unlearnx.train.make_train_step`) of the
+digits MLP on one fixed batch, with the spec's inner optimizer (SGD, momentum 0.9, Nesterov, weight decay):
+
+1. dense: the inner optimizer alone;
+2. GraNet on a step that is not a mask update (the ``lax.cond`` takes the cheap branch: masking only);
+3. GraNet on a mask-update step (global magnitude pruning + per-tensor drop and regrow, full argsorts);
+4. for reference, a static sparse mask (masking, no ``lax.cond``) and RigL with and without a mask update.
+
+The state is never advanced, so every call repeats the same step: the optimizer state's ``count`` is set so
+that ``count + 1`` is (or is not) a multiple of ΔT. Each timing is the median of ``--repeats`` calls (a tenth
+as many for the slow mask-update steps) after a warm-up call that compiles, every result blocked until
+ready; the steps of a group are timed in turn within each repeat, so background load hits them alike.
+Ratios are against the dense step.
+
+Usage: ``python benchmarks/sparse.py [--repeats 200] [--sparsity 0.9] [--width 256] [--batch-size 64]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from unlearnx import data, models, sparse, train
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, timed in turn within every repeat (so background load drifts hit
+    all of them alike), after one warm-up call each that compiles."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=200, help="(a tenth of them for mask updates)")
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--frequency", type=int, default=100, help="ΔT in steps")
+    args = parser.parse_args()
+
+    train_set = data.load("digits", "train")
+    model = models.mlp(train_set.x.shape[1:], train_set.num_classes, hidden=(args.width, args.width))
+    variables = model.init(jax.random.key(0))
+    batch = {key: jnp.asarray(value[: args.batch_size]) for key, value in train_set.arrays().items()}
+    rng = jax.random.key(1)
+    total_steps, period = 100 * args.frequency, args.frequency
+
+    def inner():
+        return optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9, nesterov=True))
+
+    optimizers = {
+        "dense": inner(),
+        "granet": sparse.granet(
+            inner(),
+            final_sparsity=args.sparsity,
+            initial_sparsity=0.5,
+            begin_step=0,
+            end_step=total_steps // 2,
+            frequency=period,
+            total_steps=total_steps,
+        ),
+        "static": sparse.static_sparse(inner(), sparsity=args.sparsity),
+        "rigl": sparse.rigl(inner(), sparsity=args.sparsity, end_step=total_steps, frequency=period),
+    }
+
+    def step_fn(name: str, count: int | None = None) -> Callable[[], Any]:
+        optimizer = optimizers[name]
+        step = train.make_train_step(model, optimizer)
+        opt_state = optimizer.init(variables["params"])
+        if count is not None:  # the transform's update runs step count + 1
+            opt_state = opt_state._replace(count=jnp.asarray(count, jnp.int32))
+        state = train.TrainState(jnp.asarray(0, jnp.int32), variables, opt_state)
+        return lambda: step(state, batch, rng)
+
+    # Step 1 (count 0) is never an update; step ΔT (count ΔT − 1) is, for GraNet (pruning while
+    # step <= end_step, then regrowth) and RigL alike. The mask-update steps are timed apart: interleaved
+    # with them, the dense step itself slows down (caches flushed by the sorts), so every ratio is taken
+    # against the dense step of the cheap group.
+    cheap = interleaved_medians(
+        {
+            "dense step": step_fn("dense"),
+            "GraNet step, no mask update": step_fn("granet", 0),
+            "static sparse step (masking only)": step_fn("static"),
+            "RigL step, no mask update": step_fn("rigl", 0),
+        },
+        args.repeats,
+    )
+    costly = interleaved_medians(
+        {
+            "GraNet step, mask update (prune + regrow)": step_fn("granet", period - 1),
+            "RigL step, mask update (drop + regrow)": step_fn("rigl", period - 1),
+        },
+        max(args.repeats // 10, 5),
+    )
+    dense = cheap["dense step"]
+    print(
+        f"digits MLP {args.width}-{args.width}, batch {args.batch_size}, sparsity {args.sparsity:g} "
+        f"(GraNet s_i = 0.5), ΔT = {period}; medians of {args.repeats} warm steps "
+        f"({max(args.repeats // 10, 5)} for mask updates) on {jax.device_count()} "
+        f"{jax.default_backend()} device(s)\n"
+    )
+    width = max(len(name) for name in [*cheap, *costly])
+    print(f"{'step':<{width}}  {'time':>10}  vs dense")
+    for name, seconds in {**cheap, **costly}.items():
+        print(f"{name:<{width}}  {seconds * 1e3:7.3f} ms  {seconds / dense:6.2f}×")
+    no_update = cheap["GraNet step, no mask update"]
+    update = costly["GraNet step, mask update (prune + regrow)"]
+    print(
+        f"\nAmortised GraNet step, one mask update every ΔT = {period} steps (the spec's CIFAR ΔT: 1000): "
+        f"{((period - 1) * no_update + update) / period / dense:.2f}× a dense step."
+    )
+
+
+if __name__ == "__main__":
+    main()
