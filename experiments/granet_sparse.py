@@ -45,7 +45,7 @@ import numpy as np
 import optax
 
 from experiments import granet_report, runner
-from unlearnx import data, eval, models, sparse, train, tree
+from unlearnx import data, eval, sparse, train, tree
 from unlearnx.checkpoint import Checkpointer
 
 NAME = "granet_sparse"
@@ -116,19 +116,6 @@ PRESETS: dict[str, Config] = {
     ),
 }
 PRESETS["paper_cifar100"] = dataclasses.replace(PRESETS["paper"], dataset="tfds:cifar100")
-
-
-@functools.cache
-def _model(
-    name: str, input_shape: tuple[int, ...], num_classes: int, width: int, channels: tuple[int, ...]
-) -> models.Model:
-    """One model object per architecture, so the evaluation function compiles once."""
-    kwargs = {
-        "mlp": {"hidden": (width, width)},
-        "cnn": {"channels": channels, "hidden": width},
-        "resnet18": {"width": width},
-    }.get(name, {})
-    return models.get(name, input_shape, num_classes, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +215,7 @@ class _Study:
         train_set = data.load(config.dataset, config.train_split, data_dir=config.data_dir)
         test_set = data.load(config.dataset, "test", data_dir=config.data_dir)
         self.train, self.test = train_set.arrays(), test_set.arrays()
-        self.model = _model(
+        self.model = runner.build_model(
             config.model, tuple(train_set.x.shape[1:]), train_set.num_classes, config.width, config.channels
         )
         self.schedule = Schedule.of(config, len(train_set))

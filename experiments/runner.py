@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import sys
@@ -16,8 +17,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from unlearnx import models
+
 __all__ = [
     "apply_overrides",
+    "build_model",
     "markdown_table",
     "mean_std",
     "run_directory",
@@ -141,3 +145,17 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+@functools.cache
+def build_model(
+    name: str, input_shape: tuple[int, ...], num_classes: int, width: int, channels: tuple[int, ...]
+) -> models.Model:
+    """One model object per architecture (so compiled train/eval steps are reused): ``width`` is the MLP's
+    hidden width (two layers), the CNN's dense width or the ResNet's base width; ``channels`` the CNN's."""
+    kwargs = {
+        "mlp": {"hidden": (width, width)},
+        "cnn": {"channels": channels, "hidden": width},
+        "resnet18": {"width": width},
+    }.get(name, {})
+    return models.get(name, input_shape, num_classes, **kwargs)

@@ -138,19 +138,6 @@ METHODS = ssd_report.METHODS
 
 
 @functools.cache
-def _model(
-    name: str, input_shape: tuple[int, ...], num_classes: int, width: int, channels: tuple[int, ...]
-) -> models.Model:
-    """One model object per architecture, so compiled train/eval steps are shared across seeds."""
-    kwargs = {
-        "mlp": {"hidden": (width, width)},
-        "cnn": {"channels": channels, "hidden": width},
-        "resnet18": {"width": width},
-    }.get(name, {})
-    return models.get(name, input_shape, num_classes, **kwargs)
-
-
-@functools.cache
 def _optimizer(name: str, lr: float, *, steps_per_epoch: int = 1, milestones=(), weight_decay=0.0):
     """Adam, or SGD with momentum 0.9 and weight decay; LR × 0.2 at each milestone epoch. Cached so
     phases with the same settings share one compiled step."""
@@ -189,7 +176,7 @@ class _Study:
         self.test_set = data.load(config.dataset, "test", data_dir=config.data_dir)
         self.train_set, self.train, self.test = train_set, train_set.arrays(), self.test_set.arrays()
         self.num_classes = train_set.num_classes
-        self.model = _model(
+        self.model = runner.build_model(
             config.model, tuple(train_set.x.shape[1:]), self.num_classes, config.width, config.channels
         )
         names = ("init", "retrain", "teacher", "steps")

@@ -54,7 +54,7 @@ def test_smoke_run_writes_the_report_and_ends_at_exactly_the_target_sparsity(tmp
     config = granet_sparse.PRESETS["smoke"]
     with open(os.path.join(run_dir, "metrics.json")) as handle:
         metrics = json.load(handle)
-    study_model = granet_sparse._model(config.model, (8, 8, 1), 10, config.width, config.channels)
+    study_model = runner.build_model(config.model, (8, 8, 1), 10, config.width, config.channels)
     params = jax.eval_shape(study_model.init, jax.random.key(0))["params"]
     total = sum(granet_sparse.selected_paths(params).values())
     runs = metrics["runs"]

@@ -332,23 +332,30 @@ def gmp(
     )
 
 
-def _dynamic_sparse(
-    inner,
+def rigl(
+    inner: optax.GradientTransformation,
     *,
-    sparsity,
-    end_step,
-    frequency,
-    drop_fraction,
-    distribution,
-    where,
-    momentum_policy,
-    seed,
-    random_growth: bool,
-):
+    sparsity: float,
+    end_step: int,
+    frequency: int = 100,
+    drop_fraction: float = 0.3,
+    growth: str = "gradient",
+    distribution: str = "erk",
+    where: tree_lib.Where = None,
+    momentum_policy: str = "reset_regrown",
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+    """RigL (Evci et al. 2020): fixed-sparsity ``distribution`` masks; every ``frequency`` steps until
+    ``end_step`` (75% of training in the paper) drop the smallest |θ| and regrow as many inactive entries,
+    with the drop fraction cosine-decayed from ``drop_fraction`` to 0. ``growth="gradient"`` regrows by
+    |∇L| (RigL); ``"random"`` by uniform noise from ``fold_in(seed, step)``, identical on every replica
+    (SET). Regrown weights start at 0 with zero momentum."""
     distributions._check_sparsity(sparsity)
     _check_window(0, end_step)
     if frequency < 1:
         raise ValueError(f"frequency must be a positive number of steps, got {frequency}")
+    if growth not in ("gradient", "random"):
+        raise ValueError(f"growth must be 'gradient' or 'random', got {growth!r}")
     spread = _distribution(distribution)
     key = jax.random.key(seed)
 
@@ -356,7 +363,7 @@ def _dynamic_sparse(
         fraction = schedules.cosine_drop_fraction(
             step, initial=drop_fraction, minimum=0.0, total_steps=end_step
         )
-        if random_growth:
+        if growth == "random":
             event = jax.random.fold_in(key, step)
             scores = {
                 p: jax.random.uniform(jax.random.fold_in(event, i), g.shape)
@@ -377,61 +384,12 @@ def _dynamic_sparse(
     )
 
 
-def rigl(
-    inner: optax.GradientTransformation,
-    *,
-    sparsity: float,
-    end_step: int,
-    frequency: int = 100,
-    drop_fraction: float = 0.3,
-    distribution: str = "erk",
-    where: tree_lib.Where = None,
-    momentum_policy: str = "reset_regrown",
-    seed: int = 0,
-) -> optax.GradientTransformationExtraArgs:
-    """RigL (Evci et al. 2020): fixed-sparsity ``distribution`` masks; every ``frequency`` steps until
-    ``end_step`` (75% of training in the paper) drop the smallest |θ| and regrow by |∇L|, with the drop
-    fraction cosine-decayed from ``drop_fraction`` to 0. Regrown weights start at 0 with zero momentum."""
-    return _dynamic_sparse(
-        inner,
-        sparsity=sparsity,
-        end_step=end_step,
-        frequency=frequency,
-        drop_fraction=drop_fraction,
-        distribution=distribution,
-        where=where,
-        momentum_policy=momentum_policy,
-        seed=seed,
-        random_growth=False,
-    )
-
-
 def set_sparse(
-    inner: optax.GradientTransformation,
-    *,
-    sparsity: float,
-    end_step: int,
-    frequency: int = 100,
-    drop_fraction: float = 0.3,
-    distribution: str = "erk",
-    where: tree_lib.Where = None,
-    momentum_policy: str = "reset_regrown",
-    seed: int = 0,
+    inner: optax.GradientTransformation, *, sparsity: float, end_step: int, **options: Any
 ) -> optax.GradientTransformationExtraArgs:
-    """SET (Mocanu et al. 2018): as :func:`rigl`, but regrowth picks inactive entries uniformly at random
-    (noise from ``fold_in(seed, step)``, identical on every replica)."""
-    return _dynamic_sparse(
-        inner,
-        sparsity=sparsity,
-        end_step=end_step,
-        frequency=frequency,
-        drop_fraction=drop_fraction,
-        distribution=distribution,
-        where=where,
-        momentum_policy=momentum_policy,
-        seed=seed,
-        random_growth=True,
-    )
+    """SET (Mocanu et al. 2018): :func:`rigl` with random regrowth; ``options`` are rigl's (``frequency``,
+    ``drop_fraction``, ``distribution``, ``where``, ``momentum_policy``, ``seed``)."""
+    return rigl(inner, sparsity=sparsity, end_step=end_step, growth="random", **options)
 
 
 def static_sparse(
