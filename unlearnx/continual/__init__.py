@@ -1,0 +1,34 @@
+"""Continual learning: rehearsal schedules, replay buffers, EWC / online EWC / SI as optax transforms, and
+the accuracy-matrix metrics."""
+
+from unlearnx.continual.buffer import ReplayBuffer, buffer_add, buffer_init, buffer_sample
+from unlearnx.continual.metrics import cl_metrics
+from unlearnx.continual.penalties import (
+    EwcState,
+    OnlineEwcState,
+    SiState,
+    consolidate_online_ewc,
+    consolidate_si,
+    ewc,
+    online_ewc,
+    synaptic_intelligence,
+)
+from unlearnx.continual.rehearsal import KINDS, rehearsal_counts
+
+__all__ = [
+    "KINDS",
+    "EwcState",
+    "OnlineEwcState",
+    "ReplayBuffer",
+    "SiState",
+    "buffer_add",
+    "buffer_init",
+    "buffer_sample",
+    "cl_metrics",
+    "consolidate_online_ewc",
+    "consolidate_si",
+    "ewc",
+    "online_ewc",
+    "rehearsal_counts",
+    "synaptic_intelligence",
+]

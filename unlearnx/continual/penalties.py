@@ -1,0 +1,214 @@
+"""Regularisers against forgetting as optax gradient transforms: EWC, online EWC and Synaptic Intelligence.
+
+Each adds the gradient of its quadratic penalty to the incoming gradients, so it goes first in a chain:
+``optax.chain(ewc(fisher, anchor, strength), optax.adam(1e-3))``. Its arrays (Fisher, anchors, path
+integrals) live in its ``NamedTuple`` state, so they checkpoint and shard with the rest of the optimizer.
+
+* EWC (Kirkpatrick et al. 2017):  P(θ) = Σₜ (λ/2) Σₚ Fₜ,ₚ (θₚ − θ*ₜ,ₚ)²,   ∇P = λ Σₜ Fₜ ⊙ (θ − θ*ₜ).
+* Online EWC (Schwarz et al. 2018): one running F̃ ← γ F̃ + F_k and one anchor θ* (the latest solution),
+  set by :func:`consolidate_online_ewc` at the end of each task.
+* SI (Zenke et al. 2017): during a task ωₚ += −gₚ·Δθₚ along the path; at its end
+  Ωₚ += ωₚ / ((Δₚ)² + ξ) with Δₚ the parameter's total change over the task, the anchor θ̃ moves to the
+  task's final parameters (:func:`consolidate_si`), and P(θ) = c Σₚ Ωₚ (θₚ − θ̃ₚ)², ∇P = 2c Ω ⊙ (θ − θ̃).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from unlearnx import tree as tree_lib
+
+PyTree = Any
+
+__all__ = [
+    "EwcState",
+    "OnlineEwcState",
+    "SiState",
+    "consolidate_online_ewc",
+    "consolidate_si",
+    "ewc",
+    "online_ewc",
+    "synaptic_intelligence",
+]
+
+
+def _check_strength(name: str, value: float) -> None:
+    if not (float(value) >= 0.0 and jnp.isfinite(value)):
+        raise ValueError(f"{name} must be finite and non-negative, got {value!r}")
+
+
+def _need_params(params: PyTree, name: str) -> None:
+    if params is None:
+        raise ValueError(f"{name} needs params: call update(grads, state, params)")
+
+
+def _find(opt_state: optax.OptState, kind: type) -> list[tuple]:
+    """Paths (as index tuples) of every ``kind`` state inside a possibly nested chain state."""
+    if isinstance(opt_state, kind):
+        return [()]
+    found = []
+    if isinstance(opt_state, tuple | list) and not hasattr(opt_state, "_fields"):
+        for index, part in enumerate(opt_state):
+            found += [(index, *rest) for rest in _find(part, kind)]
+    return found
+
+
+def _replace(opt_state: optax.OptState, kind: type, fn) -> optax.OptState:
+    paths = _find(opt_state, kind)
+    if len(paths) != 1:
+        raise ValueError(f"expected exactly one {kind.__name__} in the optimizer state, found {len(paths)}")
+
+    def rebuild(node, path):
+        if not path:
+            return fn(node)
+        parts = list(node)
+        parts[path[0]] = rebuild(parts[path[0]], path[1:])
+        return type(node)(parts)
+
+    return rebuild(opt_state, paths[0])
+
+
+class EwcState(NamedTuple):
+    """The Fisher diagonals and anchors of the consolidated tasks."""
+
+    fishers: tuple
+    anchors: tuple
+
+
+def ewc(fisher: PyTree | Sequence[PyTree], anchor: PyTree | Sequence[PyTree], strength: float):
+    """EWC penalty gradient λ Σₜ Fₜ ⊙ (θ − θ*ₜ) added to the updates (see the module docstring).
+
+    Args:
+      fisher: the Fisher diagonal of one task (a tree like the params), or a list of them (one per task).
+      anchor: the matching optimal parameters θ*, a tree or a list of the same length.
+      strength: λ ≥ 0.
+    """
+    _check_strength("strength", strength)
+    fishers = tuple(fisher) if isinstance(fisher, list | tuple) else (fisher,)
+    anchors = tuple(anchor) if isinstance(anchor, list | tuple) else (anchor,)
+    if len(fishers) != len(anchors):
+        raise ValueError(f"{len(fishers)} Fisher trees but {len(anchors)} anchors")
+    for f, a in zip(fishers, anchors, strict=True):
+        tree_lib.check_same_structure(f, a, names=("fisher", "anchor"))
+
+    def init(params):
+        for a in anchors:
+            tree_lib.check_same_structure(params, a, names=("params", "anchor"))
+        return EwcState(fishers, anchors)
+
+    def update(updates, state, params=None, **extra):
+        del extra
+        _need_params(params, "ewc")
+        for f, a in zip(state.fishers, state.anchors, strict=True):
+            updates = jax.tree.map(lambda u, p, fi, an: u + strength * fi * (p - an), updates, params, f, a)
+        return updates, state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+class OnlineEwcState(NamedTuple):
+    """The running Fisher F̃, the single anchor θ* and the decay γ."""
+
+    fisher: PyTree
+    anchor: PyTree
+    decay: jax.Array
+
+
+def online_ewc(strength: float, decay: float = 1.0):
+    """Online EWC: λ F̃ ⊙ (θ − θ*) added to the updates; F̃ starts at 0 (no penalty before the first
+    :func:`consolidate_online_ewc`). ``decay`` is γ ∈ [0, 1]."""
+    _check_strength("strength", strength)
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"decay must be in [0, 1], got {decay!r}")
+
+    def init(params):
+        return OnlineEwcState(jax.tree.map(jnp.zeros_like, params), params, jnp.asarray(decay, jnp.float32))
+
+    def update(updates, state, params=None, **extra):
+        del extra
+        _need_params(params, "online_ewc")
+        penalty = jax.tree.map(lambda f, p, a: strength * f * (p - a), state.fisher, params, state.anchor)
+        return jax.tree.map(jnp.add, updates, penalty), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def consolidate_online_ewc(opt_state: optax.OptState, fisher: PyTree, params: PyTree) -> optax.OptState:
+    """End of a task: F̃ ← γ F̃ + F_k and θ* ← θ, inside the (possibly chained) optimizer state."""
+
+    def consolidate(state: OnlineEwcState) -> OnlineEwcState:
+        tree_lib.check_same_structure(state.fisher, fisher, names=("running fisher", "fisher"))
+        running = jax.tree.map(lambda r, f: state.decay * r + f, state.fisher, fisher)
+        return OnlineEwcState(running, params, state.decay)
+
+    return _replace(opt_state, OnlineEwcState, consolidate)
+
+
+class SiState(NamedTuple):
+    """``omega``: this task's path integral; ``importance``: Ω; ``anchor``: θ̃ (start of this task);
+    ``previous_params``/``previous_grads``: the last step's, for its Δθ; ``damping``: ξ."""
+
+    omega: PyTree
+    importance: PyTree
+    anchor: PyTree
+    previous_params: PyTree
+    previous_grads: PyTree
+    damping: jax.Array
+
+
+def synaptic_intelligence(strength: float, damping: float = 0.1):
+    """SI: accumulates ωₚ += −gₚ Δθₚ and adds 2c Ω ⊙ (θ − θ̃) to the updates (module docstring).
+
+    The step's own Δθ is only known at the next call, so each call adds the previous step's term
+    −g_{t−1}·(θ_t − θ_{t−1}); :func:`consolidate_si` adds the last one. ``strength`` is c, ``damping`` ξ > 0.
+    """
+    _check_strength("strength", strength)
+    if not damping > 0:
+        raise ValueError(f"damping must be positive, got {damping!r}")
+
+    def init(params):
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return SiState(zeros, zeros, params, params, zeros, jnp.asarray(damping, jnp.float32))
+
+    def update(updates, state, params=None, **extra):
+        del extra
+        _need_params(params, "synaptic_intelligence")
+        penalty = jax.tree.map(
+            lambda o, p, a: 2.0 * strength * o * (p - a), state.importance, params, state.anchor
+        )
+        new_state = state._replace(
+            omega=_path_integral(state, params), previous_params=params, previous_grads=updates
+        )
+        return jax.tree.map(jnp.add, updates, penalty), new_state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _path_integral(state: SiState, params: PyTree) -> PyTree:
+    """ω plus the previous step's term −g_{t−1}·(θ_t − θ_{t−1})."""
+    return jax.tree.map(
+        lambda w, g, p, q: w - g * (p - q), state.omega, state.previous_grads, params, state.previous_params
+    )
+
+
+def consolidate_si(opt_state: optax.OptState, params: PyTree) -> optax.OptState:
+    """End of a task: finish ω with the last step, Ω += ω / ((θ − θ̃)² + ξ), θ̃ ← θ, ω ← 0."""
+
+    def consolidate(state: SiState) -> SiState:
+        omega = _path_integral(state, params)
+        importance = jax.tree.map(
+            lambda big, w, p, a: big + w / ((p - a) ** 2 + state.damping),
+            state.importance,
+            omega,
+            params,
+            state.anchor,
+        )
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return SiState(zeros, importance, params, params, zeros, state.damping)
+
+    return _replace(opt_state, SiState, consolidate)
