@@ -7,9 +7,9 @@ import pytest
 from unlearnx import models
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet18"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet18", "resnet50", "vgg19"])
 def test_get_builds_named_model(name):
-    model = models.get(name, (8, 8, 3), 4)
+    model = models.get(name, (16, 16, 3), 4)
     assert isinstance(model, models.Model)
     assert model.name == name
 
@@ -20,6 +20,6 @@ def test_get_forwards_kwargs():
 
 
 def test_get_unknown_name_lists_available():
-    assert models.available() == ("cnn", "mlp", "resnet18")
-    with pytest.raises(ValueError, match="cnn, mlp, resnet18"):
+    assert models.available() == ("cnn", "mlp", "resnet18", "resnet50", "vgg19")
+    with pytest.raises(ValueError, match="cnn, mlp, resnet18, resnet50, vgg19"):
         models.get("vgg", (8, 8, 3), 4)

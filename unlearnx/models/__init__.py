@@ -9,6 +9,8 @@ from unlearnx.models.cnn import cnn
 from unlearnx.models.mlp import mlp
 from unlearnx.models.registry import available, get
 from unlearnx.models.resnet import resnet18
+from unlearnx.models.resnet50 import resnet50
+from unlearnx.models.vgg import vgg19
 
 __all__ = [
     "Model",
@@ -20,4 +22,6 @@ __all__ = [
     "mlp",
     "num_params",
     "resnet18",
+    "resnet50",
+    "vgg19",
 ]

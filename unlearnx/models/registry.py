@@ -9,8 +9,16 @@ from unlearnx.models.bridge import Model
 from unlearnx.models.cnn import cnn
 from unlearnx.models.mlp import mlp
 from unlearnx.models.resnet import resnet18
+from unlearnx.models.resnet50 import resnet50
+from unlearnx.models.vgg import vgg19
 
-_REGISTRY: dict[str, Callable[..., Model]] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18}
+_REGISTRY: dict[str, Callable[..., Model]] = {
+    "mlp": mlp,
+    "cnn": cnn,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "vgg19": vgg19,
+}
 
 
 def available() -> tuple[str, ...]:
@@ -22,7 +30,7 @@ def get(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs: Any
     """Builds a model by name.
 
     Args:
-        name: One of ``"mlp"``, ``"cnn"``, ``"resnet18"``.
+        name: One of ``"mlp"``, ``"cnn"``, ``"resnet18"``, ``"resnet50"``, ``"vgg19"``.
         input_shape: Per-example input shape (no batch dimension).
         num_classes: Number of output logits.
         **kwargs: Forwarded to the constructor.
