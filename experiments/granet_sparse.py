@@ -22,11 +22,10 @@ Presets:
 - ``fashion``: Fashion-MNIST + BatchNorm CNN (16, 32 channels, dense 64), sparsities 0.9 and 0.98, one seed,
   5 epochs of 468 steps (batch 128), ΔT = 40 (29 pruning events, 58 GraNet mask updates). 13 runs of 2–3
   min each: expect 30–45 min on 2 CPU cores (an epoch took 30–40 s on 2 shared cores).
-- ``paper`` / ``paper_cifar100``: CIFAR-10 / CIFAR-100 from TFDS on 45k training images (the reference's
-  ``valid_split = 0.1``), 160 epochs, batch 128, LR 0.1, weight decay 5e-4, crop + flip augmentation,
-  ΔT = 1000, pruning ends at epoch 80, sparsities 0.9/0.95/0.98, 3 seeds, checkpointed. The paper uses
-  ResNet-50 and VGG-19; ``unlearnx.models`` has neither yet (only mlp, cnn, resnet18), so these presets train
-  the CIFAR ResNet-18.
+- ``paper`` / ``paper_cifar100`` (CIFAR ResNet-50) and ``paper_vgg19`` / ``paper_vgg19_cifar100`` (CIFAR
+  VGG-19-BN): CIFAR-10 / CIFAR-100 from TFDS on 45k training images (the reference's ``valid_split = 0.1``),
+  160 epochs, batch 128, LR 0.1, weight decay 5e-4, crop + flip augmentation, ΔT = 1000, pruning ends at
+  epoch 80, sparsities 0.9/0.95/0.98, 3 seeds, checkpointed.
 """
 
 from __future__ import annotations
@@ -104,7 +103,7 @@ PRESETS: dict[str, Config] = {
     "paper": Config(
         dataset="tfds:cifar10",
         train_split="train[:90%]",
-        model="resnet18",
+        model="resnet50",
         width=64,
         sparsities=(0.9, 0.95, 0.98),
         seeds=(0, 1, 2),
@@ -116,6 +115,8 @@ PRESETS: dict[str, Config] = {
     ),
 }
 PRESETS["paper_cifar100"] = dataclasses.replace(PRESETS["paper"], dataset="tfds:cifar100")
+PRESETS["paper_vgg19"] = dataclasses.replace(PRESETS["paper"], model="vgg19")
+PRESETS["paper_vgg19_cifar100"] = dataclasses.replace(PRESETS["paper_cifar100"], model="vgg19")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -152,10 +152,13 @@ def build_model(
     name: str, input_shape: tuple[int, ...], num_classes: int, width: int, channels: tuple[int, ...]
 ) -> models.Model:
     """One model object per architecture (so compiled train/eval steps are reused): ``width`` is the MLP's
-    hidden width (two layers), the CNN's dense width or the ResNet's base width; ``channels`` the CNN's."""
+    hidden width (two layers), the CNN's dense width or the ResNet's / VGG's base width; ``channels`` the
+    CNN's stages."""
     kwargs = {
         "mlp": {"hidden": (width, width)},
         "cnn": {"channels": channels, "hidden": width},
         "resnet18": {"width": width},
+        "resnet50": {"width": width},
+        "vgg19": {"width": width},
     }.get(name, {})
     return models.get(name, input_shape, num_classes, **kwargs)
