@@ -202,6 +202,13 @@ def _check_window(begin_step: int, end_step: int, total_steps: int | None = None
         raise ValueError(f"total_steps ({total_steps}) must be at least end_step ({end_step})")
 
 
+def _cubic(initial: float, final: float, begin_step: int, end_step: int, frequency: int) -> Callable:
+    """The validated Zhu–Gupta schedule ``step -> s(step)`` shared by GraNet and GMP."""
+    kwargs = dict(initial=initial, final=final, begin_step=begin_step, end_step=end_step, frequency=frequency)
+    schedules.cubic_sparsity(0, **kwargs)  # validates sparsities and the window now, not at trace time
+    return lambda step: schedules.cubic_sparsity(step, **kwargs)
+
+
 def _distribution(name: str) -> Callable[..., PyTree]:
     table = {"erk": distributions.erk_sparsities, "uniform": distributions.uniform_sparsities}
     if name not in table:
@@ -241,28 +248,12 @@ def granet(
     as many by |∇L|, with p_t = :func:`~unlearnx.sparse.cosine_drop_fraction` (``drop_fraction`` →
     ``minimum_drop_fraction`` over ``total_steps``). Momentum is masked every step by default.
     """
-    distributions._check_sparsity(final_sparsity)
-    distributions._check_sparsity(initial_sparsity)
     _check_window(begin_step, end_step, total_steps)
-    schedules.cubic_sparsity(
-        0,
-        initial=initial_sparsity,
-        final=final_sparsity,
-        begin_step=begin_step,
-        end_step=end_step,
-        frequency=frequency,
-    )  # validates the window
+    sparsity_at = _cubic(initial_sparsity, final_sparsity, begin_step, end_step, frequency)
     spread = _distribution(distribution)
 
     def update_masks(weights, masks_, grads, step):
-        sparsity = schedules.cubic_sparsity(
-            step,
-            initial=initial_sparsity,
-            final=final_sparsity,
-            begin_step=begin_step,
-            end_step=end_step,
-            frequency=frequency,
-        )
+        sparsity = sparsity_at(step)
         pruned = jax.lax.cond(
             step <= end_step, lambda: prune_globally(weights, masks_, sparsity), lambda: masks_
         )
@@ -297,29 +288,12 @@ def gmp(
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """Gradual magnitude pruning (Zhu & Gupta 2017): GraNet's global pruning without regrowth."""
-    distributions._check_sparsity(final_sparsity)
-    distributions._check_sparsity(initial_sparsity)
     _check_window(begin_step, end_step)
-    schedules.cubic_sparsity(
-        0,
-        initial=initial_sparsity,
-        final=final_sparsity,
-        begin_step=begin_step,
-        end_step=end_step,
-        frequency=frequency,
-    )
+    sparsity_at = _cubic(initial_sparsity, final_sparsity, begin_step, end_step, frequency)
     spread = _distribution(distribution)
 
     def update_masks(weights, masks_, grads, step):
-        sparsity = schedules.cubic_sparsity(
-            step,
-            initial=initial_sparsity,
-            final=final_sparsity,
-            begin_step=begin_step,
-            end_step=end_step,
-            frequency=frequency,
-        )
-        return prune_globally(weights, masks_, sparsity)
+        return prune_globally(weights, masks_, sparsity_at(step))
 
     return _sparse_transform(
         inner,
