@@ -6,6 +6,7 @@ import importlib
 EXPERIMENTS = {
     "ssd_forget": "experiments.ssd_forget",
     "granet_sparse": "experiments.granet_sparse",
+    "powerlaw_rehearsal": "experiments.powerlaw_rehearsal",
 }
 
 
