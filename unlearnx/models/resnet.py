@@ -25,10 +25,8 @@ from unlearnx.models.bridge import Model, from_module
 
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-STAGES = ((1, 1), (2, 2), (4, 2), (8, 2))
-"""Per stage: (width multiplier, stride)."""
-
-BLOCKS_PER_STAGE = 2
+STAGES = ((1, 1, 2), (2, 2, 2), (4, 2, 2), (8, 2, 2))
+"""Per stage: (width multiplier, stride, number of BasicBlocks)."""
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
@@ -74,12 +72,16 @@ class BasicBlock(nnx.Module):
         return nnx.relu(x + y)
 
 
-class ResNet18(nnx.Module):
-    """CIFAR-style ResNet-18 (see module docstring for the layout).
+class ResNet(nnx.Module):
+    """CIFAR-style ResNet: stem, residual stages, global average pool, ``Dense`` head.
 
     Args:
         in_channels: Input channels.
         num_classes: Number of output logits.
+        block: The residual block class, called as ``block(in_ch, width * mult, stride, ...)``; its output
+            has ``expansion * width * mult`` channels.
+        stages: Per stage ``(width multiplier, stride, number of blocks)``.
+        expansion: Output channels of a block over its ``width * mult``.
         width: Width of the first stage.
         bn_momentum: BatchNorm running-average momentum.
         rngs: Random streams for parameter initialisation.
@@ -90,6 +92,9 @@ class ResNet18(nnx.Module):
         in_channels: int,
         num_classes: int,
         *,
+        block: type[nnx.Module],
+        stages: tuple[tuple[int, int, int], ...],
+        expansion: int,
         width: int,
         bn_momentum: float,
         rngs: nnx.Rngs,
@@ -98,18 +103,12 @@ class ResNet18(nnx.Module):
         self.BatchNorm_0 = nnx.BatchNorm(width, momentum=bn_momentum, rngs=rngs)
         names = []
         in_ch = width
-        for s, (mult, stride) in enumerate(STAGES, start=1):
-            for b in range(BLOCKS_PER_STAGE):
-                block = BasicBlock(
-                    in_ch,
-                    width * mult,
-                    stride if b == 0 else 1,
-                    bn_momentum=bn_momentum,
-                    rngs=rngs,
-                )
-                setattr(self, f"layer{s}_{b}", block)
+        for s, (mult, stride, num_blocks) in enumerate(stages, start=1):
+            for b in range(num_blocks):
+                unit = block(in_ch, width * mult, stride if b == 0 else 1, bn_momentum=bn_momentum, rngs=rngs)
+                setattr(self, f"layer{s}_{b}", unit)
                 names.append(f"layer{s}_{b}")
-                in_ch = width * mult
+                in_ch = expansion * width * mult
         self.block_names = tuple(names)
         self.Dense_0 = nnx.Linear(in_ch, num_classes, rngs=rngs)
 
@@ -146,6 +145,15 @@ def resnet18(
         raise ValueError(f"resnet18 expects input_shape (height, width, channels), got {input_shape}")
     in_channels = int(input_shape[-1])
     return from_module(
-        lambda rngs: ResNet18(in_channels, num_classes, width=width, bn_momentum=bn_momentum, rngs=rngs),
+        lambda rngs: ResNet(
+            in_channels,
+            num_classes,
+            block=BasicBlock,
+            stages=STAGES,
+            expansion=1,
+            width=width,
+            bn_momentum=bn_momentum,
+            rngs=rngs,
+        ),
         name="resnet18",
     )

@@ -19,11 +19,10 @@ BatchNorm statistics live at the same paths under ``batch_stats`` with leaves ``
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from unlearnx.models.bridge import Model, from_module
-from unlearnx.models.resnet import _conv
+from unlearnx.models.resnet import ResNet, _conv
 
 STAGES = ((1, 1, 3), (2, 2, 4), (4, 2, 6), (8, 2, 3))
 """Per stage: (base width multiplier, stride, number of blocks)."""
@@ -65,55 +64,6 @@ class Bottleneck(nnx.Module):
         return nnx.relu(x + y)
 
 
-class ResNet50(nnx.Module):
-    """CIFAR-style ResNet-50 (see module docstring for the layout).
-
-    Args:
-        in_channels: Input channels.
-        num_classes: Number of output logits.
-        width: Base width of the first stage (its blocks output ``4 * width`` channels).
-        bn_momentum: BatchNorm running-average momentum.
-        rngs: Random streams for parameter initialisation.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        *,
-        width: int,
-        bn_momentum: float,
-        rngs: nnx.Rngs,
-    ) -> None:
-        self.Conv_0 = _conv(in_channels, width, 3, 1, rngs)
-        self.BatchNorm_0 = nnx.BatchNorm(width, momentum=bn_momentum, rngs=rngs)
-        names = []
-        in_ch = width
-        for s, (mult, stride, num_blocks) in enumerate(STAGES, start=1):
-            for b in range(num_blocks):
-                block = Bottleneck(
-                    in_ch,
-                    width * mult,
-                    stride if b == 0 else 1,
-                    bn_momentum=bn_momentum,
-                    rngs=rngs,
-                )
-                setattr(self, f"layer{s}_{b}", block)
-                names.append(f"layer{s}_{b}")
-                in_ch = EXPANSION * width * mult
-        self.block_names = tuple(names)
-        self.Dense_0 = nnx.Linear(in_ch, num_classes, rngs=rngs)
-
-    def __call__(self, x: jax.Array, *, train: bool, rngs: nnx.Rngs | None = None) -> jax.Array:
-        """Returns logits of shape ``(batch, num_classes)`` for NHWC input ``x``."""
-        del rngs  # deterministic model
-        x = nnx.relu(self.BatchNorm_0(self.Conv_0(x), use_running_average=not train))
-        for name in self.block_names:
-            x = getattr(self, name)(x, train=train)
-        x = jnp.mean(x, axis=(1, 2))
-        return self.Dense_0(x)
-
-
 def resnet50(
     input_shape: tuple[int, ...],
     num_classes: int,
@@ -138,6 +88,15 @@ def resnet50(
         raise ValueError(f"resnet50 expects input_shape (height, width, channels), got {input_shape}")
     in_channels = int(input_shape[-1])
     return from_module(
-        lambda rngs: ResNet50(in_channels, num_classes, width=width, bn_momentum=bn_momentum, rngs=rngs),
+        lambda rngs: ResNet(
+            in_channels,
+            num_classes,
+            block=Bottleneck,
+            stages=STAGES,
+            expansion=EXPANSION,
+            width=width,
+            bn_momentum=bn_momentum,
+            rngs=rngs,
+        ),
         name="resnet50",
     )
