@@ -1,11 +1,13 @@
 """unlearnx: machine unlearning, model editing, sparse training and continual learning in JAX.
 
 Transforms are pure functions over parameter pytrees (Linen dicts, NNX ``State``, plain dicts) that run
-under ``jax.jit`` and compose with optax.
+under ``jax.jit`` and compose with optax. Importing the package loads the transforms (``fisher``,
+``unlearn``, ``sparse``, ``continual``, ``tree``); ``data``, ``models``, ``train``, ``eval``, ``parallel``
+and ``checkpoint`` are imported explicitly (``from unlearnx import data``).
 """
 
-from unlearnx import fisher, tree, unlearn
+from unlearnx import continual, fisher, sparse, tree, unlearn
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "fisher", "tree", "unlearn"]
+__all__ = ["__version__", "continual", "fisher", "sparse", "tree", "unlearn"]
