@@ -359,11 +359,6 @@ def main(config: Config, run_dir: str, *, interrupt: tuple[str, int] | None = No
                 _write_atomic(path, {"result": runs[label], "seconds": seconds[label]})
     metrics = granet_report.summarise(config, runs, study.schedule, study.paths)
     timing = {"per_run": seconds, "total": float(sum(seconds.values())), "resumed_runs": resumed}
-    runner.write_json(os.path.join(run_dir, "metrics.json"), metrics)
-    runner.write_json(os.path.join(run_dir, "timing.json"), timing)
-    text = granet_report.report(config, metrics, timing)
-    with open(os.path.join(run_dir, "report.md"), "w") as handle:
-        handle.write(text)
+    runner.write_outputs(run_dir, metrics, timing, granet_report.report(config, metrics, timing))
     granet_report.plot(config, metrics, run_dir)
-    print(text)
     return metrics

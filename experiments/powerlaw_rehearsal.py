@@ -49,7 +49,6 @@ Presets:
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any
 
@@ -446,11 +445,6 @@ def main(config: Config, run_dir: str, *, interrupt: tuple[str, int] | None = No
                     seconds[f"sweep-{axis}={value}-{method}-seed{seed}"] = time.perf_counter() - started
     metrics = powerlaw_report.summarise(config, runs, sweeps)
     timing = {"per_run": seconds, "total": float(sum(seconds.values()))}
-    runner.write_json(os.path.join(run_dir, "metrics.json"), metrics)
-    runner.write_json(os.path.join(run_dir, "timing.json"), timing)
-    text = powerlaw_report.report(config, metrics, timing)
-    with open(os.path.join(run_dir, "report.md"), "w") as handle:
-        handle.write(text)
+    runner.write_outputs(run_dir, metrics, timing, powerlaw_report.report(config, metrics, timing))
     powerlaw_report.plot(config, metrics, run_dir)
-    print(text)
     return metrics

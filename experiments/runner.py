@@ -26,6 +26,7 @@ __all__ = [
     "mean_std",
     "run_directory",
     "write_json",
+    "write_outputs",
 ]
 
 
@@ -108,6 +109,16 @@ def _shared_timestamp() -> str:
         nanoseconds = np.int64(multihost_utils.broadcast_one_to_all(nanoseconds))
     moment = datetime.datetime.fromtimestamp(int(nanoseconds) / 1e9)
     return moment.strftime("%Y%m%d-%H%M%S-%f")
+
+
+def write_outputs(run_dir: str, metrics: Any, timing: Any, report: str) -> None:
+    """Writes ``metrics.json`` (seed-determined values), ``timing.json`` (wall times) and ``report.md``, and
+    prints the report."""
+    write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    write_json(os.path.join(run_dir, "timing.json"), timing)
+    with open(os.path.join(run_dir, "report.md"), "w") as handle:
+        handle.write(report)
+    print(report)
 
 
 def run_directory(root: str | os.PathLike, name: str, config: Any, *, resume: bool) -> str:

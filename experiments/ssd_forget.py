@@ -505,11 +505,6 @@ def main(config: Config, run_dir: str, *, interrupt: tuple[str, int] | None = No
         raise ValueError("forget_classes is empty")
     per_seed = {str(seed): run_seed(config, seed, run_dir, interrupt) for seed in config.seeds}
     metrics, timing = ssd_report.summarise(config, per_seed)
-    runner.write_json(os.path.join(run_dir, "metrics.json"), metrics)
-    runner.write_json(os.path.join(run_dir, "timing.json"), timing)
-    text = ssd_report.report(config, metrics, timing)
-    with open(os.path.join(run_dir, "report.md"), "w") as handle:
-        handle.write(text)
+    runner.write_outputs(run_dir, metrics, timing, ssd_report.report(config, metrics, timing))
     ssd_report.plot(config, metrics, run_dir)
-    print(text)
     return metrics

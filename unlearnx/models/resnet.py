@@ -141,19 +141,43 @@ def resnet18(
     Returns:
         The :class:`~unlearnx.models.bridge.Model`.
     """
+    return cifar_resnet(
+        "resnet18",
+        input_shape,
+        num_classes,
+        block=BasicBlock,
+        stages=STAGES,
+        expansion=1,
+        width=width,
+        bn_momentum=bn_momentum,
+    )
+
+
+def cifar_resnet(
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    block: type[nnx.Module],
+    stages: tuple[tuple[int, int, int], ...],
+    expansion: int,
+    width: int,
+    bn_momentum: float,
+) -> Model:
+    """A :class:`ResNet` of the given blocks behind the pure bridge (shared by ResNet-18 and ResNet-50)."""
     if len(input_shape) != 3:
-        raise ValueError(f"resnet18 expects input_shape (height, width, channels), got {input_shape}")
+        raise ValueError(f"{name} expects input_shape (height, width, channels), got {input_shape}")
     in_channels = int(input_shape[-1])
     return from_module(
         lambda rngs: ResNet(
             in_channels,
             num_classes,
-            block=BasicBlock,
-            stages=STAGES,
-            expansion=1,
+            block=block,
+            stages=stages,
+            expansion=expansion,
             width=width,
             bn_momentum=bn_momentum,
             rngs=rngs,
         ),
-        name="resnet18",
+        name=name,
     )

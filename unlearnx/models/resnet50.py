@@ -21,8 +21,8 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from unlearnx.models.bridge import Model, from_module
-from unlearnx.models.resnet import ResNet, _conv
+from unlearnx.models.bridge import Model
+from unlearnx.models.resnet import _conv, cifar_resnet
 
 STAGES = ((1, 1, 3), (2, 2, 4), (4, 2, 6), (8, 2, 3))
 """Per stage: (base width multiplier, stride, number of blocks)."""
@@ -84,19 +84,13 @@ def resnet50(
     Returns:
         The :class:`~unlearnx.models.bridge.Model`.
     """
-    if len(input_shape) != 3:
-        raise ValueError(f"resnet50 expects input_shape (height, width, channels), got {input_shape}")
-    in_channels = int(input_shape[-1])
-    return from_module(
-        lambda rngs: ResNet(
-            in_channels,
-            num_classes,
-            block=Bottleneck,
-            stages=STAGES,
-            expansion=EXPANSION,
-            width=width,
-            bn_momentum=bn_momentum,
-            rngs=rngs,
-        ),
-        name="resnet50",
+    return cifar_resnet(
+        "resnet50",
+        input_shape,
+        num_classes,
+        block=Bottleneck,
+        stages=STAGES,
+        expansion=EXPANSION,
+        width=width,
+        bn_momentum=bn_momentum,
     )
