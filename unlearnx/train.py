@@ -37,6 +37,7 @@ __all__ = [
     "example_losses",
     "fit",
     "make_train_step",
+    "next_token_losses",
     "predict",
 ]
 
@@ -61,6 +62,23 @@ def example_losses(logits: jax.Array, batch: Batch) -> jax.Array:
     if "weight" in batch:
         losses = losses * batch["weight"].astype(jnp.float32)
     return losses
+
+
+def next_token_losses(logits: jax.Array, batch: Batch) -> jax.Array:
+    """Per-sequence mean next-token cross-entropy of a language model, shape ``[B]``.
+
+    With tokens x = ``batch["x"]`` ``[B, T]`` and an optional 0/1 ``batch["mask"]`` m ``[B, T]`` on target
+    positions (default all ones):
+
+        ℓ_b = Σ_{t≥1} m_{b,t} · (−log softmax(logits_{b,t−1})[x_{b,t}]) / max(1, Σ_{t≥1} m_{b,t})
+
+    so a sequence without target tokens contributes 0.
+    """
+    tokens = batch["x"].astype(jnp.int32)
+    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
+    token_nll = -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
+    mask = batch["mask"][:, 1:].astype(jnp.float32) if "mask" in batch else jnp.ones_like(token_nll)
+    return jnp.sum(token_nll * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
 
 
 @functools.lru_cache(maxsize=32)
@@ -148,6 +166,7 @@ def fit(
     mesh: jax.sharding.Mesh | None = None,
     on_epoch_end: Callable[[int, TrainState, bool], None] | None = None,
     augment: Callable[[dict, np.random.Generator], dict] | None = None,
+    loss: Callable[[jax.Array, Batch], jax.Array] = example_losses,
     desc: str = "train",
     progress: bool = True,
 ) -> PyTree:
@@ -177,13 +196,15 @@ def fit(
       augment: host-side batch transform ``augment(batch, generator)`` (e.g.
         :func:`unlearnx.data.crop_and_flip`); the generator is seeded by ``(seed, epoch, batch index)`` so
         augmentation is reproducible and resumable.
+      loss: per-example objective ``loss(outputs, batch) -> [B]`` (:func:`example_losses` for classifiers,
+        :func:`next_token_losses` for language models).
       desc: label of the progress bar and log records.
       progress: show a progress bar.
     """
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"fit needs epochs >= 0 and batch_size >= 1, got {epochs} and {batch_size}")
     mesh = parallel.data_mesh() if mesh is None else mesh
-    step_fn = make_train_step(model, optimizer)
+    step_fn = make_train_step(model, optimizer, loss=loss)
     state = TrainState(jnp.asarray(0, jnp.int32), variables, optimizer.init(variables["params"]))
     state = parallel.replicate(state, mesh)
     start_epoch = 0

@@ -6,6 +6,7 @@ over Linen-style nested-dict variables (``{"params": ..., "batch_stats": ...}``)
 
 from unlearnx.models.bridge import Model, Variables, from_module, num_params
 from unlearnx.models.cnn import cnn
+from unlearnx.models.decoder import decoder_lm
 from unlearnx.models.mlp import mlp
 from unlearnx.models.registry import available, get
 from unlearnx.models.resnet import resnet18
@@ -17,6 +18,7 @@ __all__ = [
     "Variables",
     "available",
     "cnn",
+    "decoder_lm",
     "from_module",
     "get",
     "mlp",

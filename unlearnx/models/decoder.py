@@ -1,0 +1,164 @@
+"""Decoder-only language model (pre-LayerNorm GPT) for the LM unlearning and repeated-data studies.
+
+For tokens x₁..x_T:
+
+    h⁰ₜ = E[xₜ] + P[t]
+    hˡ = hˡ⁻¹ + Attn(LN₁(hˡ⁻¹))              causal multi-head self-attention
+    hˡ = hˡ + MLP(LN₂(hˡ))                   GELU, width mlp_ratio·d_model (absent when mlp_ratio = 0)
+    logitsₜ = LN_f(h^L_t) W_U + b_U           untied unembedding
+
+Parameter paths: ``embed/embedding``, ``pos_embed/embedding``, ``blocks_{i}/ln_1/{scale,bias}``,
+``blocks_{i}/attn/{to_q,to_k,to_v}/kernel``, ``blocks_{i}/attn/to_out_0/{kernel,bias}``,
+``blocks_{i}/ln_2/{scale,bias}``, ``blocks_{i}/mlp/{fc_in,fc_out}/{kernel,bias}``, ``ln_f/{scale,bias}``,
+``unembed/{kernel,bias}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from unlearnx.models.attention import Attention, causal_mask
+from unlearnx.models.bridge import PARAMS, Model, from_module, num_params
+
+_EMBEDDING_MODULES = ("embed", "pos_embed", "unembed")
+
+
+class FeedForward(nnx.Module):
+    """``fc_out(gelu(fc_in(x)))``."""
+
+    def __init__(self, d_model: int, hidden: int, *, rngs: nnx.Rngs) -> None:
+        self.fc_in = nnx.Linear(d_model, hidden, rngs=rngs)
+        self.fc_out = nnx.Linear(hidden, d_model, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc_out(jax.nn.gelu(self.fc_in(x)))
+
+
+class DecoderBlock(nnx.Module):
+    """Pre-LN residual block: causal self-attention, then (optionally) a feed-forward layer."""
+
+    def __init__(self, d_model: int, num_heads: int, mlp_ratio: int, *, rngs: nnx.Rngs) -> None:
+        self.ln_1 = nnx.LayerNorm(d_model, rngs=rngs)
+        self.attn = Attention(d_model, num_heads=num_heads, rngs=rngs)
+        if mlp_ratio:
+            self.ln_2 = nnx.LayerNorm(d_model, rngs=rngs)
+            self.mlp = FeedForward(d_model, mlp_ratio * d_model, rngs=rngs)
+        else:
+            self.ln_2 = self.mlp = None
+
+    def __call__(self, h: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        mixed, weights = self.attn(self.ln_1(h), mask=mask)
+        h = h + mixed
+        if self.mlp is not None:
+            h = h + self.mlp(self.ln_2(h))
+        return h, weights
+
+
+class DecoderLM(nnx.Module):
+    """GPT-style decoder; see the module docstring for the equations and parameter paths."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        max_len: int,
+        d_model: int,
+        num_layers: int,
+        num_heads: int,
+        mlp_ratio: int,
+        return_attention: bool,
+        rngs: nnx.Rngs,
+    ) -> None:
+        init = nnx.initializers.normal(0.02)
+        self.max_len = max_len
+        self.num_layers = num_layers
+        self.return_attention = return_attention
+        self.embed = nnx.Embed(vocab_size, d_model, embedding_init=init, rngs=rngs)
+        self.pos_embed = nnx.Embed(max_len, d_model, embedding_init=init, rngs=rngs)
+        for i in range(num_layers):
+            setattr(self, f"blocks_{i}", DecoderBlock(d_model, num_heads, mlp_ratio, rngs=rngs))
+        self.ln_f = nnx.LayerNorm(d_model, rngs=rngs)
+        self.unembed = nnx.Linear(d_model, vocab_size, rngs=rngs)
+
+    def __call__(
+        self, tokens: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """Returns logits ``[B, T, vocab]`` (and attention ``[B, layers, heads, T, T]`` if requested)."""
+        del train, rngs  # no dropout
+        length = tokens.shape[-1]
+        if length > self.max_len:
+            raise ValueError(f"sequence length {length} exceeds the model's max_len {self.max_len}")
+        h = self.embed(tokens) + self.pos_embed(jnp.arange(length))
+        mask = causal_mask(length)
+        maps = []
+        for i in range(self.num_layers):
+            h, weights = getattr(self, f"blocks_{i}")(h, mask)
+            maps.append(weights)
+        logits = self.unembed(self.ln_f(h)).astype(jnp.float32)
+        if self.return_attention:
+            return logits, jnp.stack(maps, axis=-4)
+        return logits
+
+
+def decoder_lm(
+    vocab_size: int,
+    *,
+    max_len: int = 256,
+    d_model: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    mlp_ratio: int = 4,
+    return_attention: bool = False,
+) -> Model:
+    """Builds a decoder LM behind the pure ``init``/``apply`` bridge.
+
+    ``apply(variables, tokens)`` takes int tokens ``[B, T]`` (T ≤ ``max_len``) and returns float32 logits
+    ``[B, T, vocab_size]``. With ``return_attention=True`` (same parameter tree) it returns
+    ``(logits, attention)`` with attention ``[B, num_layers, num_heads, T, T]``: the causal query × key
+    weights the forward pass applied, each row summing to 1.
+
+    Args:
+        vocab_size: Number of token ids.
+        max_len: Longest sequence (size of the learned position table).
+        d_model: Residual-stream width; must be divisible by ``num_heads``.
+        num_layers: Number of decoder blocks.
+        num_heads: Attention heads per block.
+        mlp_ratio: Feed-forward width as a multiple of ``d_model``; 0 gives an attention-only model.
+        return_attention: Also return the attention weights.
+
+    Raises:
+        ValueError: If a size is not positive or ``d_model`` is not divisible by ``num_heads``.
+    """
+    sizes = {"vocab_size": vocab_size, "max_len": max_len, "d_model": d_model, "num_layers": num_layers}
+    sizes["num_heads"] = num_heads
+    for name, value in sizes.items():
+        if int(value) < 1:
+            raise ValueError(f"decoder_lm: {name} must be >= 1, got {value}")
+    if mlp_ratio < 0:
+        raise ValueError(f"decoder_lm: mlp_ratio must be >= 0, got {mlp_ratio}")
+    if d_model % num_heads:
+        raise ValueError(f"decoder_lm: d_model {d_model} is not divisible by num_heads {num_heads}")
+    return from_module(
+        lambda rngs: DecoderLM(
+            vocab_size,
+            max_len=max_len,
+            d_model=d_model,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            return_attention=return_attention,
+            rngs=rngs,
+        ),
+        name=f"decoder_lm_d{d_model}_l{num_layers}",
+    )
+
+
+def non_embedding_params(variables: Mapping[str, Any]) -> int:
+    """Counts parameters outside the token/position embeddings and the unembedding (N in scaling laws)."""
+    params = variables[PARAMS] if PARAMS in variables else variables
+    return num_params({k: v for k, v in params.items() if k not in _EMBEDDING_MODULES})
