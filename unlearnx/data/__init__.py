@@ -3,7 +3,17 @@
 from unlearnx.data.augment import crop_and_flip
 from unlearnx.data.batching import batches, num_batches
 from unlearnx.data.dataset import Dataset
+from unlearnx.data.repeated import RepeatedMixture, repeated_mixture
 from unlearnx.data.sources import load
 from unlearnx.data.splits import forget_retain_split
 
-__all__ = ["Dataset", "batches", "crop_and_flip", "forget_retain_split", "load", "num_batches"]
+__all__ = [
+    "Dataset",
+    "RepeatedMixture",
+    "batches",
+    "crop_and_flip",
+    "forget_retain_split",
+    "load",
+    "num_batches",
+    "repeated_mixture",
+]

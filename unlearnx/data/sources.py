@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from unlearnx.data import digits, mnist
+from unlearnx.data import digits, mnist, text
 from unlearnx.data.dataset import Dataset
 from unlearnx.data.tfds_source import load_tfds_split
 
 TFDS_PREFIX = "tfds:"
-KNOWN_NAMES = ("digits", "fashion_mnist", "mnist", f"{TFDS_PREFIX}<name>")
+KNOWN_NAMES = ("digits", "fashion_mnist", "mnist", f"{TFDS_PREFIX}<name>", *text.NAMES)
 _DEFAULT_DIRS = {"fashion_mnist": mnist.FASHION_MNIST_DIR}
 
 
@@ -46,7 +46,9 @@ def _cached_arrays(name: str, split: str, data_dir: str | None) -> tuple[np.ndar
     return x, y, num_classes
 
 
-def load(name: str, split: str = "train", *, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+def load(
+    name: str, split: str = "train", *, data_dir: str | os.PathLike[str] | None = None
+) -> Dataset | text.TextCorpus:
     """Loads a labelled image dataset into memory.
 
     Supported names:
@@ -59,6 +61,8 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike[str] | 
       and ``"test"``.
     * ``"tfds:<name>"``, e.g. ``"tfds:cifar100"``: a TFDS image classification dataset that
       has been prepared (in ArrayRecord format) in ``data_dir``; any TFDS split string works.
+    * ``"python_stdlib"`` / ``"tfds_text:<name>"``: byte-level text, returned as a
+      :class:`~unlearnx.data.text.TextCorpus` (see :func:`unlearnx.data.text.load`).
 
     Parsed arrays are cached per ``(name, split, data_dir)``, so repeated loads are cheap. The
     returned arrays are shared with the cache and therefore read-only; copy them to modify.
@@ -75,6 +79,8 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike[str] | 
         ValueError: If the name or split is unknown, or the files are corrupt.
         FileNotFoundError: If the data is not on this machine; the message says how to get it.
     """
+    if name == text.STDLIB or name.startswith(text.TFDS_TEXT_PREFIX):  # text: a TextCorpus, not a Dataset
+        return text.load(name, split, data_dir=data_dir)
     if name in ("digits", "fashion_mnist", "mnist"):
         valid = digits.SPLITS if name == "digits" else mnist.SPLITS
         if split not in valid:
