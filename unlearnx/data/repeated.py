@@ -3,7 +3,7 @@
 Notation (``shared/papers/repeated_data.md``): token budget D, sequence length L, repeated fraction f and
 repeat epochs E. The budget holds S = D / L sequence slots. The repeated subset has
 
-    m = round(f·S / E) sequences,  U = m·L tokens,
+    m = min(round(f·S / E), ⌊S / E⌋) sequences,  U = m·L tokens,
 
 each filling exactly E slots, so R = m·E slots (a realised fraction R / S ≈ f, rounded to whole
 sequences) are repeats; the other S − R slots are distinct sequences of the unique stream, each used once.
@@ -123,8 +123,8 @@ def repeated_mixture(
 ) -> RepeatedMixture:
     """Builds the training stream: ``budget`` tokens, a share f of them repeats of a small subset.
 
-    With S = D / L slots, m = round(f·S / E) repeated sequences fill R = m·E slots (each exactly E
-    times), and S − R distinct sequences of the unique stream fill the rest once; the stream needs
+    With S = D / L slots, m = min(round(f·S / E), ⌊S / E⌋) repeated sequences fill R = m·E slots (each
+    exactly E times), and S − R distinct sequences of the unique stream fill the rest once; the stream needs
     (S − R + m)·L tokens of ``unique_tokens``. f = 0 or E = 1 give an all-unique stream. The result
     is a pure function of its arguments (and the length, not the content, of ``unique_tokens``).
 
@@ -169,7 +169,7 @@ def repeated_mixture(
             f"repeat_epochs {epochs} exceeds what the budget allows: {budget} tokens hold only "
             f"{slots} sequences of {seq_len}"
         )
-    num_repeated = math.floor(fraction * slots / epochs + 0.5)
+    num_repeated = min(math.floor(fraction * slots / epochs + 0.5), slots // epochs)
     if fraction > 0 and num_repeated == 0:
         span = fraction * budget / epochs
         raise ValueError(
