@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["RepeatedMixture", "repeated_mixture"]
+__all__ = ["RepeatedMixture", "repeat_count", "repeated_mixture"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -112,6 +112,35 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def repeat_count(slots: int, repeated_fraction: float, repeat_epochs: int, *, seq_len: int = 1) -> int:
+    """m = min(round(f·S / E), ⌊S / E⌋): distinct repeated units (sequences, rows) among S slots.
+
+    Args:
+        slots: S, the budget in units.
+        repeated_fraction: f in [0, 1) (not re-validated here).
+        repeat_epochs: E >= 1.
+        seq_len: Tokens per unit, only for the error messages.
+
+    Raises:
+        ValueError: If E > S (more repeat epochs than the budget allows), or f > 0 but the repeated
+            subset U = f·S·L / E tokens is shorter than one unit (the repeat span).
+    """
+    if repeat_epochs > slots:
+        raise ValueError(
+            f"repeat_epochs {repeat_epochs} exceeds what the budget allows: {slots * seq_len} tokens hold "
+            f"only {slots} sequences of {seq_len}"
+        )
+    count = min(math.floor(repeated_fraction * slots / repeat_epochs + 0.5), slots // repeat_epochs)
+    if repeated_fraction > 0 and count == 0:
+        span = repeated_fraction * slots * seq_len / repeat_epochs
+        raise ValueError(
+            f"the repeated subset U = f·D/E = {repeated_fraction:g}·{slots * seq_len}/{repeat_epochs} = "
+            f"{span:.1f} tokens is shorter than one sequence of seq_len {seq_len} (the repeat span); lower "
+            "repeat_epochs, raise repeated_fraction or budget, or shorten seq_len"
+        )
+    return count
+
+
 def repeated_mixture(
     unique_tokens: npt.ArrayLike,
     *,
@@ -164,19 +193,7 @@ def repeated_mixture(
     if budget % seq_len:
         raise ValueError(f"budget {budget} is not a multiple of seq_len {seq_len}")
     slots = budget // seq_len
-    if epochs > slots:
-        raise ValueError(
-            f"repeat_epochs {epochs} exceeds what the budget allows: {budget} tokens hold only "
-            f"{slots} sequences of {seq_len}"
-        )
-    num_repeated = min(math.floor(fraction * slots / epochs + 0.5), slots // epochs)
-    if fraction > 0 and num_repeated == 0:
-        span = fraction * budget / epochs
-        raise ValueError(
-            f"the repeated subset U = f·D/E = {fraction:g}·{budget}/{epochs} = {span:.1f} tokens is shorter "
-            f"than one sequence of seq_len {seq_len} (the repeat span); lower repeat_epochs, raise "
-            "repeated_fraction or budget, or shorten seq_len"
-        )
+    num_repeated = repeat_count(slots, fraction, epochs, seq_len=seq_len)
     repeat_slots = num_repeated * epochs
     needed_chunks = slots - repeat_slots + num_repeated
     available = len(tokens) // seq_len

@@ -1,0 +1,158 @@
+"""Analytic companion of the repeated-data study: misspecified linear regression with duplicated rows.
+
+Spec §8 (``shared/papers/repeated_data.md``). Features x ∈ ℝ^d and hidden z ∈ ℝ^h, both standard normal,
+
+    y = xᵀβ + zᵀγ + ε,   ε ~ N(0, σ²),
+
+and the model sees only x (misspecified: zᵀγ acts as noise that repeats with its row). A budget of N rows
+holds N − m·E unique rows and m = min(round(f·N / E), ⌊N / E⌋) rows each duplicated E times
+(:func:`unlearnx.data.repeated.repeat_count`, the LM mixture's rounding). Duplicating a row E times is
+weighting it by E, so ridge regression on the duplicated data is
+
+    θ̂ = (XᵀWX + λI)⁻¹ XᵀWy,   W = diag(1, …, 1, E, …, E)
+
+over the distinct rows, and gradient descent on J(θ) = (1/N)[Σᵢ wᵢ (xᵢᵀθ − yᵢ)² + λ‖θ‖²] from θ₀ = 0 with
+step η follows, with A = XᵀWX + λI = V diag(s) Vᵀ and c = 2η / N,
+
+    θ_k = V diag((1 − (1 − c·s)^k) / s) Vᵀ XᵀWy  →  θ̂  (k → ∞, for 0 < c·s_max < 2).
+
+For a fresh (x, z, ε) the test error has the closed form E[(y − xᵀθ)²] = ‖θ − β‖² + ‖γ‖² + σ².
+Every seed is a separate draw of β, γ and the data; rows are drawn in fixed-size pools (N unique
+candidates, ⌈f·N⌉ repeat candidates) with 0/1/E weights, so the whole sweep is one ``vmap`` over E and
+seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unlearnx.data.repeated import repeat_count
+
+__all__ = [
+    "LinearConfig",
+    "draw_problem",
+    "gd_trajectory",
+    "gradient_descent",
+    "row_weights",
+    "sweep",
+    "test_mse",
+    "weighted_ridge",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearConfig:
+    """The duplicated-row regression sweep (defaults: the spec's suggested setting)."""
+
+    dim: int = 50
+    hidden: int = 400
+    budget: int = 400
+    fraction: float = 0.2
+    noise: float = 0.1
+    hidden_energy: float = 1.0  # E‖γ‖²: the misspecification's variance
+    ridge: float = 1e-6
+    seeds: int = 100
+    epochs: tuple[int, ...] = (1, 2, 3, 5, 8, 13, 20, 40, 80)
+    curve_epochs: tuple[int, ...] = (1, 3, 8, 20)  # GD test-MSE curves
+    curve_points: int = 40
+
+
+def draw_problem(key: jax.Array, config: LinearConfig) -> dict[str, jax.Array]:
+    """One seed: β ~ N(0, I/d), γ ~ N(0, (energy/h)·I), a pool of N unique and ⌈f·N⌉ repeat-candidate rows.
+
+    Returns ``{"x": [P, d], "y": [P], "beta": [d], "hidden_energy": ‖γ‖²}`` with P = N + ⌈f·N⌉.
+    """
+    pool = config.budget + math.ceil(config.fraction * config.budget)
+    k_beta, k_gamma, k_x, k_z, k_eps = jax.random.split(key, 5)
+    beta = jax.random.normal(k_beta, (config.dim,)) / math.sqrt(config.dim)
+    gamma = jax.random.normal(k_gamma, (config.hidden,)) * math.sqrt(config.hidden_energy / config.hidden)
+    x = jax.random.normal(k_x, (pool, config.dim))
+    z = jax.random.normal(k_z, (pool, config.hidden))
+    y = x @ beta + z @ gamma + config.noise * jax.random.normal(k_eps, (pool,))
+    return {"x": x, "y": y, "beta": beta, "hidden_energy": jnp.sum(gamma**2)}
+
+
+def row_weights(config: LinearConfig, epochs: int) -> np.ndarray:
+    """Weights over the pool: 1 on the first N − m·E unique rows, E on the first m repeat candidates."""
+    repeated = repeat_count(config.budget, config.fraction, epochs)
+    weights = np.zeros(config.budget + math.ceil(config.fraction * config.budget), np.float32)
+    weights[: config.budget - repeated * epochs] = 1.0
+    weights[config.budget : config.budget + repeated] = epochs
+    return weights
+
+
+def weighted_ridge(x: jax.Array, y: jax.Array, weights: jax.Array, ridge: float) -> jax.Array:
+    """θ̂ = (XᵀWX + λI)⁻¹ XᵀWy (a linear solve, no inverse)."""
+    gram = x.T @ (weights[:, None] * x) + ridge * jnp.eye(x.shape[1], dtype=x.dtype)
+    return jnp.linalg.solve(gram, x.T @ (weights * y))
+
+
+def gradient_descent(
+    x: jax.Array, y: jax.Array, weights: jax.Array, ridge: float, *, lr: float, steps: int
+) -> jax.Array:
+    """θ after ``steps`` plain GD steps on J(θ) = (1/N)[Σ wᵢ(xᵢᵀθ − yᵢ)² + λ‖θ‖²] from 0, N = Σ wᵢ."""
+    count = jnp.sum(weights)
+
+    def step(_, theta):
+        grad = 2.0 / count * (x.T @ (weights * (x @ theta - y)) + ridge * theta)
+        return theta - lr * grad
+
+    return jax.lax.fori_loop(0, steps, step, jnp.zeros(x.shape[1], x.dtype))
+
+
+def gd_trajectory(
+    x: jax.Array, y: jax.Array, weights: jax.Array, ridge: float, steps: jax.Array, *, lr: float | None = None
+) -> jax.Array:
+    """θ_k of :func:`gradient_descent` at every k in ``steps`` in closed form (module docstring), ``[K, d]``.
+
+    The default step is η = N / (2 s_max), i.e. c·s_max = 1.
+    """
+    gram = x.T @ (weights[:, None] * x) + ridge * jnp.eye(x.shape[1], dtype=x.dtype)
+    spectrum, basis = jnp.linalg.eigh(gram)
+    scale = 1.0 / spectrum[-1] if lr is None else 2.0 * lr / jnp.sum(weights)
+    projected = basis.T @ (x.T @ (weights * y))
+    shrink = jnp.exp(jnp.asarray(steps, x.dtype)[:, None] * jnp.log1p(-scale * spectrum)[None, :])
+    return ((1.0 - shrink) / spectrum * projected) @ basis.T
+
+
+def test_mse(theta: jax.Array, problem: dict[str, jax.Array], noise: float) -> jax.Array:
+    """E[(y − xᵀθ)²] = ‖θ − β‖² + ‖γ‖² + σ² for a fresh row."""
+    return jnp.sum((theta - problem["beta"]) ** 2, axis=-1) + problem["hidden_energy"] + noise**2
+
+
+def sweep(config: LinearConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Test MSE of the ridge solution for every E and seed, and GD test-MSE curves for ``curve_epochs``.
+
+    Returns:
+        ``{"epochs": [nE], "test_mse": [nE, seeds], "repeated_rows": [nE], "curve_steps": [K],
+        "curve_epochs": [nC], "curves": [nC, seeds, K]}``; the f = 0 reference is ``epochs`` = 1.
+    """
+    keys = jax.random.split(jax.random.key(seed), config.seeds)
+    problems = jax.vmap(lambda k: draw_problem(k, config))(keys)
+    weights = jnp.asarray(np.stack([row_weights(config, e) for e in config.epochs]))
+
+    def one(problem, w):
+        return test_mse(weighted_ridge(problem["x"], problem["y"], w, config.ridge), problem, config.noise)
+
+    per_epoch = jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, None)), in_axes=(None, 0)))(problems, weights)
+    steps = np.unique(np.round(np.logspace(0, 6, config.curve_points))).astype(np.float32)
+    curve_weights = jnp.asarray(np.stack([row_weights(config, e) for e in config.curve_epochs]))
+
+    def curve(problem, w):
+        thetas = gd_trajectory(problem["x"], problem["y"], w, config.ridge, steps)
+        return test_mse(thetas, problem, config.noise)
+
+    curves = jax.jit(jax.vmap(jax.vmap(curve, in_axes=(0, None)), in_axes=(None, 0)))(problems, curve_weights)
+    return {
+        "epochs": np.asarray(config.epochs),
+        "repeated_rows": np.asarray([repeat_count(config.budget, config.fraction, e) for e in config.epochs]),
+        "test_mse": np.asarray(per_epoch, np.float64),
+        "curve_epochs": np.asarray(config.curve_epochs),
+        "curve_steps": steps,
+        "curves": np.asarray(curves, np.float64),
+    }

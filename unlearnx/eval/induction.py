@@ -1,0 +1,208 @@
+"""Copying and induction-head measures of a language model (Olsson et al. 2022; Hernandez et al. 2022).
+
+* **Prefix matching** (per head): on a sequence, query position t whose token occurred earlier, last at
+  position s < t, scores the attention weight A[t, s + 1] on the token that *followed* that earlier
+  occurrence. Averaged over all such (sequence, t); an induction head scores ≈ 1. Measured on uniformly
+  random tokens repeated twice (:func:`repeated_random_tokens`).
+* **Copying loss**: next-token loss on the second copy of a held-out segment repeated twice in context.
+* **ICL score**: loss at a late position minus loss at an early one (negative when context helps).
+* **OV copying score**: Σλ / Σ|λ| over the eigenvalues λ of a head's OV circuit W_U W_O W_V W_E (token →
+  logits through the head's values and output); +1 for a pure copying circuit, −1 for anti-copying.
+
+All functions run under ``jax.jit``; input checks that need values (repeats present, copies equal) run
+only when the inputs are concrete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from unlearnx.train import next_token_losses
+
+__all__ = [
+    "copying_loss",
+    "decoder_ov_scores",
+    "icl_score",
+    "ov_copying_score",
+    "prefix_matching_score",
+    "previous_occurrence",
+    "repeated_random_tokens",
+]
+
+
+def _concrete(*arrays: Any) -> bool:
+    return not any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def _check_tokens(tokens: Any, name: str = "tokens") -> None:
+    if jnp.ndim(tokens) != 2 or not jnp.issubdtype(jnp.asarray(tokens).dtype, jnp.integer):
+        raise ValueError(f"{name} must be an integer array [batch, T], got {jnp.shape(tokens)}")
+
+
+def previous_occurrence(tokens: jax.Array) -> jax.Array:
+    """For every position t the latest s < t with ``tokens[s] == tokens[t]``, or −1; ``[batch, T]``."""
+    _check_tokens(tokens)
+    length = tokens.shape[1]
+    positions = jnp.arange(length)
+    same = (tokens[:, :, None] == tokens[:, None, :]) & (positions[None, None, :] < positions[None, :, None])
+    return jnp.max(jnp.where(same, positions[None, None, :], -1), axis=-1)
+
+
+def prefix_matching_score(attention: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Per-head prefix-matching score, ``[layers, heads]``.
+
+        score[l, h] = (1/|Q|) Σ_{(b, t) ∈ Q} A[b, l, h, t, s_b(t) + 1],
+        s_b(t) = max{s < t : x[b, s] = x[b, t]},  Q = {(b, t) : s_b(t) exists}.
+
+    Uniform causal attention (A[t, ·] = 1/(t + 1)) scores the mean of 1/(t + 1) over Q.
+
+    Args:
+        attention: ``[batch, layers, heads, T, T]`` query × key weights (rows sum to 1).
+        tokens: Integer tokens ``[batch, T]``.
+
+    Returns:
+        float32 ``[layers, heads]``. When no token repeats it is 0 under ``jit``; concrete inputs raise.
+
+    Raises:
+        ValueError: On mismatched shapes, or (concrete inputs) when no token occurs twice in any row.
+    """
+    _check_tokens(tokens)
+    if jnp.ndim(attention) != 5 or attention.shape[-1] != attention.shape[-2]:
+        raise ValueError(f"attention must be [batch, layers, heads, T, T], got {jnp.shape(attention)}")
+    if (attention.shape[0], attention.shape[-1]) != tokens.shape:
+        raise ValueError(f"attention {attention.shape} and tokens {tokens.shape} disagree on [batch, T]")
+    earlier = previous_occurrence(tokens)
+    valid = earlier >= 0
+    if _concrete(tokens) and not bool(jnp.any(valid)):
+        raise ValueError("prefix_matching_score: no token occurs twice in any row of tokens")
+    target = jnp.clip(earlier + 1, 0, tokens.shape[1] - 1)  # s + 1 ≤ t, so always in the causal window
+    picked = jnp.take_along_axis(attention, target[:, None, None, :, None], axis=-1)[..., 0]
+    weight = valid.astype(jnp.float32)[:, None, None, :]
+    total = jnp.sum(picked.astype(jnp.float32) * weight, axis=(0, 3))
+    return total / jnp.maximum(jnp.sum(valid), 1)
+
+
+def repeated_random_tokens(key: jax.Array, batch: int, length: int, vocab_size: int, repeats: int = 2):
+    """Uniform random tokens r₁..r_ℓ repeated ``repeats`` times per row, ``[batch, repeats·length]``."""
+    if min(batch, length, vocab_size, repeats) < 1:
+        raise ValueError(
+            f"batch, length, vocab_size, repeats must be >= 1, got {batch}, {length}, {vocab_size}, {repeats}"
+        )
+    segment = jax.random.randint(key, (batch, length), 0, vocab_size)
+    return jnp.tile(segment, (1, repeats))
+
+
+def copying_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Mean next-token loss on the second copy of segments repeated twice, a scalar.
+
+    ``tokens`` is ``[batch, 2ℓ]`` with ``tokens[:, :ℓ] == tokens[:, ℓ:]``. The targets are second-copy
+    tokens x_t, t ∈ [ℓ + 1, 2ℓ), predicted from ``logits[:, t − 1]``: the positions whose predecessor also
+    lies in the second copy, i.e. where copying from the first copy can predict the token (the first
+    token of the second copy cannot be known to start a repeat). First-copy tokens are never scored.
+
+    Raises:
+        ValueError: On bad shapes, an odd or too short length, or (concrete inputs) unequal copies.
+    """
+    _check_tokens(tokens)
+    batch, length = tokens.shape
+    if length % 2 or length < 4:
+        raise ValueError(f"copying_loss needs tokens [batch, 2ℓ] with ℓ >= 2, got T = {length}")
+    if jnp.shape(logits)[:2] != (batch, length) or jnp.ndim(logits) != 3:
+        raise ValueError(f"logits {jnp.shape(logits)} must be [batch, T, vocab] for tokens {tokens.shape}")
+    half = length // 2
+    if _concrete(tokens) and not bool(jnp.all(tokens[:, :half] == tokens[:, half:])):
+        raise ValueError("copying_loss: tokens[:, :ℓ] and tokens[:, ℓ:] must be the same segment")
+    mask = jnp.broadcast_to(jnp.arange(length) > half, (batch, length))
+    return jnp.mean(next_token_losses(logits, {"x": tokens, "mask": mask}))
+
+
+def icl_score(logits: jax.Array, tokens: jax.Array, *, late: int, early: int) -> jax.Array:
+    """In-context-learning score: mean loss at position ``late`` minus mean loss at position ``early``.
+
+        ICL = (1/B) Σ_b [−log p(x_{b,late} | x_{b,<late})] − (1/B) Σ_b [−log p(x_{b,early} | x_{b,<early})]
+
+    Args:
+        logits: ``[batch, T, vocab]``.
+        tokens: ``[batch, T]``.
+        late: Target position (paper: ~500 of 1024+; at context 256: ~200–250).
+        early: Target position with 1 ≤ early < late ≤ T − 1 (paper: ~50).
+
+    Raises:
+        ValueError: On bad shapes or positions.
+    """
+    _check_tokens(tokens)
+    batch, length = tokens.shape
+    if jnp.ndim(logits) != 3 or jnp.shape(logits)[:2] != (batch, length):
+        raise ValueError(f"logits {jnp.shape(logits)} must be [batch, T, vocab] for tokens {tokens.shape}")
+    if not 1 <= early < late <= length - 1:
+        raise ValueError(f"icl_score needs 1 <= early < late <= T - 1 = {length - 1}, got {early=}, {late=}")
+
+    def loss_at(position: int) -> jax.Array:
+        mask = jnp.broadcast_to(jnp.arange(length) == position, (batch, length))
+        return jnp.mean(next_token_losses(logits, {"x": tokens, "mask": mask}))
+
+    return loss_at(late) - loss_at(early)
+
+
+def ov_copying_score(
+    w_embed: jax.Array, w_value: jax.Array, w_out: jax.Array, w_unembed: jax.Array
+) -> jax.Array:
+    """Σλ / Σ|λ| over the eigenvalues λ of the OV circuit W_U W_O W_V W_E (0 for an all-zero circuit).
+
+    Kernels are in Flax's row layout (``x @ W``): ``w_embed`` ``[V, d]``, ``w_value`` ``[d, d_head]``,
+    ``w_out`` ``[d_head, d]``, ``w_unembed`` ``[d, V]``; the circuit in that layout is
+    M = W_E W_V W_O W_U ``[V, V]``, whose transpose is the column-convention W_U W_O W_V W_E (same
+    eigenvalues). The nonzero eigenvalues of M equal those of the small ``[d_head, d_head]`` product
+    W_O W_U W_E W_V (cyclic permutation), which is what is decomposed. LayerNorms are ignored, as in
+    Olsson et al. ``jnp.linalg.eigvals`` runs on CPU.
+    """
+    shapes = [jnp.shape(w) for w in (w_embed, w_value, w_out, w_unembed)]
+    if any(len(s) != 2 for s in shapes) or not (
+        shapes[0][1] == shapes[1][0]
+        and shapes[1][1] == shapes[2][0]
+        and shapes[2][1] == shapes[3][0]
+        and shapes[3][1] == shapes[0][0]
+    ):
+        raise ValueError(f"OV circuit kernels must be [V, d], [d, h], [h, d], [d, V]; got {shapes}")
+    small = w_out @ w_unembed @ w_embed @ w_value
+    eigenvalues = jnp.linalg.eigvals(small.astype(jnp.float32))
+    magnitude = jnp.sum(jnp.abs(eigenvalues))
+    return jnp.where(
+        magnitude > 0, jnp.real(jnp.sum(eigenvalues)) / jnp.where(magnitude > 0, magnitude, 1), 0.0
+    )
+
+
+def decoder_ov_scores(params: Mapping[str, Any], num_heads: int) -> np.ndarray:
+    """OV copying score of every head of a :func:`unlearnx.models.decoder_lm`, ``[layers, heads]``.
+
+    Reads ``embed/embedding``, ``blocks_{i}/attn/{to_v,to_out_0}/kernel`` and ``unembed/kernel`` (the
+    ``params`` collection, full variables or an NNX ``State``); head h owns columns
+    ``h·d_head:(h+1)·d_head`` of ``to_v`` and the same rows of ``to_out_0``. Meaningful for
+    attention-only models (``mlp_ratio=0``).
+    """
+    if isinstance(params, nnx.State):
+        params = nnx.to_pure_dict(params)
+    params = params["params"] if "params" in params else params
+    layers = sorted(int(k.removeprefix("blocks_")) for k in params if k.startswith("blocks_"))
+    if not layers or "embed" not in params or "unembed" not in params:
+        raise ValueError(f"decoder_ov_scores: expected decoder_lm parameters, got keys {sorted(params)}")
+    embed, unembed = params["embed"]["embedding"], params["unembed"]["kernel"]
+    scores = np.zeros((len(layers), num_heads))
+    for layer in layers:
+        attn = params[f"blocks_{layer}"]["attn"]
+        value, out = attn["to_v"]["kernel"], attn["to_out_0"]["kernel"]
+        if value.shape[1] % num_heads:
+            raise ValueError(
+                f"blocks_{layer}/attn/to_v/kernel width {value.shape[1]} not divisible by {num_heads}"
+            )
+        width = value.shape[1] // num_heads
+        for head in range(num_heads):
+            cols = slice(head * width, (head + 1) * width)
+            scores[layer, head] = float(ov_copying_score(embed, value[:, cols], out[cols, :], unembed))
+    return scores

@@ -1,0 +1,154 @@
+"""Unique-data scaling law L(N) = a·N^(−α) + L∞ and the effective model size it implies.
+
+Hernandez et al. (2022) fit the test loss of models trained on unique data against their non-embedding
+parameter count N, then read a degraded model's loss L_obs back through the fit:
+
+    N_eff = (a / (L_obs − L∞))^(1/α),
+
+reporting N_eff / N (0.5 in the headline case: an 800M model trained with repeats performs like a 400M one).
+
+The fit profiles over L∞: for a fixed L∞ < min L the model is linear in log space,
+log(L − L∞) = log a − α log N, solved by least squares; L∞ is chosen to minimise the residual sum of
+squares in loss space, first on a grid L∞ = min L·(1 − u), u log-spaced in [1e−9, 1] (L∞ = 0 included),
+then by golden-section search between the best grid point's neighbours. Only fits with α > 0 count.
+Host-side NumPy float64; no SciPy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["EffectiveParams", "PowerLawFit", "effective_params", "fit_power_law"]
+
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+class PowerLawFit(NamedTuple):
+    """L(N) = a·N^(−α) + L∞ fitted on sizes in [n_min, n_max]; ``rss`` is the loss-space residual."""
+
+    a: float
+    alpha: float
+    l_inf: float
+    n_min: float
+    n_max: float
+    rss: float
+
+    def __call__(self, sizes: npt.ArrayLike) -> np.ndarray:
+        """The fitted loss at ``sizes``."""
+        return self.a * np.asarray(sizes, np.float64) ** (-self.alpha) + self.l_inf
+
+
+class EffectiveParams(NamedTuple):
+    """N_eff and how far to trust it.
+
+    ``status`` is ``"ok"`` (inside the fitted size range), ``"below_range"`` / ``"above_range"``
+    (extrapolated below the smallest / above the largest fitted size: a number, but outside the data),
+    or ``"undefined"`` (L ≤ L∞: no finite size reaches that loss; ``value`` is ``inf``).
+    """
+
+    value: float
+    status: str
+
+
+def _validated(sizes: npt.ArrayLike, losses: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    n = np.asarray(sizes, np.float64)
+    loss = np.asarray(losses, np.float64)
+    if n.ndim != 1 or loss.shape != n.shape:
+        raise ValueError(f"sizes and losses must be 1-D of one length, got shapes {n.shape} and {loss.shape}")
+    if not (np.all(np.isfinite(n)) and np.all(n > 0)):
+        raise ValueError(f"sizes must be positive and finite, got {n.tolist()}")
+    if not (np.all(np.isfinite(loss)) and np.all(loss > 0)):
+        raise ValueError(f"losses must be positive and finite, got {loss.tolist()}")
+    if len(np.unique(n)) < 3:
+        raise ValueError(
+            f"fitting a·N^(−α) + L∞ needs at least 3 distinct sizes, got {np.unique(n).tolist()}"
+        )
+    return n, loss
+
+
+def _profile(log_n: np.ndarray, loss: np.ndarray, l_inf: float) -> tuple[float, float, float]:
+    """(log a, α, rss) of the log-space least-squares fit at a fixed L∞ (rss = inf when α ≤ 0)."""
+    y = np.log(loss - l_inf)
+    x = log_n - log_n.mean()
+    slope = float(np.dot(x, y - y.mean()) / np.dot(x, x))
+    log_a = float(y.mean() - slope * log_n.mean())
+    alpha = -slope
+    if alpha <= 0:
+        return log_a, alpha, math.inf
+    residual = np.exp(log_a - alpha * log_n) + l_inf - loss
+    return log_a, alpha, float(np.dot(residual, residual))
+
+
+def fit_power_law(sizes: npt.ArrayLike, losses: npt.ArrayLike) -> PowerLawFit:
+    """Fits L(N) = a·N^(−α) + L∞ with 0 ≤ L∞ < min L and α > 0 (see the module docstring).
+
+    Args:
+        sizes: Model sizes N (e.g. non-embedding parameters), at least 3 distinct.
+        losses: The matching unique-data test losses.
+
+    Returns:
+        The :class:`PowerLawFit`.
+
+    Raises:
+        ValueError: On bad shapes or values, fewer than 3 distinct sizes, or losses that do not decrease
+            with size (no fit with α > 0).
+    """
+    n, loss = _validated(sizes, losses)
+    log_n = np.log(n)
+    floor = float(loss.min())
+    fractions = np.concatenate([np.logspace(-9, 0, 361), [1.0]])
+    candidates = np.unique(np.clip(floor * (1.0 - fractions), 0.0, None))
+    rss = np.array([_profile(log_n, loss, c)[2] for c in candidates])
+    if not np.isfinite(rss).any():
+        raise ValueError(f"losses do not decrease with size; no fit with α > 0 (sizes {n}, losses {loss})")
+    best = int(np.argmin(rss))
+    lo = candidates[max(best - 1, 0)]
+    hi = candidates[min(best + 1, len(candidates) - 1)]
+    # golden-section search on the bracket; the objective is cheap, so 200 steps reach float precision
+    c, d = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
+    fc, fd = _profile(log_n, loss, c)[2], _profile(log_n, loss, d)[2]
+    for _ in range(200):
+        if fc < fd:
+            hi, d, fd = d, c, fc
+            c = hi - _GOLDEN * (hi - lo)
+            fc = _profile(log_n, loss, c)[2]
+        else:
+            lo, c, fc = c, d, fd
+            d = lo + _GOLDEN * (hi - lo)
+            fd = _profile(log_n, loss, d)[2]
+    options = [(rss[best], candidates[best]), (fc, c), (fd, d)]
+    l_inf = min(options)[1]
+    log_a, alpha, residual = _profile(log_n, loss, l_inf)
+    return PowerLawFit(math.exp(log_a), alpha, float(l_inf), float(n.min()), float(n.max()), residual)
+
+
+def effective_params(fit: PowerLawFit, loss: float) -> EffectiveParams:
+    """The size N_eff = (a / (L − L∞))^(1/α) whose fitted unique-data loss equals ``loss``.
+
+    Args:
+        fit: A :func:`fit_power_law` result.
+        loss: The observed test loss L_obs.
+
+    Returns:
+        :class:`EffectiveParams` with ``status`` ``"undefined"`` (L ≤ L∞, value ``inf``),
+        ``"below_range"`` / ``"above_range"`` (extrapolated outside [n_min, n_max]) or ``"ok"``.
+
+    Raises:
+        ValueError: If ``loss`` is not finite.
+    """
+    value = float(loss)
+    if not math.isfinite(value):
+        raise ValueError(f"effective_params: loss must be finite, got {loss!r}")
+    if value <= fit.l_inf:
+        return EffectiveParams(math.inf, "undefined")
+    n_eff = math.exp((math.log(fit.a) - math.log(value - fit.l_inf)) / fit.alpha)
+    # relative tolerance so that the fitted sizes themselves round-trip as "ok"
+    if n_eff < fit.n_min * (1 - 1e-9):
+        return EffectiveParams(n_eff, "below_range")
+    if n_eff > fit.n_max * (1 + 1e-9):
+        return EffectiveParams(n_eff, "above_range")
+    return EffectiveParams(n_eff, "ok")
