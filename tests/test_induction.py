@@ -130,7 +130,9 @@ def test_icl_score_is_late_minus_early_loss():
     expected = nll[:, 17 - 1].mean() - nll[:, 3 - 1].mean()
     got = jax.jit(lambda lg, tk: induction.icl_score(lg, tk, late=17, early=3))(logits, tokens)
     assert float(got) == pytest.approx(expected, rel=1e-5, abs=1e-6)
-    for late, early in ((17, 0), (3, 3), (20, 3)):
+    windowed = induction.icl_score(logits, tokens, late=(15, 20), early=(1, 5))
+    assert float(windowed) == pytest.approx(nll[:, 14:19].mean() - nll[:, 0:4].mean(), rel=1e-5, abs=1e-6)
+    for late, early in ((17, 0), (3, 3), (20, 3), ((10, 21), 3), (12, (5, 13))):
         with pytest.raises(ValueError, match="1 <= early < late <= T - 1 = 19"):
             induction.icl_score(logits, tokens, late=late, early=early)
 

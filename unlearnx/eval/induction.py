@@ -122,16 +122,20 @@ def copying_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     return jnp.mean(next_token_losses(logits, {"x": tokens, "mask": mask}))
 
 
-def icl_score(logits: jax.Array, tokens: jax.Array, *, late: int, early: int) -> jax.Array:
-    """In-context-learning score: mean loss at position ``late`` minus mean loss at position ``early``.
+def icl_score(
+    logits: jax.Array, tokens: jax.Array, *, late: int | tuple[int, int], early: int | tuple[int, int]
+) -> jax.Array:
+    """In-context-learning score: mean loss at position(s) ``late`` minus mean loss at ``early``.
 
-        ICL = (1/B) Σ_b [−log p(x_{b,late} | x_{b,<late})] − (1/B) Σ_b [−log p(x_{b,early} | x_{b,<early})]
+        ICL = (1/B) Σ_b mean_{t ∈ late} ℓ_{b,t} − (1/B) Σ_b mean_{t ∈ early} ℓ_{b,t},
+        ℓ_{b,t} = −log p(x_{b,t} | x_{b,<t}).
 
     Args:
         logits: ``[batch, T, vocab]``.
         tokens: ``[batch, T]``.
-        late: Target position (paper: ~500 of 1024+; at context 256: ~200–250).
-        early: Target position with 1 ≤ early < late ≤ T − 1 (paper: ~50).
+        late: A target position, or a window ``(start, stop)`` of positions averaged (paper: ~500 of
+            1024+; at context 256: ~200–250).
+        early: Likewise (paper: ~50); every early position precedes every late one, all in [1, T − 1].
 
     Raises:
         ValueError: On bad shapes or positions.
@@ -140,14 +144,20 @@ def icl_score(logits: jax.Array, tokens: jax.Array, *, late: int, early: int) ->
     batch, length = tokens.shape
     if jnp.ndim(logits) != 3 or jnp.shape(logits)[:2] != (batch, length):
         raise ValueError(f"logits {jnp.shape(logits)} must be [batch, T, vocab] for tokens {tokens.shape}")
-    if not 1 <= early < late <= length - 1:
-        raise ValueError(f"icl_score needs 1 <= early < late <= T - 1 = {length - 1}, got {early=}, {late=}")
+    windows = [(p, p + 1) if isinstance(p, int | np.integer) else tuple(p) for p in (early, late)]
+    (early_lo, early_hi), (late_lo, late_hi) = windows
+    if not (1 <= early_lo < early_hi <= late_lo < late_hi <= length):
+        raise ValueError(
+            f"icl_score needs 1 <= early < late <= T - 1 = {length - 1} (windows as [start, stop)), "
+            f"got early={early}, late={late}"
+        )
 
-    def loss_at(position: int) -> jax.Array:
-        mask = jnp.broadcast_to(jnp.arange(length) == position, (batch, length))
+    def loss_in(lo: int, hi: int) -> jax.Array:
+        positions = jnp.arange(length)
+        mask = jnp.broadcast_to((positions >= lo) & (positions < hi), (batch, length))
         return jnp.mean(next_token_losses(logits, {"x": tokens, "mask": mask}))
 
-    return loss_at(late) - loss_at(early)
+    return loss_in(late_lo, late_hi) - loss_in(early_lo, early_hi)
 
 
 def ov_copying_score(
