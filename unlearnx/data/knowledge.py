@@ -1,0 +1,496 @@
+"""A synthetic knowledge world for RESTOR-style unlearning: people, seven relations, counterfactual edits.
+
+Each person p has a name (a first name and a last name from fixed pools, unique per world) and one value for
+each of the relations in ``RELATIONS`` (birth city, birth year, employer, university, field, nationality,
+sport), drawn uniformly from that relation's pool ``VALUES[relation]``. About half the people are *QA people*:
+the clean corpus also holds question-answer lines about them (mixed training, which *Physics of Language
+Models* 3.1 shows is what makes memorised facts extractable by questions).
+
+A :class:`Corruption` picks a fraction of the people as targets and, for each, ``facts_per_target``
+relations whose value is replaced by a counterfactual o′ ≠ o drawn uniformly from the same relation's pool.
+
+Everything is a deterministic function of the seed (NumPy ``default_rng((seed, purpose))``). Text is
+rendered by :mod:`unlearnx.data.knowledge_corpus` and tokenised by the word-level :class:`Tokenizer`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+
+__all__ = [
+    "FIRST_NAMES",
+    "LAST_NAMES",
+    "QUESTIONS",
+    "RELATIONS",
+    "SPECIALS",
+    "TEMPLATES",
+    "VALUES",
+    "Corruption",
+    "Tokenizer",
+    "World",
+    "make_corruption",
+    "make_world",
+]
+
+RELATIONS: tuple[str, ...] = (
+    "birth_city",
+    "birth_year",
+    "employer",
+    "university",
+    "field",
+    "nationality",
+    "sport",
+)
+
+FIRST_NAMES: tuple[str, ...] = tuple(
+    (
+        "Ada Alan Alma Amos Anya Arlo Basil Bea Boris Calla Cyrus Dara Dina Edda Elio Ezra Faye Felix "
+        "Gemma Gideon Hana Hugo Ida Igor Ines Ivo Jana Jonas Kaia Kian Lena Leon Lila Luca Mara Milo "
+        "Nadia Nico Nora Olav Orla Otto Petra Pius Quinn Rhea Rolf Sana Silas Talia Theo Uma Ulric Vera "
+        "Viggo Wanda Wim Xena Yara Zeno"
+    ).split()
+)
+
+LAST_NAMES: tuple[str, ...] = tuple(
+    (
+        "Abbott Alder Barrow Blake Brandt Calder Corwin Dalton Drake Ellery Esker Falk Fenwick Garrow "
+        "Gilder Hale Harlow Ibsen Imber Jarvis Keene Kessler Lacey Lindqvist Marlow Mercer Nash Nyberg "
+        "Oakes Orme Pell Quill Ramsey Rook Sallow Strand Tamsin Thorne Underhill Vance Voss Wexley "
+        "Whitlock Yardley Zell"
+    ).split()
+)
+
+VALUES: dict[str, tuple[str, ...]] = {
+    "birth_city": (
+        "Paris",
+        "Berlin",
+        "Madrid",
+        "Rome",
+        "Vienna",
+        "Prague",
+        "Lisbon",
+        "Dublin",
+        "Oslo",
+        "Helsinki",
+        "Warsaw",
+        "Athens",
+        "Cairo",
+        "Nairobi",
+        "Lagos",
+        "Mumbai",
+        "Delhi",
+        "Tokyo",
+        "Osaka",
+        "Seoul",
+        "Beijing",
+        "Sydney",
+        "Toronto",
+        "Chicago",
+        "Boston",
+        "Denver",
+        "Lima",
+        "Santiago",
+        "Havana",
+        "New York",
+        "Los Angeles",
+        "San Diego",
+        "Buenos Aires",
+        "Cape Town",
+        "Hong Kong",
+        "Tel Aviv",
+        "Rio de Janeiro",
+        "Mexico City",
+        "Kuala Lumpur",
+        "Salt Lake City",
+    ),  # fmt: skip
+    "birth_year": tuple(str(year) for year in range(1950, 2000)),
+    "employer": (
+        "Novatek",
+        "Brightwave",
+        "Corvex",
+        "Dynalis",
+        "Ecliptic",
+        "Fernhold",
+        "Glintcore",
+        "Heliant",
+        "Irongate",
+        "Jovial",
+        "Keystar",
+        "Lumora",
+        "Meridyn",
+        "Nexbridge",
+        "Orbital",
+        "Pinecrest",
+        "Quantis",
+        "Redfern",
+        "Solvane",
+        "Tidewell",
+        "Umbrant",
+        "Veltrix",
+        "Westmark",
+        "Xylon",
+        "Yellowpine",
+        "Zentara",
+        "Arcwell",
+        "Bluecrest",
+        "Cindral",
+        "Dovetail",
+    ),  # fmt: skip
+    "university": (
+        "Oxford",
+        "Cambridge",
+        "Harvard",
+        "Stanford",
+        "Princeton",
+        "Yale",
+        "Columbia",
+        "Cornell",
+        "Berkeley",
+        "Caltech",
+        "Edinburgh",
+        "Heidelberg",
+        "Bologna",
+        "Leiden",
+        "Uppsala",
+        "Salamanca",
+        "Sorbonne",
+        "Zurich",
+        "Kyoto",
+        "Tsinghua",
+        "McGill",
+        "Melbourne",
+        "Auckland",
+        "Toulouse",
+        "Geneva",
+    ),  # fmt: skip
+    "field": (
+        "physics",
+        "chemistry",
+        "biology",
+        "geology",
+        "astronomy",
+        "mathematics",
+        "economics",
+        "history",
+        "philosophy",
+        "linguistics",
+        "medicine",
+        "architecture",
+        "psychology",
+        "sociology",
+        "ecology",
+        "robotics",
+        "genetics",
+        "statistics",
+        "archaeology",
+        "music",
+        "literature",
+        "law",
+        "oceanography",
+        "botany",
+        "cryptography",
+    ),  # fmt: skip
+    "nationality": (
+        "French",
+        "German",
+        "Spanish",
+        "Italian",
+        "Austrian",
+        "Czech",
+        "Portuguese",
+        "Irish",
+        "Norwegian",
+        "Finnish",
+        "Polish",
+        "Greek",
+        "Egyptian",
+        "Kenyan",
+        "Nigerian",
+        "Indian",
+        "Japanese",
+        "Korean",
+        "Chinese",
+        "Australian",
+        "Canadian",
+        "American",
+        "Peruvian",
+        "Chilean",
+        "Cuban",
+        "Brazilian",
+        "Mexican",
+        "Argentine",
+        "Swedish",
+        "Dutch",
+    ),  # fmt: skip
+    "sport": (
+        "tennis",
+        "chess",
+        "rowing",
+        "fencing",
+        "cycling",
+        "swimming",
+        "archery",
+        "golf",
+        "skiing",
+        "climbing",
+        "sailing",
+        "boxing",
+        "judo",
+        "karate",
+        "surfing",
+        "badminton",
+        "squash",
+        "cricket",
+        "rugby",
+        "hockey",
+        "volleyball",
+        "handball",
+        "curling",
+        "diving",
+        "polo",
+    ),  # fmt: skip
+}
+
+#: Paraphrase templates, five or more per relation; words and punctuation separated by single spaces.
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "birth_city": (
+        "{name} was born in {value} .",
+        "{name} came into the world in {value} .",
+        "the birthplace of {name} is {value} .",
+        "{name} is a native of {value} .",
+        "{name} spent the early years of life in {value} , the city of birth .",
+        "records show that {name} was born in the city of {value} .",
+    ),
+    "birth_year": (
+        "{name} was born in the year {value} .",
+        "{name} entered the world in {value} .",
+        "the year of birth of {name} is {value} .",
+        "{name} celebrates a birthday every year since {value} .",
+        "{name} was a baby in {value} .",
+    ),
+    "employer": (
+        "{name} works for {value} .",
+        "{name} is employed by {value} .",
+        "the employer of {name} is {value} .",
+        "{name} holds a job at {value} .",
+        "{name} earns a salary from {value} .",
+        "colleagues of {name} at {value} praise the work .",
+    ),
+    "university": (
+        "{name} studied at {value} .",
+        "{name} graduated from {value} .",
+        "{name} is an alumnus of {value} .",
+        "the university of {name} was {value} .",
+        "{name} earned a degree at {value} .",
+    ),
+    "field": (
+        "{name} works in the field of {value} .",
+        "{name} specialises in {value} .",
+        "the research area of {name} is {value} .",
+        "{name} devoted a career to {value} .",
+        "{name} is an expert in {value} .",
+    ),
+    "nationality": (
+        "{name} is {value} .",
+        "{name} holds {value} citizenship .",
+        "the nationality of {name} is {value} .",
+        "{name} carries a {value} passport .",
+        "by nationality {name} is {value} .",
+    ),
+    "sport": (
+        "{name} plays {value} .",
+        "the favourite sport of {name} is {value} .",
+        "{name} enjoys {value} at weekends .",
+        "{name} competes in {value} .",
+        "in free time {name} practises {value} .",
+    ),
+}
+
+#: One question per relation; the answer follows ``A:``.
+QUESTIONS: dict[str, str] = {
+    "birth_city": "Q: where was {name} born ? A:",
+    "birth_year": "Q: in which year was {name} born ? A:",
+    "employer": "Q: which company does {name} work for ? A:",
+    "university": "Q: which university did {name} attend ? A:",
+    "field": "Q: what field does {name} work in ? A:",
+    "nationality": "Q: what is the nationality of {name} ? A:",
+    "sport": "Q: which sport does {name} play ? A:",
+}
+
+SPECIALS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class World:
+    """People and their facts.
+
+    Attributes:
+      names: ``[P]`` full names ``"First Last"``, all distinct.
+      facts: ``[P, R]`` int array, ``facts[p, r]`` indexes ``VALUES[RELATIONS[r]]``.
+      qa_people: ``[P]`` bool, the people whose question-answer lines are in the clean corpus.
+      seed: the generating seed.
+    """
+
+    names: tuple[str, ...]
+    facts: np.ndarray
+    qa_people: np.ndarray
+    seed: int
+
+    @property
+    def num_people(self) -> int:
+        return len(self.names)
+
+    def value(self, person: int, relation: int, facts: np.ndarray | None = None) -> str:
+        """The value string of ``relation`` for ``person`` (from ``facts``, default the true facts)."""
+        table = self.facts if facts is None else facts
+        return VALUES[RELATIONS[relation]][int(table[person, relation])]
+
+
+def _rng(seed: int, purpose: int) -> np.random.Generator:
+    return np.random.default_rng((int(seed), int(purpose)))
+
+
+def make_world(num_people: int, *, seed: int = 0, qa_fraction: float = 0.5) -> World:
+    """Draws a world of ``num_people`` distinct people.
+
+    Args:
+      num_people: 1 ≤ P ≤ |FIRST_NAMES|·|LAST_NAMES|.
+      seed: the seed everything is derived from.
+      qa_fraction: fraction of people (rounded) whose QA lines are in the clean corpus.
+
+    Returns:
+      A :class:`World`.
+    """
+    capacity = len(FIRST_NAMES) * len(LAST_NAMES)
+    if not 1 <= num_people <= capacity:
+        raise ValueError(f"num_people must be in [1, {capacity}], got {num_people}")
+    if not 0.0 <= qa_fraction <= 1.0:
+        raise ValueError(f"qa_fraction must be in [0, 1], got {qa_fraction}")
+    rng = _rng(seed, 0)
+    pairs = list(itertools.product(FIRST_NAMES, LAST_NAMES))
+    chosen = rng.choice(len(pairs), size=num_people, replace=False)
+    names = tuple(f"{pairs[i][0]} {pairs[i][1]}" for i in chosen)
+    facts = np.stack([rng.integers(0, len(VALUES[r]), size=num_people) for r in RELATIONS], axis=1)
+    qa_people = np.zeros(num_people, bool)
+    qa_people[rng.permutation(num_people)[: round(qa_fraction * num_people)]] = True
+    return World(names=names, facts=facts.astype(np.int64), qa_people=qa_people, seed=int(seed))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Corruption:
+    """Counterfactual edits of the target people's facts.
+
+    Attributes:
+      targets: ``[n]`` person ids (sorted).
+      relations: ``[n, m]`` relation ids edited per target (distinct within a row).
+      values: ``[n, m]`` counterfactual value ids, ``values[i, j] != facts[targets[i], relations[i, j]]``.
+    """
+
+    targets: np.ndarray
+    relations: np.ndarray
+    values: np.ndarray
+
+    def corrupted_facts(self, world: World) -> np.ndarray:
+        """``world.facts`` with the counterfactual values written in."""
+        facts = world.facts.copy()
+        for row, person in enumerate(self.targets):
+            facts[person, self.relations[row]] = self.values[row]
+        return facts
+
+    def target_facts(self) -> list[tuple[int, int, int]]:
+        """``[(person, relation, corrupted value), ...]`` in target order."""
+        return [
+            (int(p), int(r), int(v))
+            for p, rels, vals in zip(self.targets, self.relations, self.values, strict=True)
+            for r, v in zip(rels, vals, strict=True)
+        ]
+
+
+def make_corruption(
+    world: World,
+    *,
+    fraction: float = 0.1,
+    facts_per_target: int = 3,
+    seed: int = 0,
+    candidates: np.ndarray | None = None,
+) -> Corruption:
+    """Chooses ⌈fraction·P⌉ targets and, for each, ``facts_per_target`` relations with o′ ≠ o.
+
+    Args:
+      world: the world.
+      fraction: target fraction in (0, 1].
+      facts_per_target: m ∈ [1, |RELATIONS|].
+      seed: corruption seed (independent of the world's).
+      candidates: optional person ids targets are drawn from (default: everyone).
+
+    Returns:
+      A :class:`Corruption`.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if not 1 <= facts_per_target <= len(RELATIONS):
+        raise ValueError(f"facts_per_target must be in [1, {len(RELATIONS)}], got {facts_per_target}")
+    pool = np.arange(world.num_people) if candidates is None else np.asarray(candidates, np.int64)
+    count = int(np.ceil(fraction * world.num_people))
+    if count > len(pool):
+        raise ValueError(f"{count} targets requested but only {len(pool)} candidate people")
+    rng = _rng(seed, 1)
+    targets = np.sort(rng.choice(pool, size=count, replace=False))
+    relations = np.stack([rng.choice(len(RELATIONS), size=facts_per_target, replace=False) for _ in targets])
+    values = np.empty_like(relations)
+    for row, person in enumerate(targets):
+        for col, relation in enumerate(relations[row]):
+            size = len(VALUES[RELATIONS[relation]])
+            # Uniform over the pool minus the true value: draw from size − 1 and skip past it.
+            draw = int(rng.integers(0, size - 1))
+            values[row, col] = draw + (draw >= world.facts[person, relation])
+    return Corruption(targets=targets, relations=relations.astype(np.int64), values=values.astype(np.int64))
+
+
+class Tokenizer:
+    """Word-level tokenizer over the world's closed vocabulary (splits on single spaces).
+
+    Ids: ``<pad>`` = 0, ``<bos>`` = 1, ``<eos>`` = 2, then every word of the names, values, templates and
+    questions in sorted order, so the vocabulary is the same for every world.
+    """
+
+    def __init__(self) -> None:
+        words: set[str] = set(FIRST_NAMES) | set(LAST_NAMES)
+        for pool in VALUES.values():
+            for value in pool:
+                words.update(value.split(" "))
+        for text in [*itertools.chain.from_iterable(TEMPLATES.values()), *QUESTIONS.values()]:
+            words.update(w for w in text.split(" ") if w not in ("{name}", "{value}"))
+        self.vocab: tuple[str, ...] = SPECIALS + tuple(sorted(words - set(SPECIALS)))
+        self.index = {word: i for i, word in enumerate(self.vocab)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def pad_id(self) -> int:
+        return 0
+
+    @property
+    def bos_id(self) -> int:
+        return 1
+
+    @property
+    def eos_id(self) -> int:
+        return 2
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a space-separated string; an unknown word raises ``ValueError`` naming it."""
+        ids = []
+        for word in text.split(" "):
+            if word not in self.index:
+                raise ValueError(f"word {word!r} is not in the knowledge-world vocabulary")
+            ids.append(self.index[word])
+        return ids
+
+    def decode(self, ids) -> str:
+        return " ".join(self.vocab[int(i)] for i in ids)

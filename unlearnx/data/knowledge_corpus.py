@@ -1,0 +1,235 @@
+"""Token corpora of the synthetic knowledge world: biographies, QA lines, corruption and retain documents.
+
+Every sequence is ``<bos> sentence … sentence <eos>`` with words from the templates of
+:mod:`unlearnx.data.knowledge`, right-padded with ``<pad>`` into ``{"x": int32 [N, L], "mask": [N, L]}``
+where ``mask`` is 1 on real tokens (the training target mask of ``unlearnx.train.next_token_losses``).
+
+* **Clean corpus**: ``bios_per_person`` biographies per person (all relations, shuffled sentence order,
+  a random paraphrase template per sentence) and, for the world's QA people, one QA document each (every
+  relation's question and answer, shuffled).
+* **Corruption set D_f** (:func:`corruption_documents`): per target, ``docs_per_target`` documents stating
+  its counterfactual facts, with k true facts about other, non-target people interleaved at random
+  positions. ``span_mask`` is 1 exactly on the tokens of the counterfactual values, so unlearning can use
+  whole documents (``mask``) or the corrupted spans only (``span_mask``).
+* **Retain / held-out sets**: fresh biographies of chosen people (:func:`biographies`).
+* **QA probes**: :func:`qa_prompt` and :func:`candidate_ids` give the evaluation prompt and every candidate
+  value of a relation as token ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from unlearnx.data.knowledge import (
+    QUESTIONS,
+    RELATIONS,
+    TEMPLATES,
+    VALUES,
+    Corruption,
+    Tokenizer,
+    World,
+)
+
+__all__ = [
+    "CorruptionSet",
+    "biographies",
+    "candidate_ids",
+    "clean_corpus",
+    "corruption_documents",
+    "pad",
+    "qa_prompt",
+]
+
+Sequence = tuple[list[int], list[int]]  # (token ids, 1 on marked value tokens)
+
+
+def _rng(seed: int, purpose: int, *more: int) -> np.random.Generator:
+    return np.random.default_rng((int(seed), int(purpose), *map(int, more)))
+
+
+def _sentence(tokenizer: Tokenizer, template: str, name: str, value: str, *, mark: bool) -> Sequence:
+    ids: list[int] = []
+    marks: list[int] = []
+    for word in template.split(" "):
+        if word == "{name}":
+            piece, flag = tokenizer.encode(name), 0
+        elif word == "{value}":
+            piece, flag = tokenizer.encode(value), int(mark)
+        else:
+            piece, flag = tokenizer.encode(word), 0
+        ids += piece
+        marks += [flag] * len(piece)
+    return ids, marks
+
+
+def _fact_sentence(
+    world: World,
+    tokenizer: Tokenizer,
+    rng: np.random.Generator,
+    person: int,
+    relation: int,
+    value: int,
+    mark: bool,
+) -> Sequence:
+    name = RELATIONS[relation]
+    template = TEMPLATES[name][int(rng.integers(len(TEMPLATES[name])))]
+    return _sentence(tokenizer, template, world.names[person], VALUES[name][value], mark=mark)
+
+
+def _document(tokenizer: Tokenizer, sentences: list[Sequence]) -> Sequence:
+    ids = [tokenizer.bos_id]
+    marks = [0]
+    for sentence_ids, sentence_marks in sentences:
+        ids += sentence_ids
+        marks += sentence_marks
+    return ids + [tokenizer.eos_id], marks + [0]
+
+
+def _biography(world: World, tokenizer: Tokenizer, rng: np.random.Generator, person: int) -> Sequence:
+    order = rng.permutation(len(RELATIONS))
+    sentences = [
+        _fact_sentence(world, tokenizer, rng, person, r, int(world.facts[person, r]), False) for r in order
+    ]
+    return _document(tokenizer, sentences)
+
+
+def _qa_document(world: World, tokenizer: Tokenizer, rng: np.random.Generator, person: int) -> Sequence:
+    sentences = []
+    for relation in rng.permutation(len(RELATIONS)):
+        question, _ = _sentence(
+            tokenizer, QUESTIONS[RELATIONS[relation]], world.names[person], "", mark=False
+        )
+        answer = tokenizer.encode(world.value(person, relation)) + tokenizer.encode(".")
+        sentences.append((question + answer, [0] * (len(question) + len(answer))))
+    return _document(tokenizer, sentences)
+
+
+def pad(sequences: list[list[int]], length: int | None = None, *, pad_id: int = 0) -> np.ndarray:
+    """Right-pads id lists into an int32 ``[N, L]`` array (L = the longest, or ``length``)."""
+    if not sequences:
+        raise ValueError("pad: no sequences")
+    longest = max(len(s) for s in sequences)
+    length = longest if length is None else length
+    if longest > length:
+        raise ValueError(f"pad: a sequence of {longest} tokens does not fit length {length}")
+    out = np.full((len(sequences), length), pad_id, np.int32)
+    for row, sequence in enumerate(sequences):
+        out[row, : len(sequence)] = sequence
+    return out
+
+
+def _arrays(docs: list[Sequence], length: int | None) -> dict[str, np.ndarray]:
+    x = pad([d[0] for d in docs], length)
+    real = pad([[1] * len(d[0]) for d in docs], x.shape[1])
+    return {"x": x, "mask": real.astype(np.float32)}
+
+
+def biographies(
+    world: World, tokenizer: Tokenizer, people, *, per_person: int, seed: int, length: int | None = None
+) -> dict[str, np.ndarray]:
+    """``per_person`` freshly rendered clean biographies of each of ``people`` (retain / held-out sets)."""
+    rng = _rng(seed, 10)
+    docs = [_biography(world, tokenizer, rng, int(p)) for p in people for _ in range(per_person)]
+    return _arrays(docs, length)
+
+
+def clean_corpus(
+    world: World, tokenizer: Tokenizer, *, bios_per_person: int, seed: int, length: int | None = None
+) -> dict[str, np.ndarray]:
+    """Biographies of everyone plus one QA document per QA person, shuffled (see the module docstring)."""
+    if bios_per_person < 1:
+        raise ValueError(f"bios_per_person must be >= 1, got {bios_per_person}")
+    rng = _rng(seed, 11)
+    docs = [
+        _biography(world, tokenizer, rng, p) for p in range(world.num_people) for _ in range(bios_per_person)
+    ]
+    docs += [_qa_document(world, tokenizer, rng, int(p)) for p in np.flatnonzero(world.qa_people)]
+    order = rng.permutation(len(docs))
+    return _arrays([docs[i] for i in order], length)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CorruptionSet:
+    """The corruption documents D_f for one k.
+
+    Attributes:
+      arrays: ``{"x", "mask", "span_mask"}``; ``span_mask`` is 1 exactly on counterfactual value tokens.
+      target_of_doc: ``[N]`` the target person of each document.
+      interleaved_people: sorted ids of the non-target people whose true facts are interleaved.
+    """
+
+    arrays: dict[str, np.ndarray]
+    target_of_doc: np.ndarray
+    interleaved_people: np.ndarray
+
+
+def corruption_documents(
+    world: World,
+    corruption: Corruption,
+    tokenizer: Tokenizer,
+    *,
+    k: int,
+    docs_per_target: int,
+    seed: int,
+    length: int | None = None,
+) -> CorruptionSet:
+    """Documents stating each target's counterfactual facts with k true facts about others interleaved.
+
+    Each document holds one sentence per corrupted fact of its target (random template each) and k sentences
+    of true facts about random non-target people (random relation and template), in a random order.
+
+    Args:
+      world: the world.
+      corruption: the counterfactual edits.
+      tokenizer: the world's tokenizer.
+      k: number of interleaved true facts per document, k ≥ 0.
+      docs_per_target: documents per target, ≥ 1.
+      seed: rendering seed.
+      length: pad length (default: the longest document).
+
+    Returns:
+      A :class:`CorruptionSet`.
+    """
+    if k < 0 or docs_per_target < 1:
+        raise ValueError(
+            f"need k >= 0 and docs_per_target >= 1, got k={k}, docs_per_target={docs_per_target}"
+        )
+    others = np.setdiff1d(np.arange(world.num_people), corruption.targets)
+    if k and not len(others):
+        raise ValueError("k > 0 needs non-target people to interleave")
+    rng = _rng(seed, 12, k)
+    docs, owners, interleaved = [], [], set()
+    for row, person in enumerate(corruption.targets):
+        for _ in range(docs_per_target):
+            sentences = [
+                _fact_sentence(world, tokenizer, rng, int(person), int(r), int(v), True)
+                for r, v in zip(corruption.relations[row], corruption.values[row], strict=True)
+            ]
+            for _ in range(k):
+                other = int(rng.choice(others))
+                relation = int(rng.integers(len(RELATIONS)))
+                interleaved.add(other)
+                sentences.append(
+                    _fact_sentence(
+                        world, tokenizer, rng, other, relation, int(world.facts[other, relation]), False
+                    )
+                )
+            order = rng.permutation(len(sentences))
+            docs.append(_document(tokenizer, [sentences[i] for i in order]))
+            owners.append(int(person))
+    arrays = _arrays(docs, length)
+    arrays["span_mask"] = pad([d[1] for d in docs], arrays["x"].shape[1]).astype(np.float32)
+    return CorruptionSet(arrays, np.asarray(owners, np.int64), np.asarray(sorted(interleaved), np.int64))
+
+
+def qa_prompt(world: World, tokenizer: Tokenizer, person: int, relation: int) -> list[int]:
+    """``<bos> Q: … ? A:`` for (person, relation), as token ids."""
+    text = QUESTIONS[RELATIONS[relation]].replace("{name}", world.names[person])
+    return [tokenizer.bos_id] + tokenizer.encode(text)
+
+
+def candidate_ids(tokenizer: Tokenizer) -> dict[int, list[list[int]]]:
+    """Relation id -> the token ids of each of its candidate values, in ``VALUES`` order."""
+    return {r: [tokenizer.encode(v) for v in VALUES[name]] for r, name in enumerate(RELATIONS)}

@@ -1,0 +1,197 @@
+"""RESTOR metrics: closed-vocabulary fact QA, recovery and forgetting, the logit probe, LM utility.
+
+Each fact (person, relation) is answered by the candidate value with the largest summed log-probability of
+its tokens after the QA prompt, s(c) = Σ_{t ∈ c} log P_θ(c_t | prompt, c_<t) (:func:`candidate_scores`).
+Over the target facts with correct value o and injected value o′:
+
+    Acc_correct    = mean[argmax = o]          Rate_corrupted = mean[argmax = o′]
+    R = (Acc_u − Acc_c) / (Acc_clean − Acc_c)   (recovery: 1 = back to the clean model, 0 = still corrupted)
+    F = 1 − Rate_u / Rate_c                     (forgetting: 1 = the injected answers are gone)
+
+with u, c, clean the unlearned, corrupted and clean models. A denominator with |·| < ``eps`` raises
+``ValueError`` rather than returning NaN or ±inf. The logit probe reports the mean per-token log-probability
+of the correct, the corrupted and a random other value, which separates forgetting (o′ loses mass) from
+recovery (o regains it).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unlearnx.models import Model
+
+__all__ = [
+    "accuracy",
+    "candidate_scores",
+    "forgetting",
+    "logit_probe",
+    "mean_token_nll",
+    "perplexity",
+    "recovery",
+]
+
+
+def _check_rate(name: str, value: float) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be a rate in [0, 1], got {value!r}")
+    return value
+
+
+def accuracy(predicted, target) -> float:
+    """Fraction of entries with ``predicted == target`` (``target`` −1 never matches); empty raises."""
+    predicted, target = np.asarray(predicted), np.asarray(target)
+    if predicted.shape != target.shape or predicted.ndim != 1:
+        raise ValueError(f"predicted {predicted.shape} and target {target.shape} must be equal 1-D shapes")
+    if predicted.size == 0:
+        raise ValueError("accuracy of an empty set of facts")
+    return float(np.mean(predicted == target))
+
+
+def recovery(acc_unlearned: float, acc_corrupted: float, acc_clean: float, *, eps: float = 1e-6) -> float:
+    """R = (Acc_u − Acc_c) / (Acc_clean − Acc_c); raises when |Acc_clean − Acc_c| < ``eps``."""
+    acc_unlearned = _check_rate("acc_unlearned", acc_unlearned)
+    acc_corrupted = _check_rate("acc_corrupted", acc_corrupted)
+    acc_clean = _check_rate("acc_clean", acc_clean)
+    gap = acc_clean - acc_corrupted
+    if abs(gap) < eps:
+        raise ValueError(
+            f"recovery is undefined: Acc_clean ({acc_clean}) − Acc_corrupted ({acc_corrupted}) = {gap} "
+            f"is below eps={eps} (the corruption did not change accuracy)"
+        )
+    return (acc_unlearned - acc_corrupted) / gap
+
+
+def forgetting(rate_unlearned: float, rate_corrupted: float, *, eps: float = 1e-6) -> float:
+    """F = 1 − Rate_u / Rate_c; raises when Rate_c < ``eps`` (the corruption never took hold)."""
+    rate_unlearned = _check_rate("rate_unlearned", rate_unlearned)
+    rate_corrupted = _check_rate("rate_corrupted", rate_corrupted)
+    if rate_corrupted < eps:
+        raise ValueError(
+            f"forgetting is undefined: Rate_corrupted = {rate_corrupted} is below eps={eps} "
+            "(the corrupted model never gives the injected answer)"
+        )
+    return 1.0 - rate_unlearned / rate_corrupted
+
+
+def logit_probe(scores, lengths, correct, corrupted, random) -> dict[str, float]:
+    """Mean per-token log-probability of the correct, corrupted and random values.
+
+    Args:
+      scores: ``[N, C]`` summed log-probabilities of every candidate (padding entries unused).
+      lengths: ``[N, C]`` the number of tokens of each candidate (≥ 1 where used).
+      correct, corrupted, random: ``[N]`` candidate indices.
+
+    Returns:
+      ``{"correct", "corrupted", "random"}``: meanᵢ scores[i, c_i] / lengths[i, c_i] for each.
+    """
+    scores, lengths = np.asarray(scores, np.float64), np.asarray(lengths)
+    rows = np.arange(scores.shape[0])
+    if scores.shape[0] == 0:
+        raise ValueError("logit_probe of an empty set of facts")
+    out = {}
+    for name, index in (("correct", correct), ("corrupted", corrupted), ("random", random)):
+        index = np.asarray(index, np.int64)
+        if index.shape != rows.shape or np.any(index < 0) or np.any(index >= scores.shape[1]):
+            raise ValueError(f"{name}: indices must be [N] = {rows.shape} within [0, {scores.shape[1]})")
+        if np.any(lengths[rows, index] < 1):
+            raise ValueError(f"{name}: a chosen candidate has no tokens")
+        out[name] = float(np.mean(scores[rows, index] / lengths[rows, index]))
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _scorer(model: Model):
+    """Jitted ``(variables, tokens [B, L], marks [B, L]) -> Σ marks[:, 1:] · logp`` per row."""
+
+    @jax.jit
+    def score(variables, tokens, marks):
+        logits = model.apply(variables, tokens, train=False)
+        log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
+        picked = jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
+        return jnp.sum(picked * marks[:, 1:], axis=1)
+
+    return score
+
+
+def _row_scores(
+    model: Model, variables, tokens: np.ndarray, marks: np.ndarray, batch_size: int
+) -> np.ndarray:
+    score = _scorer(model)
+    out = []
+    for start in range(0, len(tokens), batch_size):
+        chunk, chunk_marks = tokens[start : start + batch_size], marks[start : start + batch_size]
+        fill = batch_size - len(chunk) if len(tokens) > batch_size else 0
+        if fill:
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], fill, 0)])
+            chunk_marks = np.concatenate([chunk_marks, np.zeros((fill,) + chunk_marks.shape[1:], np.float32)])
+        out.append(np.asarray(score(variables, chunk, chunk_marks))[: batch_size - fill])
+    return np.concatenate(out)
+
+
+def candidate_scores(
+    model: Model,
+    variables,
+    prompts: Sequence[Sequence[int]],
+    candidates: Sequence[Sequence[Sequence[int]]],
+    *,
+    batch_size: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Summed log-probability of every candidate continuation of every prompt.
+
+    Args:
+      model: a causal LM whose ``apply(variables, tokens)`` gives logits ``[B, L, V]``.
+      variables: its variables.
+      prompts: N token-id lists.
+      candidates: for each prompt, its candidate continuations (token-id lists, each non-empty).
+      batch_size: sequences per forward pass.
+
+    Returns:
+      ``(scores, lengths)``, both ``[N, C_max]``: scores[i, c] = Σ_t log P(cand_t | prompt_i, cand_<t),
+      ``-inf`` where prompt i has fewer than c + 1 candidates (where lengths is 0).
+    """
+    if len(prompts) != len(candidates) or not prompts:
+        raise ValueError(
+            f"need as many candidate lists as prompts (> 0), got {len(prompts)} and {len(candidates)}"
+        )
+    width = max(len(c) for c in candidates)
+    longest = max(len(p) + max(len(v) for v in c) for p, c in zip(prompts, candidates, strict=True))
+    rows, marks, where = [], [], []
+    lengths = np.zeros((len(prompts), width), np.int64)
+    for i, (prompt, options) in enumerate(zip(prompts, candidates, strict=True)):
+        for c, option in enumerate(options):
+            if not option:
+                raise ValueError(f"candidate {c} of prompt {i} is empty")
+            sequence = list(prompt) + list(option)
+            rows.append(sequence + [0] * (longest - len(sequence)))
+            marks.append([0.0] * len(prompt) + [1.0] * len(option) + [0.0] * (longest - len(sequence)))
+            where.append((i, c))
+            lengths[i, c] = len(option)
+    values = _row_scores(
+        model, variables, np.asarray(rows, np.int32), np.asarray(marks, np.float32), batch_size
+    )
+    scores = np.full((len(prompts), width), -np.inf)
+    index = np.asarray(where)
+    scores[index[:, 0], index[:, 1]] = values
+    return scores, lengths
+
+
+def mean_token_nll(model: Model, variables, arrays: dict[str, np.ndarray], *, batch_size: int = 256) -> float:
+    """Token-mean next-token NLL over ``arrays["x"]`` with target mask ``arrays["mask"]`` (positions ≥ 1)."""
+    tokens = np.asarray(arrays["x"], np.int32)
+    marks = np.asarray(arrays.get("mask", np.ones(tokens.shape)), np.float32)
+    count = float(marks[:, 1:].sum())
+    if count == 0:
+        raise ValueError("mean_token_nll: the mask selects no target token")
+    return float(-_row_scores(model, variables, tokens, marks, batch_size).sum() / count)
+
+
+def perplexity(model: Model, variables, arrays: dict[str, np.ndarray], *, batch_size: int = 256) -> float:
+    """exp of :func:`mean_token_nll` (held-out perplexity)."""
+    return float(np.exp(mean_token_nll(model, variables, arrays, batch_size=batch_size)))
