@@ -6,8 +6,8 @@ under ``jax.jit`` and compose with optax. Importing the package loads the transf
 and ``checkpoint`` are imported explicitly (``from unlearnx import data``).
 """
 
-from unlearnx import continual, fisher, sparse, tree, unlearn
+from unlearnx import continual, erase, fisher, sparse, tree, unlearn
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "continual", "fisher", "sparse", "tree", "unlearn"]
+__all__ = ["__version__", "continual", "erase", "fisher", "sparse", "tree", "unlearn"]

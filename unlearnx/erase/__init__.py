@@ -1,0 +1,32 @@
+"""Closed-form concept erasure in cross-attention: UCE, RECE's adversarial embedding, and the RECE loop.
+
+* :func:`uce` -- the UCE edit of one kernel,
+  K_new = G⁻¹ (λ K + α C_Eᵀ V* + β C_Pᵀ C_P K), G = λ I + α C_Eᵀ C_E + β C_Pᵀ C_P;
+* :func:`derive_embedding` -- c′ = (λ_reg I + Σ_l K′_l K′_lᵀ)⁻¹ (Σ_l K′_l K_lᵀ) c;
+* :func:`rece` -- UCE then ``epochs`` rounds of (derive c′, erase c′) over every selected kernel of a tree;
+* :data:`cross_attention_kv` (and ``cross_attention_k``, ``cross_attention_v``) -- the default selectors
+  (``…/attn2/to_k|to_v/kernel``, maxdiffusion's ``…/attn2/key|value/kernel``).
+
+Kernels are in Flax layout ``(d_in, d_out)`` (x ↦ x K); keys are token rows ``[n, d_in]``. Spec:
+``papers/rece.md``.
+"""
+
+from unlearnx.erase.embedding import derive_embedding
+from unlearnx.erase.rece import rece
+from unlearnx.erase.selectors import (
+    cross_attention_k,
+    cross_attention_kv,
+    cross_attention_v,
+    sd_cross_attention_shapes,
+)
+from unlearnx.erase.uce import uce
+
+__all__ = [
+    "cross_attention_k",
+    "cross_attention_kv",
+    "cross_attention_v",
+    "derive_embedding",
+    "rece",
+    "sd_cross_attention_shapes",
+    "uce",
+]
