@@ -4,6 +4,7 @@ from unlearnx.data.augment import crop_and_flip
 from unlearnx.data.batching import batches, num_batches
 from unlearnx.data.dataset import Dataset
 from unlearnx.data.repeated import RepeatedMixture, repeated_mixture
+from unlearnx.data.shapes import captioned_shapes
 from unlearnx.data.sources import load
 from unlearnx.data.splits import forget_retain_split
 
@@ -11,6 +12,7 @@ __all__ = [
     "Dataset",
     "RepeatedMixture",
     "batches",
+    "captioned_shapes",
     "crop_and_flip",
     "forget_retain_split",
     "load",

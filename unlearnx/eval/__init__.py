@@ -2,6 +2,19 @@
 
 from unlearnx.eval import induction, scaling
 from unlearnx.eval.classification import accuracy, cross_entropy, entropy
+from unlearnx.eval.erasure import attack_success_rate, erased_rate, kv_output_change, preservation_accuracy
 from unlearnx.eval.mia import entropy_mia, loss_mia
 
-__all__ = ["accuracy", "cross_entropy", "entropy", "entropy_mia", "induction", "loss_mia", "scaling"]
+__all__ = [
+    "accuracy",
+    "attack_success_rate",
+    "cross_entropy",
+    "entropy",
+    "entropy_mia",
+    "erased_rate",
+    "induction",
+    "kv_output_change",
+    "loss_mia",
+    "preservation_accuracy",
+    "scaling",
+]

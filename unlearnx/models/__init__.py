@@ -11,6 +11,8 @@ from unlearnx.models.mlp import mlp
 from unlearnx.models.registry import available, get
 from unlearnx.models.resnet import resnet18
 from unlearnx.models.resnet50 import resnet50
+from unlearnx.models.text_encoder import text_encoder
+from unlearnx.models.unet import unet
 from unlearnx.models.vgg import vgg19
 
 __all__ = [
@@ -25,5 +27,7 @@ __all__ = [
     "num_params",
     "resnet18",
     "resnet50",
+    "text_encoder",
+    "unet",
     "vgg19",
 ]

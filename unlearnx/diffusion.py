@@ -1,0 +1,207 @@
+"""Denoising diffusion: the DDPM ε-prediction objective with caption dropout, and DDIM sampling with
+classifier-free guidance. Pure functions of arrays and an ``eps_fn``; everything runs under ``jax.jit``.
+
+Forward process (Ho et al. 2020) with a linear schedule β₁..β_T and ᾱ_t = Π_{s≤t} (1 − β_s):
+
+    q(x_t | x₀) = N(√ᾱ_t x₀, (1 − ᾱ_t) I),    x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε
+
+Objective: E_{t, ε} ‖ε − ε_θ(x_t, t, c)‖², with the caption c replaced by the empty caption ∅ with
+probability p_uncond (10%) so one network also gives the unconditional ε_θ(x_t, t, ∅).
+
+Classifier-free guidance with scale w:  ε̂ = ε_θ(x_t, t, ∅) + w·(ε_θ(x_t, t, c) − ε_θ(x_t, t, ∅)).
+
+DDIM (Song et al. 2021) over a decreasing subsequence τ_S > … > τ_1 of timesteps, with ᾱ_prev = 1 after
+the last step:
+
+    x̂₀ = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t
+    σ_t = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev)
+    x_prev = √ᾱ_prev x̂₀ + √(1 − ᾱ_prev − σ_t²) ε̂ + σ_t z
+
+η = 0 is deterministic: a perfect ε-oracle then returns x₀ exactly.
+
+Timesteps are 0-based: index t ∈ {0, …, T − 1} uses ᾱ[t] = Π_{s≤t}(1 − β_s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "Schedule",
+    "ddim_sample",
+    "ddim_timesteps",
+    "eps_loss",
+    "guided_eps",
+    "linear_schedule",
+    "q_sample",
+]
+
+EpsFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+"""``eps_fn(x_t [B, …], t int32 [B], context [B, L, d]) -> ε̂ [B, …]``."""
+
+
+class Schedule(NamedTuple):
+    """A noise schedule: ``betas`` and ``alphas_cumprod`` ᾱ, float32 ``[T]``."""
+
+    betas: jax.Array
+    alphas_cumprod: jax.Array
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.betas.shape[0])
+
+
+def linear_schedule(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
+    """DDPM's linear β schedule, β_t from ``beta_start`` to ``beta_end``; ᾱ accumulated in float64.
+
+    Raises:
+        ValueError: ``num_timesteps < 1`` or betas outside (0, 1) or decreasing.
+    """
+    if num_timesteps < 1:
+        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    if not 0.0 < beta_start <= beta_end < 1.0:
+        raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+    betas = np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+    return Schedule(jnp.asarray(betas, jnp.float32), jnp.asarray(np.cumprod(1.0 - betas), jnp.float32))
+
+
+def _per_example(values: jax.Array, like: jax.Array) -> jax.Array:
+    return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+
+
+def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+    """x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε for integer timesteps ``t`` ``[B]``."""
+    alpha_bar = _per_example(schedule.alphas_cumprod[t], x0)
+    return jnp.sqrt(alpha_bar) * x0 + jnp.sqrt(1.0 - alpha_bar) * noise
+
+
+def guided_eps(eps_cond: jax.Array, eps_uncond: jax.Array, scale: float | jax.Array) -> jax.Array:
+    """Classifier-free guidance ε̂ = ε_∅ + w (ε_c − ε_∅); w = 1 is the conditional model, w = 0 the
+    unconditional one."""
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def eps_loss(
+    eps_fn: EpsFn,
+    x0: jax.Array,
+    context: jax.Array,
+    null_context: jax.Array,
+    rng: jax.Array,
+    schedule: Schedule,
+    *,
+    p_uncond: float = 0.1,
+) -> jax.Array:
+    """The DDPM loss mean ‖ε − ε_θ(x_t, t, c̃)‖² (mean over batch and pixels) at uniform t.
+
+    Args:
+        eps_fn: The ε-predictor.
+        x0: Clean images ``[B, …]`` (scaled to [−1, 1]).
+        context: Conditioning ``[B, L, d]``.
+        null_context: The empty caption's conditioning ``[L, d]`` or ``[B, L, d]``; it replaces a row's
+            context with probability ``p_uncond`` (caption dropout).
+        rng: Key for t, ε and the dropout draw.
+        schedule: The noise schedule.
+        p_uncond: Caption-dropout probability in [0, 1).
+    """
+    if not 0.0 <= p_uncond < 1.0:
+        raise ValueError(f"p_uncond must lie in [0, 1), got {p_uncond}")
+    batch = x0.shape[0]
+    t_key, noise_key, drop_key = jax.random.split(rng, 3)
+    t = jax.random.randint(t_key, (batch,), 0, schedule.num_timesteps)
+    noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
+    drop = jax.random.bernoulli(drop_key, p_uncond, (batch,))
+    null = jnp.broadcast_to(null_context, context.shape)
+    context = jnp.where(drop[:, None, None], null, context)
+    prediction = eps_fn(q_sample(schedule, x0, t, noise), t, context)
+    return jnp.mean(jnp.square(prediction.astype(jnp.float32) - noise))
+
+
+def ddim_timesteps(num_steps: int, num_timesteps: int = 1000) -> np.ndarray:
+    """The decreasing DDIM subsequence ``τ_i = (i − 1)·(T // S)`` for i = S..1 (diffusers' "leading"
+    spacing, without offset), int32 ``[S]``.
+
+    Raises:
+        ValueError: ``num_steps`` outside [1, T].
+    """
+    if not 1 <= num_steps <= num_timesteps:
+        raise ValueError(f"num_steps must lie in [1, {num_timesteps}], got {num_steps}")
+    return (np.arange(num_steps)[::-1] * (num_timesteps // num_steps)).astype(np.int32)
+
+
+def ddim_sample(
+    eps_fn: EpsFn,
+    x_T: jax.Array,
+    context: jax.Array,
+    null_context: jax.Array | None,
+    schedule: Schedule,
+    *,
+    num_steps: int = 50,
+    guidance_scale: float = 7.5,
+    eta: float = 0.0,
+    rng: jax.Array | None = None,
+    clip_x0: float | None = None,
+) -> jax.Array:
+    """Runs DDIM from noise ``x_T`` to an image, with classifier-free guidance.
+
+    The conditional and unconditional predictions are made in one ``eps_fn`` call on the batch
+    ``[x; x]`` with contexts ``[c; ∅]``. With ``guidance_scale == 1`` (or ``null_context=None``) only the
+    conditional model is evaluated.
+
+    Args:
+        eps_fn: The ε-predictor.
+        x_T: Starting noise ``[B, …]``.
+        context: Conditioning ``[B, L, d]``.
+        null_context: Unconditional conditioning ``[L, d]`` or ``[B, L, d]``, or ``None``.
+        schedule: The noise schedule.
+        num_steps: DDIM steps S (see :func:`ddim_timesteps`).
+        guidance_scale: w (Python float).
+        eta: η ≥ 0 (0: deterministic DDIM, 1: DDPM-like).
+        rng: Key for the σ_t z noise; required when ``eta > 0``.
+        clip_x0: If set, x̂₀ is clipped to [−clip_x0, clip_x0] before each update (ε̂ is recomputed from
+            the clipped x̂₀ so the update stays on the DDIM path).
+
+    Returns:
+        The final x₀ sample, shaped like ``x_T``.
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    if eta > 0 and rng is None:
+        raise ValueError("ddim_sample: eta > 0 needs rng")
+    if clip_x0 is not None and clip_x0 <= 0:
+        raise ValueError(f"clip_x0 must be positive, got {clip_x0}")
+    guided = null_context is not None and guidance_scale != 1.0
+    batch = x_T.shape[0]
+    timesteps = jnp.asarray(ddim_timesteps(num_steps, schedule.num_timesteps))
+    previous = jnp.concatenate([timesteps[1:], jnp.asarray([-1], jnp.int32)])
+    both_contexts = (
+        jnp.concatenate([context, jnp.broadcast_to(null_context, context.shape)]) if guided else context
+    )
+    rng = jax.random.key(0) if rng is None else rng
+
+    def step(x, inputs):
+        t, t_prev, index = inputs
+        alpha = schedule.alphas_cumprod[t]
+        alpha_prev = jnp.where(t_prev >= 0, schedule.alphas_cumprod[jnp.maximum(t_prev, 0)], 1.0)
+        if guided:
+            eps_both = eps_fn(jnp.concatenate([x, x]), jnp.full((2 * batch,), t), both_contexts)
+            eps = guided_eps(eps_both[:batch], eps_both[batch:], guidance_scale)
+        else:
+            eps = eps_fn(x, jnp.full((batch,), t), both_contexts)
+        x0 = (x - jnp.sqrt(1.0 - alpha) * eps) / jnp.sqrt(alpha)
+        if clip_x0 is not None:
+            x0 = jnp.clip(x0, -clip_x0, clip_x0)
+            eps = (x - jnp.sqrt(alpha) * x0) / jnp.sqrt(1.0 - alpha)
+        sigma = eta * jnp.sqrt((1.0 - alpha_prev) / (1.0 - alpha)) * jnp.sqrt(1.0 - alpha / alpha_prev)
+        direction = jnp.sqrt(jnp.maximum(1.0 - alpha_prev - sigma**2, 0.0)) * eps
+        x_prev = jnp.sqrt(alpha_prev) * x0 + direction
+        if eta > 0:
+            x_prev = x_prev + sigma * jax.random.normal(jax.random.fold_in(rng, index), x.shape, x.dtype)
+        return x_prev.astype(x.dtype), None
+
+    x, _ = jax.lax.scan(step, x_T, (timesteps, previous, jnp.arange(num_steps)))
+    return x

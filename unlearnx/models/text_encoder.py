@@ -1,0 +1,111 @@
+"""Small causal transformer text encoder: tokens → per-token embeddings, the conditioning of a text-to-image
+UNet (the role CLIP's text tower plays in Stable Diffusion).
+
+For tokens x₁..x_L (BOS, words, EOS, padding):
+
+    h⁰ₜ = E[xₜ] + P[t]
+    hˡ = hˡ⁻¹ + Attn(LN₁(hˡ⁻¹)),  hˡ = hˡ + MLP(LN₂(hˡ))     causal, as CLIP's text transformer
+    cₜ = LN_f(h^L_t)                                          the output rows C ∈ R^{L×d}
+
+The attention is causal, so the rows after EOS (padding) see the whole prompt and carry it, as SD's padded
+CLIP rows do; closed-form erasure therefore has to treat all L rows. The blocks are the decoder LM's
+(:class:`unlearnx.models.decoder.DecoderBlock`).
+
+Parameter paths: ``embed/embedding``, ``pos_embed/embedding``, ``blocks_{i}/…`` (see
+:mod:`unlearnx.models.decoder`), ``ln_f/{scale,bias}``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from unlearnx.models.attention import causal_mask
+from unlearnx.models.bridge import Model, from_module
+from unlearnx.models.decoder import DecoderBlock
+
+__all__ = ["TextEncoder", "text_encoder"]
+
+
+class TextEncoder(nnx.Module):
+    """Causal transformer over a padded token row; see the module docstring."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        length: int,
+        width: int,
+        num_layers: int,
+        num_heads: int,
+        mlp_ratio: int,
+        rngs: nnx.Rngs,
+    ) -> None:
+        init = nnx.initializers.normal(0.02)
+        self.length = length
+        self.num_layers = num_layers
+        self.embed = nnx.Embed(vocab_size, width, embedding_init=init, rngs=rngs)
+        self.pos_embed = nnx.Embed(length, width, embedding_init=init, rngs=rngs)
+        for i in range(num_layers):
+            setattr(self, f"blocks_{i}", DecoderBlock(width, num_heads, mlp_ratio, rngs=rngs))
+        self.ln_f = nnx.LayerNorm(width, rngs=rngs)
+
+    def __call__(self, tokens: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
+        """Returns the embeddings ``[B, L, width]`` of int tokens ``[B, L]``."""
+        del train, rngs  # no dropout
+        if tokens.shape[-1] != self.length:
+            raise ValueError(f"text_encoder: expected {self.length} tokens per row, got {tokens.shape[-1]}")
+        h = self.embed(tokens) + self.pos_embed(jnp.arange(self.length))
+        mask = causal_mask(self.length)
+        for i in range(self.num_layers):
+            h, _ = getattr(self, f"blocks_{i}")(h, mask)
+        return self.ln_f(h)
+
+
+def text_encoder(
+    vocab_size: int,
+    *,
+    length: int = 16,
+    width: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    mlp_ratio: int = 4,
+) -> Model:
+    """Builds the text encoder behind the pure :class:`~unlearnx.models.bridge.Model` bridge.
+
+    ``model.apply(variables, tokens)`` maps int32 tokens ``[B, L]`` to float32 embeddings ``[B, L, width]``.
+
+    Args:
+        vocab_size: Number of token ids.
+        length: Padded token length L (the positional table's size).
+        width: Embedding width d.
+        num_layers: Transformer blocks.
+        num_heads: Attention heads (must divide ``width``).
+        mlp_ratio: Feed-forward width as a multiple of ``width``.
+
+    Raises:
+        ValueError: Non-positive sizes, or ``num_heads`` not dividing ``width``.
+    """
+    for name, value in (
+        ("vocab_size", vocab_size),
+        ("length", length),
+        ("width", width),
+        ("num_heads", num_heads),
+    ):
+        if value < 1:
+            raise ValueError(f"text_encoder: {name} must be >= 1, got {value}")
+    if width % num_heads:
+        raise ValueError(f"text_encoder: width {width} is not divisible by num_heads {num_heads}")
+    return from_module(
+        lambda rngs: TextEncoder(
+            vocab_size,
+            length=length,
+            width=width,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            rngs=rngs,
+        ),
+        name="text_encoder",
+    )
