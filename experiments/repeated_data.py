@@ -1,0 +1,378 @@
+"""Repeated data: double descent, effective model size and induction heads of small decoder LMs.
+
+Hernandez et al. (2022), ``shared/papers/repeated_data.md`` §7. A family of decoder LMs (pre-LN GPT,
+``unlearnx.models.decoder_lm``) trains for one pass over a fixed budget of D = steps · batch · seq_len
+byte tokens drawn by ``unlearnx.data.repeated_mixture`` from a text corpus's training split: a fraction
+f of the budget repeats a subset E times, shuffled throughout, the rest is unique text seen once. Per size
+and seed the runs are
+
+* f = 0 (unique data; these define the scaling fit L(N) = a·N^(−α) + L∞ over the family's sizes),
+* f = ``fraction`` for every E in ``repeat_epochs``,
+* the fraction sweep f ∈ ``sweep_fractions`` at E = ``sweep_epochs``.
+
+All runs of one size are trained together as one ``jax.vmap`` over stacked parameters (the same
+initialisation per seed for every (f, E), so runs differ only in data), data-parallel over the devices
+along the batch axis. At log-spaced steps the held-out test loss (on ``eval_sequences`` test-split
+sequences) and the loss on the run's repeated subset are recorded. At the end: test loss on
+``final_eval_sequences`` test sequences, copying loss (``probe_batch`` held-out segments of seq_len / 2
+bytes repeated twice), the ICL score (mean loss over the ``icl_late`` window minus over the ``icl_early``
+window), the per-head prefix-matching score on ``probe_batch`` rows of seq_len / 2 uniformly random bytes
+repeated twice and, for the attention-only sizes, the OV copying score. N_eff comes from the f = 0 fit
+(``unlearnx.eval.scaling``); the duplicated-row linear regression (``experiments.repeated_linear``) runs
+alongside. Sizes are ``"d_model x layers x heads"`` strings.
+
+Presets:
+
+- ``smoke``: seconds, for the end-to-end test (3 tiny sizes + 1 attention-only, 24 steps, 1 seed).
+- ``quick``: the Python stdlib corpus, sizes 32/64/96 × 2 layers × 4 heads (+ attention-only 32 × 2 × 4),
+  context 128, batch 8, 160 steps (D = 163,840 bytes), f = 0.1 with E ∈ {3, 10, 30, 100}, f ∈ {0.03, 0.3}
+  at E = 10, seeds 0 and 1, AdamW 2e-3 with warm-up and cosine decay.
+- ``paper``: for accelerators: ``tfds_text:lm1b`` bytes, sizes ≈ 10M–400M non-embedding parameters,
+  context 1024, batch 256, 8,000 steps (D ≈ 2.1B tokens), E ∈ {10, 10², 10³, 10⁴}, f ∈ {0.03, 0.3, 0.5}
+  at E = 100, ICL at 500 vs 50.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from experiments import repeated_linear, repeated_report, runner
+from unlearnx import parallel, train
+from unlearnx.checkpoint import Checkpointer
+from unlearnx.data import repeated_mixture, text
+from unlearnx.eval import induction
+from unlearnx.models.decoder import decoder_lm, non_embedding_params
+
+NAME = "repeated_data"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One repeated-data sweep; the token budget is D = steps · batch_size · seq_len."""
+
+    dataset: str = text.STDLIB
+    data_dir: str | None = None
+    sizes: tuple[str, ...] = ("32x2x4", "64x2x4", "96x2x4")
+    attention_only_sizes: tuple[str, ...] = ("32x2x4",)
+    mlp_ratio: int = 4
+    seq_len: int = 128
+    batch_size: int = 8
+    steps: int = 160
+    fraction: float = 0.1
+    repeat_epochs: tuple[int, ...] = (3, 10, 30, 100)
+    sweep_fractions: tuple[float, ...] = (0.03, 0.3)
+    sweep_epochs: int = 10
+    seeds: tuple[int, ...] = (0, 1)
+    lr: float = 2e-3
+    warmup_steps: int = 16
+    weight_decay: float = 0.01
+    eval_points: int = 8
+    eval_sequences: int = 24
+    repeated_eval_sequences: int = 8
+    final_eval_sequences: int = 96
+    probe_batch: int = 16
+    icl_early: tuple[int, ...] = (8, 24)
+    icl_late: tuple[int, ...] = (104, 128)
+    linear_seeds: int = 100
+    linear_epochs: tuple[int, ...] = (1, 2, 3, 5, 8, 13, 20, 40, 80)
+    checkpoint_seconds: float = 60.0
+    progress: bool = True
+
+
+PRESETS: dict[str, Config] = {
+    "smoke": Config(
+        sizes=("16x1x2", "24x1x2", "32x1x2"),
+        attention_only_sizes=("16x2x2",),
+        seq_len=32,
+        batch_size=8,
+        steps=24,
+        repeat_epochs=(2, 8),
+        sweep_fractions=(0.3,),
+        sweep_epochs=2,
+        seeds=(0,),
+        warmup_steps=2,
+        eval_points=4,
+        eval_sequences=8,
+        repeated_eval_sequences=8,
+        final_eval_sequences=16,
+        probe_batch=8,
+        icl_early=(2, 6),
+        icl_late=(26, 32),
+        linear_seeds=8,
+        linear_epochs=(1, 4, 16),
+        progress=False,
+    ),
+    "quick": Config(),
+    "paper": Config(
+        dataset="tfds_text:lm1b",
+        sizes=("384x6x6", "640x10x10", "1024x16x16", "1280x20x20"),
+        attention_only_sizes=("512x2x8",),
+        seq_len=1024,
+        batch_size=256,
+        steps=8000,
+        repeat_epochs=(10, 100, 1000, 10000),
+        sweep_fractions=(0.03, 0.3, 0.5),
+        sweep_epochs=100,
+        lr=6e-4,
+        warmup_steps=400,
+        weight_decay=0.1,
+        eval_points=30,
+        eval_sequences=256,
+        repeated_eval_sequences=64,
+        final_eval_sequences=2048,
+        probe_batch=64,
+        icl_early=(40, 60),
+        icl_late=(490, 510),
+        seeds=(0,),
+        checkpoint_seconds=600.0,
+    ),
+}
+
+
+def parse_size(size: str) -> tuple[int, int, int]:
+    """``"d_model x layers x heads"`` → ints."""
+    parts = size.lower().split("x")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"size {size!r} must read 'd_model x layers x heads', e.g. '64x2x4'")
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+def runs(config: Config) -> list[dict[str, Any]]:
+    """Every (f, E, seed) run, in the stacking order shared by all sizes."""
+    settings = [(0.0, 1)] + [(config.fraction, e) for e in config.repeat_epochs]
+    settings += [(f, config.sweep_epochs) for f in config.sweep_fractions]
+    return [{"fraction": f, "epochs": e, "seed": s} for s in config.seeds for f, e in settings]
+
+
+def _chunks(tokens: np.ndarray, length: int, count: int, seed: int) -> np.ndarray:
+    """``count`` random non-overlapping ``length``-token chunks of ``tokens``."""
+    available = len(tokens) // length
+    if count > available:
+        raise ValueError(f"the held-out split has {available} sequences of {length}, {count} requested")
+    starts = np.random.default_rng(seed).permutation(available)[:count] * length
+    return np.asarray(tokens)[starts[:, None] + np.arange(length)].astype(np.int32)
+
+
+class Data:
+    """The corpus, every run's mixture and the fixed evaluation sets."""
+
+    def __init__(self, config: Config):
+        self.train = text.load(config.dataset, "train", data_dir=config.data_dir)
+        test = text.load(config.dataset, "test", data_dir=config.data_dir)
+        budget = config.steps * config.batch_size * config.seq_len
+        self.runs = runs(config)
+        self.mixtures = [
+            repeated_mixture(
+                self.train.tokens,
+                budget=budget,
+                repeated_fraction=run["fraction"],
+                repeat_epochs=run["epochs"],
+                seq_len=config.seq_len,
+                seed=run["seed"],
+            )
+            for run in self.runs
+        ]
+        held_out = _chunks(test.tokens, config.seq_len, config.final_eval_sequences + config.probe_batch, 1)
+        self.final_test = held_out[: config.final_eval_sequences]
+        self.test = self.final_test[: config.eval_sequences]
+        segments = held_out[config.final_eval_sequences :, : config.seq_len // 2]
+        copies = np.concatenate([segments, segments], axis=1)
+        random_tokens = induction.repeated_random_tokens(
+            jax.random.key(12345), config.probe_batch, config.seq_len // 2, 256
+        )
+        # one probe batch: final test sequences, copy probes, random-token induction probes
+        self.probes = np.concatenate([self.final_test, copies, np.asarray(random_tokens, np.int32)])
+        rep, weights = [], []
+        for mixture in self.mixtures:
+            subset = mixture.repeated_set().astype(np.int32)
+            count = min(len(subset), config.repeated_eval_sequences)
+            padded = np.zeros((config.repeated_eval_sequences, config.seq_len), np.int32)
+            padded[:count] = subset[:count]
+            rep.append(padded)
+            weights.append(np.arange(config.repeated_eval_sequences) < count)
+        self.repeated = np.stack(rep)
+        self.repeated_weights = np.stack(weights).astype(np.float32)
+        self.metadata = dict(
+            test.metadata, train_tokens=len(self.train), test_tokens=len(test), budget=budget
+        )
+
+    def batch(self, step: int, size: int) -> np.ndarray:
+        """``[runs, batch, seq_len]``: slots step·b … (step+1)·b − 1 of every run's stream."""
+        return np.stack([m[step * size : (step + 1) * size] for m in self.mixtures]).astype(np.int32)
+
+
+def eval_steps(config: Config) -> list[int]:
+    """Log-spaced evaluation steps in [1, steps], the last step included."""
+    return sorted({int(round(s)) for s in np.geomspace(1, config.steps, config.eval_points)})
+
+
+class Family:
+    """One size: the stacked runs' model, optimizer, jitted vmapped step and measurements."""
+
+    def __init__(self, config: Config, size: str, mlp_ratio: int, mesh):
+        width, layers, heads = parse_size(size)
+        self.config, self.heads, self.mesh = config, heads, mesh
+        kwargs = dict(max_len=config.seq_len, d_model=width, num_layers=layers, num_heads=heads)
+        self.model = decoder_lm(256, mlp_ratio=mlp_ratio, **kwargs)
+        self.attention_model = decoder_lm(256, mlp_ratio=mlp_ratio, return_attention=True, **kwargs)
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, config.lr, config.warmup_steps, max(config.steps, config.warmup_steps + 1), config.lr * 0.1
+        )
+        self.optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
+        step = train.make_train_step(self.model, self.optimizer, loss=train.next_token_losses)
+        self.step = jax.jit(jax.vmap(step))
+        self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, None, 0)))
+        self.probes = jax.jit(jax.vmap(self._probes, in_axes=(0, None)))
+
+    def _losses(self, variables, tokens):
+        return train.next_token_losses(self.model.apply(variables, tokens), {"x": tokens})
+
+    def _evaluate(self, variables, test, repeated):
+        return self._losses(variables, test), self._losses(variables, repeated)
+
+    def _probes(self, variables, tokens):
+        config = self.config
+        logits, attention = self.attention_model.apply(variables, tokens)
+        final, probe = config.final_eval_sequences, config.probe_batch
+        test, copies, random_tokens = tokens[:final], tokens[final : final + probe], tokens[final + probe :]
+        test_logits = logits[:final]
+        return {
+            "test_loss": jnp.mean(train.next_token_losses(test_logits, {"x": test})),
+            "icl": induction.icl_score(
+                test_logits, test, late=tuple(config.icl_late), early=tuple(config.icl_early)
+            ),
+            "copying_loss": induction.copying_loss(logits[final : final + probe], copies),
+            "prefix_matching": induction.prefix_matching_score(attention[final + probe :], random_tokens),
+        }
+
+    def place(self, batch: np.ndarray, axis: int = 0):
+        """``batch`` with its batch ``axis`` split over the mesh (replicated if it does not divide)."""
+        split = batch.shape[axis] % self.mesh.devices.size == 0
+        spec = PartitionSpec(*([None] * axis), parallel.DATA_AXIS) if split else PartitionSpec()
+        return jax.device_put(batch, NamedSharding(self.mesh, spec))
+
+    def init(self, seeds: list[int], width: int):
+        """Stacked initial state, the same initialisation for every run of a seed; and the step keys."""
+        keys = {seed: jax.random.fold_in(jax.random.key(seed), width) for seed in dict.fromkeys(seeds)}
+        init = jax.jit(self.model.init)  # one compilation instead of one per random op
+        per_seed = {seed: init(key) for seed, key in keys.items()}
+        variables = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(per_seed[seed] for seed in seeds))
+        state = train.TrainState(
+            jnp.zeros(len(seeds), jnp.int32), variables, jax.vmap(self.optimizer.init)(variables["params"])
+        )
+        return parallel.replicate(state, self.mesh), jnp.stack([keys[seed] for seed in seeds])
+
+
+def _mean_loss(losses: jax.Array, weights: np.ndarray | None = None) -> np.ndarray:
+    losses = np.asarray(losses, np.float64)
+    if weights is None:
+        return losses.mean(axis=-1)
+    total = weights.sum(axis=-1)
+    return np.where(total > 0, (losses * weights).sum(axis=-1) / np.maximum(total, 1), np.nan)
+
+
+def train_family(config: Config, data: Data, size: str, mlp_ratio: int, run_dir: str, mesh, interrupt=None):
+    """Trains every run of one size; returns its curves and final measurements (all per run)."""
+    family = Family(config, size, mlp_ratio, mesh)
+    width = parse_size(size)[0]
+    state, keys = family.init([run["seed"] for run in data.runs], width)
+    points = eval_steps(config)
+    curves = {
+        "test": np.full((len(points), len(data.runs)), np.nan),
+        "repeated": np.full((len(points), len(data.runs)), np.nan),
+    }
+    phase = f"train_{'attn' if mlp_ratio == 0 else 'lm'}_{size}"
+    checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints", phase))
+    start = 0
+    if checkpointer.latest_step() is not None:
+        restored = checkpointer.restore({"state": state, **curves})
+        start = checkpointer.latest_step()
+        state = restored["state"]
+        curves = {k: np.asarray(restored[k]) for k in curves}
+    test, repeated = family.place(data.test), family.place(data.repeated, axis=1)
+    last_save = time.perf_counter()
+    bar = tqdm(range(start, config.steps), desc=phase, disable=None if config.progress else True, leave=False)
+    for step in bar:
+        batch = {"x": family.place(data.batch(step, config.batch_size), axis=1)}
+        state, metrics = family.step(state, batch, jax.vmap(jax.random.fold_in)(keys, state.step))
+        if step + 1 in points:
+            row = points.index(step + 1)
+            test_losses, repeated_losses = family.evaluate(state.variables, test, repeated)
+            curves["test"][row] = _mean_loss(test_losses)
+            curves["repeated"][row] = _mean_loss(repeated_losses, data.repeated_weights)
+            bar.set_postfix(test=f"{np.mean(curves['test'][row]):.3f}")
+            if step + 1 == config.steps or time.perf_counter() - last_save >= config.checkpoint_seconds:
+                checkpointer.save(step + 1, {"state": state, **curves})
+                last_save = time.perf_counter()
+                if interrupt is not None and interrupt[0] == phase and step + 1 >= interrupt[1]:
+                    checkpointer.close()
+                    raise KeyboardInterrupt(f"simulated interruption of {phase!r} after step {step + 1}")
+    checkpointer.close()
+    probes = family.probes(state.variables, family.place(data.probes))
+    result = {key: np.asarray(value, np.float64) for key, value in probes.items()}
+    params = jax.tree.map(lambda leaf: leaf[0], state.variables)
+    result.update(
+        size=size,
+        attention_only=mlp_ratio == 0,
+        non_embedding_params=non_embedding_params(params),
+        eval_steps=points,
+        test_curve=curves["test"].T,
+        repeated_curve=curves["repeated"].T,
+    )
+    if mlp_ratio == 0:
+        result["ov_copying"] = np.stack(
+            [
+                induction.decoder_ov_scores(
+                    jax.tree.map(lambda leaf, i=i: leaf[i], state.variables), family.heads
+                )
+                for i in range(len(data.runs))
+            ]
+        )
+    return result
+
+
+def main(config: Config, run_dir: str, *, interrupt: tuple[str, int] | None = None) -> dict[str, Any]:
+    """Trains every size (and the attention-only ones) on every run, fits the scaling law, runs the linear
+    companion, then writes ``metrics.json``, ``timing.json``, ``report.md`` and the plots."""
+    for size in (*config.sizes, *config.attention_only_sizes):
+        parse_size(size)
+    if len(config.sizes) < 3:
+        raise ValueError(f"the scaling fit needs at least 3 sizes, got {config.sizes}")
+    if config.seq_len % 2 or config.seq_len < 4:
+        raise ValueError(
+            f"seq_len must be even and >= 4 (probes repeat seq_len / 2 tokens), got {config.seq_len}"
+        )
+    mesh = parallel.data_mesh()
+    started = time.perf_counter()
+    data = Data(config)
+    seconds: dict[str, float] = {"data": time.perf_counter() - started}
+    families = []
+    for sizes, mlp_ratio in ((config.sizes, config.mlp_ratio), (config.attention_only_sizes, 0)):
+        for size in sizes:
+            began = time.perf_counter()
+            families.append(train_family(config, data, size, mlp_ratio, run_dir, mesh, interrupt))
+            seconds[f"{'attn' if mlp_ratio == 0 else 'lm'}_{size}"] = time.perf_counter() - began
+            if config.progress:
+                print(f"  {size} (mlp_ratio {mlp_ratio}): {seconds[list(seconds)[-1]]:.1f} s", flush=True)
+    began = time.perf_counter()
+    linear = repeated_linear.sweep(
+        dataclasses.replace(
+            repeated_linear.LinearConfig(), seeds=config.linear_seeds, epochs=config.linear_epochs
+        )
+    )
+    seconds["linear"] = time.perf_counter() - began
+    metrics = repeated_report.summarise(config, data.runs, families, linear, data.metadata)
+    timing = {"per_part": seconds, "total": float(sum(seconds.values())), "devices": jax.device_count()}
+    runner.write_outputs(run_dir, metrics, timing, repeated_report.report(config, metrics, timing))
+    repeated_report.plot(config, metrics, run_dir)
+    return metrics
