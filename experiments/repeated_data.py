@@ -35,6 +35,7 @@ Presets:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any
@@ -281,9 +282,15 @@ def _mean_loss(losses: jax.Array, weights: np.ndarray | None = None) -> np.ndarr
     return np.where(total > 0, (losses * weights).sum(axis=-1) / np.maximum(total, 1), np.nan)
 
 
+@functools.lru_cache(maxsize=16)
+def family_for(config: Config, size: str, mlp_ratio: int, mesh) -> Family:
+    """One :class:`Family` per setting, so a rerun in the same process reuses its compiled functions."""
+    return Family(config, size, mlp_ratio, mesh)
+
+
 def train_family(config: Config, data: Data, size: str, mlp_ratio: int, run_dir: str, mesh, interrupt=None):
     """Trains every run of one size; returns its curves and final measurements (all per run)."""
-    family = Family(config, size, mlp_ratio, mesh)
+    family = family_for(config, size, mlp_ratio, mesh)
     width = parse_size(size)[0]
     state, keys = family.init([run["seed"] for run in data.runs], width)
     points = eval_steps(config)

@@ -25,6 +25,7 @@ seeds.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -125,6 +126,29 @@ def test_mse(theta: jax.Array, problem: dict[str, jax.Array], noise: float) -> j
     return jnp.sum((theta - problem["beta"]) ** 2, axis=-1) + problem["hidden_energy"] + noise**2
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled_sweep(config: LinearConfig):
+    """The jitted sweep for one config (cached, so a rerun does not recompile)."""
+
+    def run(keys, weights, curve_weights, steps):
+        problems = jax.vmap(lambda k: draw_problem(k, config))(keys)
+
+        def one(problem, w):
+            return test_mse(
+                weighted_ridge(problem["x"], problem["y"], w, config.ridge), problem, config.noise
+            )
+
+        def curve(problem, w):
+            thetas = gd_trajectory(problem["x"], problem["y"], w, config.ridge, steps)
+            return test_mse(thetas, problem, config.noise)
+
+        per_epoch = jax.vmap(jax.vmap(one, in_axes=(0, None)), in_axes=(None, 0))(problems, weights)
+        curves = jax.vmap(jax.vmap(curve, in_axes=(0, None)), in_axes=(None, 0))(problems, curve_weights)
+        return per_epoch, curves
+
+    return jax.jit(run)
+
+
 def sweep(config: LinearConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Test MSE of the ridge solution for every E and seed, and GD test-MSE curves for ``curve_epochs``.
 
@@ -133,21 +157,10 @@ def sweep(config: LinearConfig, seed: int = 0) -> dict[str, np.ndarray]:
         "curve_epochs": [nC], "curves": [nC, seeds, K]}``; the f = 0 reference is ``epochs`` = 1.
     """
     keys = jax.random.split(jax.random.key(seed), config.seeds)
-    problems = jax.vmap(lambda k: draw_problem(k, config))(keys)
     weights = jnp.asarray(np.stack([row_weights(config, e) for e in config.epochs]))
-
-    def one(problem, w):
-        return test_mse(weighted_ridge(problem["x"], problem["y"], w, config.ridge), problem, config.noise)
-
-    per_epoch = jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, None)), in_axes=(None, 0)))(problems, weights)
     steps = np.unique(np.round(np.logspace(0, 6, config.curve_points))).astype(np.float32)
     curve_weights = jnp.asarray(np.stack([row_weights(config, e) for e in config.curve_epochs]))
-
-    def curve(problem, w):
-        thetas = gd_trajectory(problem["x"], problem["y"], w, config.ridge, steps)
-        return test_mse(thetas, problem, config.noise)
-
-    curves = jax.jit(jax.vmap(jax.vmap(curve, in_axes=(0, None)), in_axes=(None, 0)))(problems, curve_weights)
+    per_epoch, curves = _compiled_sweep(config)(keys, weights, curve_weights, steps)
     return {
         "epochs": np.asarray(config.epochs),
         "repeated_rows": np.asarray([repeat_count(config.budget, config.fraction, e) for e in config.epochs]),
