@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from unlearnx import tree as tree_lib
 from unlearnx.erase._checks import as_kernel, as_rows, check_scale, flat32, hi_matmul
 
-__all__ = ["derive_embedding", "embedding_map"]
+__all__ = ["derive_embedding", "embedding_from_factors", "embedding_map"]
 
 
 def embedding_map(
@@ -31,6 +31,33 @@ def embedding_map(
     d_in = edited_gram.shape[0]
     lhs = reg * jnp.eye(d_in, dtype=jnp.float32) + 0.5 * (edited_gram + edited_gram.T)
     return jnp.linalg.solve(lhs, hi_matmul(cross_gram, concept_keys.T)).T
+
+
+def embedding_from_factors(
+    edited_factor: jax.Array, original_factor: jax.Array, concept_keys: jax.Array, reg: float | jax.Array
+) -> jax.Array:
+    """C′ from factors W′ = M F, F with Σ K′K′ᵀ = W′W′ᵀ and Σ K′Kᵀ = W′Fᵀ (K′ = M K, S = Σ K Kᵀ = F Fᵀ).
+
+    c′ minimises ‖W′ᵀ x − Fᵀ c‖² + λ_reg ‖x‖², a ridge least-squares problem solved by corrected
+    semi-normal equations: R from the QR factorisation of [W′ᵀ; √λ_reg I] (so RᵀR = λ_reg I + W′W′ᵀ without
+    forming it), x₀ = R⁻¹R⁻ᵀ W′ b, then one correction with the residual. This keeps float32 accurate to
+    ~ε·κ rather than the ~ε·κ² of the normal equations, κ² = cond(λ_reg I + Σ K′K′ᵀ), which grows to
+    ~10⁴ over RECE rounds because each erase nearly collapses the concept directions.
+    """
+    d_in = edited_factor.shape[0]
+    root = jnp.sqrt(jnp.asarray(reg, jnp.float32))
+    stacked = jnp.concatenate([edited_factor.T, root * jnp.eye(d_in, dtype=jnp.float32)])
+    upper = jnp.linalg.qr(stacked, mode="r")[:d_in]
+
+    def normal_solve(rhs):
+        halfway = jax.scipy.linalg.solve_triangular(upper, rhs, lower=False, trans=1)
+        return jax.scipy.linalg.solve_triangular(upper, halfway, lower=False)
+
+    targets = hi_matmul(original_factor.T, concept_keys.T)  # b = Fᵀ Cᵀ
+    solution = normal_solve(hi_matmul(edited_factor, targets))
+    residual = targets - hi_matmul(edited_factor.T, solution)
+    solution = solution + normal_solve(hi_matmul(edited_factor, residual) - reg * solution)
+    return solution.T
 
 
 def derive_embedding(

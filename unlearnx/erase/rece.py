@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from unlearnx import tree as tree_lib
 from unlearnx.erase._checks import as_kernel, as_rows, check_scale, flat32, hi_matmul
-from unlearnx.erase.embedding import embedding_map
+from unlearnx.erase.embedding import embedding_from_factors
 from unlearnx.erase.selectors import cross_attention_kv
 from unlearnx.erase.uce import uce_change
 
@@ -69,9 +69,25 @@ def _step(keys, guide, preserve, erase_scale, preserve_scale, lamb):
     )
 
 
-def _relative_change(step: jax.Array, current_gram: jax.Array) -> jax.Array:
-    """‖D K′‖_F / ‖K′‖_F over all kernels, from Σ K′K′ᵀ: sqrt(tr(D S′ Dᵀ) / tr(S′))."""
-    return jnp.sqrt(jnp.sum(hi_matmul(step, current_gram) * step) / jnp.trace(current_gram))
+def _gram_factor(kernels: list[jax.Array]) -> jax.Array:
+    """F with F Fᵀ = S = Σ_l K_l K_lᵀ: the kernels side by side when that is narrower than d_in, else the
+    Cholesky factor of S, or Q diag(√max(μ, 0)) from S's eigendecomposition should S be numerically
+    singular in float32 (Cholesky then fails; the eigendecomposition is slower but exact there).
+
+    Norms carry over: ‖M F‖_F² = tr(M S Mᵀ) = Σ_l ‖M K_l‖_F², so changes are measured on F.
+    """
+    d_in = kernels[0].shape[0]
+    if sum(k.shape[1] for k in kernels) <= d_in:
+        return jnp.concatenate(kernels, axis=1)
+    gram = sum(hi_matmul(k, k.T) for k in kernels)
+    gram = 0.5 * (gram + gram.T)
+    factor = jnp.linalg.cholesky(gram)
+
+    def spectral():
+        values, vectors = jnp.linalg.eigh(gram)
+        return vectors * jnp.sqrt(jnp.maximum(values, 0.0))
+
+    return jax.lax.cond(jnp.all(jnp.isfinite(factor)), lambda: factor, spectral)
 
 
 def rece(
@@ -167,19 +183,16 @@ def _rece(originals, concept, guide, preserve, hyper, *, epochs):
     """The shared-structure computation: a chain of d_in × d_in steps, then one product per kernel."""
     kernels = [flat32(k) for k in originals]
     concept, guide, preserve = (a.astype(jnp.float32) for a in (concept, guide, preserve))
-    d_in = concept.shape[1]
-    identity = jnp.eye(d_in, dtype=jnp.float32)
     total = _step(concept, guide, preserve, hyper["erase_scale"], hyper["preserve_scale"], hyper["lamb"])
     embeddings, changes, distances = [], [], []
     if epochs:
-        original_gram = sum(hi_matmul(k, k.T) for k in kernels)
-        original_norm = jnp.trace(original_gram)
-        changes.append(_relative_change(total, original_gram))
+        factor = _gram_factor(kernels)
+        factor_norm = jnp.sqrt(jnp.sum(jnp.square(factor)))
+        current = factor + hi_matmul(total, factor)  # W = M F, so Σ K′K′ᵀ = W Wᵀ
+        changes.append(jnp.sqrt(jnp.sum(jnp.square(current - factor))) / factor_norm)
         distances.append(changes[0])
         for _ in range(epochs):
-            mapped_gram = hi_matmul(identity + total, original_gram)  # M S = Σ K′Kᵀ
-            current_gram = hi_matmul(mapped_gram, (identity + total).T)  # M S Mᵀ = Σ K′K′ᵀ
-            embedding = embedding_map(current_gram, mapped_gram, concept, hyper["reg"])
+            embedding = embedding_from_factors(current, factor, concept, hyper["reg"])
             step = _step(
                 embedding,
                 guide,
@@ -188,10 +201,12 @@ def _rece(originals, concept, guide, preserve, hyper, *, epochs):
                 hyper["round_preserve_scale"],
                 hyper["round_lamb"],
             )
+            moved = hi_matmul(step, current)
             embeddings.append(embedding)
-            changes.append(_relative_change(step, current_gram))
+            changes.append(jnp.sqrt(jnp.sum(jnp.square(moved)) / jnp.sum(jnp.square(current))))
+            current = current + moved
             total = total + step + hi_matmul(step, total)
-            distances.append(jnp.sqrt(jnp.sum(hi_matmul(total, original_gram) * total) / original_norm))
+            distances.append(jnp.sqrt(jnp.sum(jnp.square(current - factor))) / factor_norm)
         edited = [k + hi_matmul(total, k) for k in kernels]
     else:
         edited = [k + hi_matmul(total, k) for k in kernels]
