@@ -7,6 +7,7 @@ EXPERIMENTS = {
     "ssd_forget": "experiments.ssd_forget",
     "granet_sparse": "experiments.granet_sparse",
     "powerlaw_rehearsal": "experiments.powerlaw_rehearsal",
+    "rece_erase": "experiments.rece_erase",
     "repeated_data": "experiments.repeated_data",
 }
 
