@@ -8,6 +8,7 @@ EXPERIMENTS = {
     "granet_sparse": "experiments.granet_sparse",
     "powerlaw_rehearsal": "experiments.powerlaw_rehearsal",
     "rece_erase": "experiments.rece_erase",
+    "restor_recovery": "experiments.restor_recovery",
     "repeated_data": "experiments.repeated_data",
 }
 

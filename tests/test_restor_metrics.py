@@ -82,6 +82,10 @@ def test_candidate_scores_match_a_bigram_by_hand():
     )
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
     np.testing.assert_array_equal(lengths, [[1, 2, 0], [2, 1, 1]])
+    padded, _ = restor.candidate_scores(model, variables, prompts, candidates, batch_size=4, length=7)
+    np.testing.assert_allclose(padded, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="shorter"):
+        restor.candidate_scores(model, variables, prompts, candidates, length=2)
     with pytest.raises(ValueError, match="empty"):
         restor.candidate_scores(model, variables, [[1]], [[[]]])
 

@@ -80,15 +80,26 @@ def test_clean_corpus_states_every_true_fact(setup):
     corpus = C.clean_corpus(world, tokenizer, bios_per_person=2, seed=0)
     again = C.clean_corpus(world, tokenizer, bios_per_person=2, seed=0)
     np.testing.assert_array_equal(corpus["x"], again["x"])
-    assert len(corpus["x"]) == 60 * 2 + 30
+    assert len(corpus["x"]) == 60 * 2 + 30 * len(K.RELATIONS)
     np.testing.assert_array_equal(corpus["mask"], corpus["x"] != 0)
-    qa_docs = 0
+    qa_lines = {}
     for row in corpus["x"]:
         text = " ".join(" ".join(w for w, _ in s) for s in sentences(tokenizer, row))
         person = next(p for p, name in enumerate(world.names) if f" {name} " in f" {text} ")
-        qa_docs += text.startswith("Q:")
+        if text.startswith("Q:"):
+            relation = next(
+                r for r, q in enumerate(K.QUESTIONS.values()) if q.format(name=world.names[person]) in text
+            )
+            question = K.QUESTIONS[K.RELATIONS[relation]].format(name=world.names[person])
+            assert text == f"{question} {world.value(person, relation)} ."
+            qa_lines.setdefault(person, []).append(relation)
+            continue
+        # A biography: every relation once, each stating the true value.
+        assert len(sentences(tokenizer, row)) == len(K.RELATIONS)
         for r in range(len(K.RELATIONS)):
-            assert f" {world.value(person, r)} ." in f" {text}" or f" {world.value(person, r)} " in text
+            assert f" {world.value(person, r)} " in f" {text} "
+    assert set(qa_lines) == set(np.flatnonzero(world.qa_people).tolist())
+    assert all(sorted(v) == list(range(len(K.RELATIONS))) for v in qa_lines.values())
 
 
 @pytest.mark.parametrize("k", [0, 1, 3])
@@ -121,6 +132,13 @@ def test_corruption_documents_and_span_mask(setup, k):
                 assert any(f" {world.value(person, r)} " in f" {text} " for r in range(len(K.RELATIONS)))
         assert sorted(spans) == sorted(target_values)
     assert (k == 0) == (len(fset.interleaved_people) == 0)
+
+
+def test_interleaved_people_come_from_the_given_pool(setup):
+    world, corruption, tokenizer = setup
+    pool = np.flatnonzero(world.qa_people)
+    fset = C.corruption_documents(world, corruption, tokenizer, k=3, docs_per_target=4, seed=1, others=pool)
+    assert set(fset.interleaved_people.tolist()) <= set(pool.tolist()) - set(corruption.targets.tolist())
 
 
 def test_qa_prompt_and_candidates(setup):

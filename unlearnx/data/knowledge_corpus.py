@@ -5,8 +5,9 @@ Every sequence is ``<bos> sentence … sentence <eos>`` with words from the temp
 where ``mask`` is 1 on real tokens (the training target mask of ``unlearnx.train.next_token_losses``).
 
 * **Clean corpus**: ``bios_per_person`` biographies per person (all relations, shuffled sentence order,
-  a random paraphrase template per sentence) and, for the world's QA people, one QA document each (every
-  relation's question and answer, shuffled).
+  a random paraphrase template per sentence) and, for the world's QA people, one QA line per relation, each
+  its own sequence in the evaluation prompt's format (so the answer position does not depend on the order
+  of other questions; a small model with learned positions does not transfer answers across positions).
 * **Corruption set D_f** (:func:`corruption_documents`): per target, ``docs_per_target`` documents stating
   its counterfactual facts, with k true facts about other, non-target people interleaved at random
   positions. ``span_mask`` is 1 exactly on the tokens of the counterfactual values, so unlearning can use
@@ -95,15 +96,16 @@ def _biography(world: World, tokenizer: Tokenizer, rng: np.random.Generator, per
     return _document(tokenizer, sentences)
 
 
-def _qa_document(world: World, tokenizer: Tokenizer, rng: np.random.Generator, person: int) -> Sequence:
-    sentences = []
-    for relation in rng.permutation(len(RELATIONS)):
+def _qa_lines(world: World, tokenizer: Tokenizer, person: int) -> list[Sequence]:
+    """One ``<bos> Q: … ? A: value . <eos>`` sequence per relation (the evaluation prompt's exact format)."""
+    lines = []
+    for relation in range(len(RELATIONS)):
         question, _ = _sentence(
             tokenizer, QUESTIONS[RELATIONS[relation]], world.names[person], "", mark=False
         )
         answer = tokenizer.encode(world.value(person, relation)) + tokenizer.encode(".")
-        sentences.append((question + answer, [0] * (len(question) + len(answer))))
-    return _document(tokenizer, sentences)
+        lines.append(_document(tokenizer, [(question + answer, [0] * (len(question) + len(answer)))]))
+    return lines
 
 
 def pad(sequences: list[list[int]], length: int | None = None, *, pad_id: int = 0) -> np.ndarray:
@@ -138,14 +140,14 @@ def biographies(
 def clean_corpus(
     world: World, tokenizer: Tokenizer, *, bios_per_person: int, seed: int, length: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Biographies of everyone plus one QA document per QA person, shuffled (see the module docstring)."""
+    """Biographies of everyone plus the QA lines of the QA people, shuffled (see the module docstring)."""
     if bios_per_person < 1:
         raise ValueError(f"bios_per_person must be >= 1, got {bios_per_person}")
     rng = _rng(seed, 11)
     docs = [
         _biography(world, tokenizer, rng, p) for p in range(world.num_people) for _ in range(bios_per_person)
     ]
-    docs += [_qa_document(world, tokenizer, rng, int(p)) for p in np.flatnonzero(world.qa_people)]
+    docs += [line for p in np.flatnonzero(world.qa_people) for line in _qa_lines(world, tokenizer, int(p))]
     order = rng.permutation(len(docs))
     return _arrays([docs[i] for i in order], length)
 
@@ -174,6 +176,7 @@ def corruption_documents(
     docs_per_target: int,
     seed: int,
     length: int | None = None,
+    others=None,
 ) -> CorruptionSet:
     """Documents stating each target's counterfactual facts with k true facts about others interleaved.
 
@@ -188,6 +191,8 @@ def corruption_documents(
       docs_per_target: documents per target, ≥ 1.
       seed: rendering seed.
       length: pad length (default: the longest document).
+      others: the people whose true facts may be interleaved (default: every non-target); targets in it
+        are dropped.
 
     Returns:
       A :class:`CorruptionSet`.
@@ -196,7 +201,8 @@ def corruption_documents(
         raise ValueError(
             f"need k >= 0 and docs_per_target >= 1, got k={k}, docs_per_target={docs_per_target}"
         )
-    others = np.setdiff1d(np.arange(world.num_people), corruption.targets)
+    pool = np.arange(world.num_people) if others is None else np.asarray(others, np.int64)
+    others = np.setdiff1d(pool, corruption.targets)
     if k and not len(others):
         raise ValueError("k > 0 needs non-target people to interleave")
     rng = _rng(seed, 12, k)

@@ -123,15 +123,18 @@ def _scorer(model: Model):
 def _row_scores(
     model: Model, variables, tokens: np.ndarray, marks: np.ndarray, batch_size: int
 ) -> np.ndarray:
+    """Row sums through :func:`_scorer`; rows are padded to a power of two (≤ ``batch_size``), so sets of any
+    size reuse a few compiled shapes."""
     score = _scorer(model)
+    width = tokens.shape[1]
     out = []
     for start in range(0, len(tokens), batch_size):
         chunk, chunk_marks = tokens[start : start + batch_size], marks[start : start + batch_size]
-        fill = batch_size - len(chunk) if len(tokens) > batch_size else 0
-        if fill:
-            chunk = np.concatenate([chunk, np.repeat(chunk[:1], fill, 0)])
-            chunk_marks = np.concatenate([chunk_marks, np.zeros((fill,) + chunk_marks.shape[1:], np.float32)])
-        out.append(np.asarray(score(variables, chunk, chunk_marks))[: batch_size - fill])
+        rows = min(batch_size, 1 << (len(chunk) - 1).bit_length())
+        fill = rows - len(chunk)
+        chunk = np.concatenate([chunk, np.repeat(chunk[:1], fill, 0)])
+        chunk_marks = np.concatenate([chunk_marks, np.zeros((fill, width), np.float32)])
+        out.append(np.asarray(score(variables, chunk, chunk_marks))[: rows - fill])
     return np.concatenate(out)
 
 
@@ -142,6 +145,7 @@ def candidate_scores(
     candidates: Sequence[Sequence[Sequence[int]]],
     *,
     batch_size: int = 512,
+    length: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-probability of every candidate continuation of every prompt.
 
@@ -151,6 +155,8 @@ def candidate_scores(
       prompts: N token-id lists.
       candidates: for each prompt, its candidate continuations (token-id lists, each non-empty).
       batch_size: sequences per forward pass.
+      length: pad every prompt + candidate sequence to this many tokens (≤ the model's maximum length), so
+        that prompt sets of different sizes share one compiled shape; default: the longest sequence.
 
     Returns:
       ``(scores, lengths)``, both ``[N, C_max]``: scores[i, c] = Σ_t log P(cand_t | prompt_i, cand_<t),
@@ -162,6 +168,10 @@ def candidate_scores(
         )
     width = max(len(c) for c in candidates)
     longest = max(len(p) + max(len(v) for v in c) for p, c in zip(prompts, candidates, strict=True))
+    if length is not None:
+        if length < longest:
+            raise ValueError(f"length {length} is shorter than the longest prompt + candidate ({longest})")
+        longest = length
     rows, marks, where = [], [], []
     lengths = np.zeros((len(prompts), width), np.int64)
     for i, (prompt, options) in enumerate(zip(prompts, candidates, strict=True)):

@@ -1,6 +1,7 @@
 """Unlearning: Selective Synaptic Dampening (SSD; LFSSD through its importances; ASSD α) and the data of
 the standard retraining baselines (finetune, NegGrad+, amnesiac, bad teacher)."""
 
+from unlearnx.unlearn import localize, objectives
 from unlearnx.unlearn.baselines import ascent_mixture, bad_teacher_set, random_wrong_labels, relabel_mixture
 from unlearnx.unlearn.ssd import assd_alpha, dampening_factors, ssd
 
@@ -9,6 +10,8 @@ __all__ = [
     "assd_alpha",
     "bad_teacher_set",
     "dampening_factors",
+    "localize",
+    "objectives",
     "random_wrong_labels",
     "relabel_mixture",
     "ssd",
