@@ -1,5 +1,6 @@
 """Datasets for unlearning experiments: loading, forget/retain splits and batching."""
 
+from unlearnx.data import knowledge, knowledge_corpus
 from unlearnx.data.augment import crop_and_flip
 from unlearnx.data.batching import batches, num_batches
 from unlearnx.data.dataset import Dataset
@@ -15,6 +16,8 @@ __all__ = [
     "captioned_shapes",
     "crop_and_flip",
     "forget_retain_split",
+    "knowledge",
+    "knowledge_corpus",
     "load",
     "num_batches",
     "repeated_mixture",

@@ -1,6 +1,6 @@
 """Evaluation: per-example scores of classifier outputs and membership-inference attacks."""
 
-from unlearnx.eval import induction, scaling
+from unlearnx.eval import induction, restor, scaling
 from unlearnx.eval.classification import accuracy, cross_entropy, entropy
 from unlearnx.eval.erasure import attack_success_rate, erased_rate, kv_output_change, preservation_accuracy
 from unlearnx.eval.mia import entropy_mia, loss_mia
@@ -16,5 +16,6 @@ __all__ = [
     "kv_output_change",
     "loss_mia",
     "preservation_accuracy",
+    "restor",
     "scaling",
 ]
