@@ -44,11 +44,11 @@ class TestbedConfig:
     text_width: int = 64
     text_layers: int = 2
     channels: tuple[int, ...] = (16, 32, 64)
-    attention: tuple[bool, ...] = (False, True, True)
+    attention: tuple[bool, ...] = (True, True, True)
     layers_per_block: int = 1
     steps: int = 1500
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup: int = 100
     ema_decay: float = 0.995
     p_uncond: float = 0.1

@@ -49,9 +49,9 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
 #: Size name → shape radius in units of image_size / 16 pixels.
-SIZES: dict[str, float] = {"small": 3.75, "large": 5.5}
+SIZES: dict[str, float] = {"small": 4.5, "large": 6.0}
 #: Position name → horizontal centre offset in units of image_size / 16 pixels.
-POSITIONS: dict[str, float] = {"left": -2.5, "middle": 0.0, "right": 2.5}
+POSITIONS: dict[str, float] = {"left": -2.0, "middle": 0.0, "right": 2.0}
 _POSITION_PHRASE = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
