@@ -348,8 +348,8 @@ class TestErrors:
 
 @pytest.mark.parametrize("case", ["narrow", "rank_deficient"])
 def test_degenerate_kernel_grams(case):
-    """Σ d_out < d_in (the kernels are their own Gram factor) and a singular S with Σ d_out > d_in (Cholesky
-    fails; the eigendecomposition takes over) both still match the float64 reference."""
+    """Σ d_out < d_in and a rank-deficient S = Σ K Kᵀ with Σ d_out > d_in: λ_reg alone keeps step (a)
+    well-posed, and the edit still matches the float64 reference."""
     rng = np.random.default_rng(5)
     if case == "narrow":
         kernels = [rng.normal(size=(D_IN, 4)), rng.normal(size=(D_IN, 6))]

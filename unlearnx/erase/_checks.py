@@ -13,14 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["as_kernel", "as_rows", "check_finite", "check_scale", "flat32", "hi_matmul"]
-
-HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def hi_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``a @ b`` at full float32 precision (TPUs and GPUs otherwise use bf16/TF32 passes)."""
-    return jnp.matmul(a, b, precision=HIGHEST)
+__all__ = ["as_kernel", "as_rows", "check_finite", "check_scale", "flat32"]
 
 
 def check_scale(name: str, value: Any, *, positive: bool = False) -> None:

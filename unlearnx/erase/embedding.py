@@ -19,45 +19,30 @@ import jax
 import jax.numpy as jnp
 
 from unlearnx import tree as tree_lib
-from unlearnx.erase._checks import as_kernel, as_rows, check_scale, flat32, hi_matmul
+from unlearnx.erase._checks import as_kernel, as_rows, check_scale, flat32
+from unlearnx.erase._linalg import hi_matmul, solve_refined
 
-__all__ = ["derive_embedding", "embedding_from_factors", "embedding_map"]
+__all__ = ["derive_embedding", "mapped_embedding"]
 
 
-def embedding_map(
-    edited_gram: jax.Array, cross_gram: jax.Array, concept_keys: jax.Array, reg: float | jax.Array
+def mapped_embedding(
+    mapping: jax.Array,
+    mapped_gram: jax.Array,
+    current_gram: jax.Array,
+    concept_keys: jax.Array,
+    reg: float | jax.Array,
 ) -> jax.Array:
-    """C′ = solve(λ_reg I + Σ K′K′ᵀ, (Σ K′Kᵀ) Cᵀ)ᵀ from the two d_in × d_in sums (float32)."""
-    d_in = edited_gram.shape[0]
-    lhs = reg * jnp.eye(d_in, dtype=jnp.float32) + 0.5 * (edited_gram + edited_gram.T)
-    return jnp.linalg.solve(lhs, hi_matmul(cross_gram, concept_keys.T)).T
+    """C′ for edited kernels K′_l = M K_l, from M, Σ K′Kᵀ = M S and Σ K′K′ᵀ = M S Mᵀ (S = Σ K Kᵀ).
 
-
-def embedding_from_factors(
-    edited_factor: jax.Array, original_factor: jax.Array, concept_keys: jax.Array, reg: float | jax.Array
-) -> jax.Array:
-    """C′ from factors W′ = M F, F with Σ K′K′ᵀ = W′W′ᵀ and Σ K′Kᵀ = W′Fᵀ (K′ = M K, S = Σ K Kᵀ = F Fᵀ).
-
-    c′ minimises ‖W′ᵀ x − Fᵀ c‖² + λ_reg ‖x‖², a ridge least-squares problem solved by corrected
-    semi-normal equations: R from the QR factorisation of [W′ᵀ; √λ_reg I] (so RᵀR = λ_reg I + W′W′ᵀ without
-    forming it), x₀ = R⁻¹R⁻ᵀ W′ b, then one correction with the residual. This keeps float32 accurate to
-    ~ε·κ rather than the ~ε·κ² of the normal equations, κ² = cond(λ_reg I + Σ K′K′ᵀ), which grows to
-    ~10⁴ over RECE rounds because each erase nearly collapses the concept directions.
+    c′ = (λ_reg I + M S Mᵀ)⁻¹ M S c, refined once with the residual M S (c − Mᵀx) − λ_reg x.
     """
-    d_in = edited_factor.shape[0]
-    root = jnp.sqrt(jnp.asarray(reg, jnp.float32))
-    stacked = jnp.concatenate([edited_factor.T, root * jnp.eye(d_in, dtype=jnp.float32)])
-    upper = jnp.linalg.qr(stacked, mode="r")[:d_in]
+    d_in = mapping.shape[0]
+    lhs = reg * jnp.eye(d_in, dtype=jnp.float32) + 0.5 * (current_gram + current_gram.T)
 
-    def normal_solve(rhs):
-        halfway = jax.scipy.linalg.solve_triangular(upper, rhs, lower=False, trans=1)
-        return jax.scipy.linalg.solve_triangular(upper, halfway, lower=False)
+    def residual(x):
+        return hi_matmul(mapped_gram, concept_keys.T - hi_matmul(mapping.T, x)) - reg * x
 
-    targets = hi_matmul(original_factor.T, concept_keys.T)  # b = Fᵀ Cᵀ
-    solution = normal_solve(hi_matmul(edited_factor, targets))
-    residual = targets - hi_matmul(edited_factor.T, solution)
-    solution = solution + normal_solve(hi_matmul(edited_factor, residual) - reg * solution)
-    return solution.T
+    return solve_refined(lhs, hi_matmul(mapped_gram, concept_keys.T), residual).T
 
 
 def derive_embedding(
@@ -106,6 +91,16 @@ def derive_embedding(
 
 @jax.jit
 def _derive(edited, original, concept_keys, reg):
-    edited_gram = sum(hi_matmul(flat32(k), flat32(k).T) for k in edited)
-    cross_gram = sum(hi_matmul(flat32(k), flat32(o).T) for k, o in zip(edited, original, strict=True))
-    return embedding_map(edited_gram, cross_gram, concept_keys.astype(jnp.float32), reg)
+    edited = [flat32(k) for k in edited]
+    original = [flat32(k) for k in original]
+    concept_keys = concept_keys.astype(jnp.float32)
+    d_in = concept_keys.shape[1]
+    lhs = reg * jnp.eye(d_in, dtype=jnp.float32) + sum(hi_matmul(k, k.T) for k in edited)
+    targets = [hi_matmul(o.T, concept_keys.T) for o in original]  # K_lᵀ Cᵀ
+    rhs = sum(hi_matmul(k, t) for k, t in zip(edited, targets, strict=True))
+
+    def residual(x):
+        misses = [t - hi_matmul(k.T, x) for k, t in zip(edited, targets, strict=True)]
+        return sum(hi_matmul(k, m) for k, m in zip(edited, misses, strict=True)) - reg * x
+
+    return solve_refined(0.5 * (lhs + lhs.T), rhs, residual).T

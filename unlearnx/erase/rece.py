@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from unlearnx import tree as tree_lib
-from unlearnx.erase._checks import as_kernel, as_rows, check_scale, flat32, hi_matmul
-from unlearnx.erase.embedding import embedding_from_factors
+from unlearnx.erase._checks import as_kernel, as_rows, check_scale, flat32
+from unlearnx.erase._linalg import hi_matmul
+from unlearnx.erase.embedding import mapped_embedding
 from unlearnx.erase.selectors import cross_attention_kv
 from unlearnx.erase.uce import uce_change
 
@@ -63,31 +64,11 @@ def _selected_kernels(params: PyTree, where: tree_lib.Where) -> tuple[list, Any,
 
 
 def _step(keys, guide, preserve, erase_scale, preserve_scale, lamb):
-    """D with UCE(K, keys, guide @ K, ·) = (I + D) K for every K: D = α G⁻¹ keysᵀ (guide − keys)."""
+    """Factors (P, Q) of D = P Q with UCE(K, keys, guide @ K, ·) = (I + D) K for every K:
+    D = α G⁻¹ keysᵀ (guide − keys)."""
     return uce_change(
         keys, preserve, guide - keys, erase_scale=erase_scale, preserve_scale=preserve_scale, lamb=lamb
     )
-
-
-def _gram_factor(kernels: list[jax.Array]) -> jax.Array:
-    """F with F Fᵀ = S = Σ_l K_l K_lᵀ: the kernels side by side when that is narrower than d_in, else the
-    Cholesky factor of S, or Q diag(√max(μ, 0)) from S's eigendecomposition should S be numerically
-    singular in float32 (Cholesky then fails; the eigendecomposition is slower but exact there).
-
-    Norms carry over: ‖M F‖_F² = tr(M S Mᵀ) = Σ_l ‖M K_l‖_F², so changes are measured on F.
-    """
-    d_in = kernels[0].shape[0]
-    if sum(k.shape[1] for k in kernels) <= d_in:
-        return jnp.concatenate(kernels, axis=1)
-    gram = sum(hi_matmul(k, k.T) for k in kernels)
-    gram = 0.5 * (gram + gram.T)
-    factor = jnp.linalg.cholesky(gram)
-
-    def spectral():
-        values, vectors = jnp.linalg.eigh(gram)
-        return vectors * jnp.sqrt(jnp.maximum(values, 0.0))
-
-    return jax.lax.cond(jnp.all(jnp.isfinite(factor)), lambda: factor, spectral)
 
 
 def rece(
@@ -183,17 +164,33 @@ def _rece(originals, concept, guide, preserve, hyper, *, epochs):
     """The shared-structure computation: a chain of d_in × d_in steps, then one product per kernel."""
     kernels = [flat32(k) for k in originals]
     concept, guide, preserve = (a.astype(jnp.float32) for a in (concept, guide, preserve))
-    total = _step(concept, guide, preserve, hyper["erase_scale"], hyper["preserve_scale"], hyper["lamb"])
+    left, right = _step(
+        concept, guide, preserve, hyper["erase_scale"], hyper["preserve_scale"], hyper["lamb"]
+    )
+    total = hi_matmul(left, right)  # D_total = M − I
     embeddings, changes, distances = [], [], []
     if epochs:
-        factor = _gram_factor(kernels)
-        factor_norm = jnp.sqrt(jnp.sum(jnp.square(factor)))
-        current = factor + hi_matmul(total, factor)  # W = M F, so Σ K′K′ᵀ = W Wᵀ
-        changes.append(jnp.sqrt(jnp.sum(jnp.square(current - factor))) / factor_norm)
+        gram = sum(hi_matmul(k, k.T) for k in kernels)
+        gram = 0.5 * (gram + gram.T)  # S = Σ K Kᵀ
+        gram_trace = jnp.trace(gram)
+        identity = jnp.eye(total.shape[0], dtype=jnp.float32)
+
+        def grams():  # M S = Σ K′Kᵀ and M S Mᵀ = Σ K′K′ᵀ, formed from M: M is near-singular after a few
+            mapped = hi_matmul(identity + total, gram)  # rounds, so low-rank updates would cancel badly
+            return mapped, hi_matmul(mapped, identity + total.T)
+
+        def distance(mapped):  # ‖(M − I) K‖ / ‖K‖ over all kernels: tr((M S − S) (M − I)ᵀ) / tr(S)
+            return jnp.sqrt(jnp.sum((mapped - gram) * total) / gram_trace)
+
+        mapped, current = grams()
+        changes.append(distance(mapped))
         distances.append(changes[0])
-        for _ in range(epochs):
-            embedding = embedding_from_factors(current, factor, concept, hyper["reg"])
-            step = _step(
+        for r in range(epochs):
+            if r:
+                mapped, current = grams()
+                distances.append(distance(mapped))
+            embedding = mapped_embedding(identity + total, mapped, current, concept, hyper["reg"])
+            left, right = _step(
                 embedding,
                 guide,
                 preserve,
@@ -201,13 +198,16 @@ def _rece(originals, concept, guide, preserve, hyper, *, epochs):
                 hyper["round_preserve_scale"],
                 hyper["round_lamb"],
             )
-            moved = hi_matmul(step, current)
             embeddings.append(embedding)
-            changes.append(jnp.sqrt(jnp.sum(jnp.square(moved)) / jnp.sum(jnp.square(current))))
-            current = current + moved
+            step = hi_matmul(left, right)  # formed first: its thin factors cancel heavily
+            changes.append(jnp.sqrt(jnp.sum(hi_matmul(step, current) * step) / jnp.trace(current)))
             total = total + step + hi_matmul(step, total)
-            distances.append(jnp.sqrt(jnp.sum(jnp.square(current - factor))) / factor_norm)
         edited = [k + hi_matmul(total, k) for k in kernels]
+        distances.append(
+            jnp.sqrt(
+                sum(jnp.sum(jnp.square(e - k)) for e, k in zip(edited, kernels, strict=True)) / gram_trace
+            )
+        )
     else:
         edited = [k + hi_matmul(total, k) for k in kernels]
         change = jnp.sqrt(sum(jnp.sum(jnp.square(e - k)) for e, k in zip(edited, kernels, strict=True)))
