@@ -44,7 +44,7 @@ class TestbedConfig:
     text_width: int = 64
     text_layers: int = 2
     channels: tuple[int, ...] = (16, 32, 64)
-    attention: tuple[bool, ...] = (True, True, True)
+    attention: tuple[bool, ...] = (False, True, True)
     layers_per_block: int = 1
     steps: int = 1500
     batch_size: int = 64
