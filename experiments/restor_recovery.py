@@ -91,7 +91,7 @@ class Config:
     clean_lr: float = 3e-3
     clean_warmup_steps: int = 50
     corrupt_lr: float = 3e-3
-    corrupt_max_epochs: int = 30
+    corrupt_max_epochs: int = 80
     corrupt_target_rate: float = 0.8
     unlearn_steps: int = 40
     unlearn_lr: float = 1e-3
@@ -249,6 +249,16 @@ class _Study:
         self.non_targets = np.setdiff1d(np.arange(self.world.num_people), self.corruption.targets)
         # Utility and interleaved people come from the targets' pool, so their accuracy is comparable.
         self.pool = self.non_targets if pool is None else np.setdiff1d(pool, self.corruption.targets)
+        # Utility people are never interleaved in D_f (when the pool allows), so "non-target" accuracy
+        # measures collateral damage on untouched people at every k.
+        self.utility_people = np.sort(
+            np.random.default_rng((config.seed, 8)).choice(
+                self.pool, size=min(config.utility_people, len(self.pool)), replace=False
+            )
+        )
+        interleave_pool = np.setdiff1d(self.pool, self.utility_people)
+        if not len(interleave_pool):
+            interleave_pool = self.pool
         self.retain = knowledge_corpus.biographies(
             self.world, self.tokenizer, self.non_targets, per_person=1, seed=config.seed + 1
         )
@@ -264,7 +274,7 @@ class _Study:
                 k=k,
                 docs_per_target=config.docs_per_target,
                 seed=config.seed,
-                others=self.pool,
+                others=interleave_pool,
             )
             for k in config.ks
         }
@@ -303,9 +313,6 @@ class _Study:
                 )
                 for i, r in enumerate(facts[:, 1])
             ]
-        )
-        self.utility_people = rng.choice(
-            self.pool, size=min(config.utility_people, len(self.pool)), replace=False
         )
         self.rng = rng
         self.corrupt_optimizer = optax.adam(config.corrupt_lr)

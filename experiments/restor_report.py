@@ -40,8 +40,13 @@ def _row(name: str, m: dict[str, Any]) -> list[str]:
     ]
 
 
-def verdict(m: dict[str, Any], clean_nontarget: float) -> str:
-    """``recovered`` / ``forgot only`` / ``neither``, with ``, collapsed`` when utility is gone."""
+def _utility(m: dict[str, Any]) -> float | None:
+    return m["acc_nontarget"] if m["acc_nontarget"] is not None else m["acc_interleaved"]
+
+
+def verdict(m: dict[str, Any], corrupted: dict[str, Any]) -> str:
+    """``recovered`` / ``forgot only`` / ``neither``, with ``, collapsed`` when unlearning destroyed utility
+    (non-target accuracy below ``COLLAPSE_FRACTION`` × the corrupted model's, the run's starting point)."""
     recovery, forgetting = m.get("recovery"), m.get("forgetting")
     if recovery is not None and recovery >= RECOVERED_R:
         label = "recovered"
@@ -49,7 +54,8 @@ def verdict(m: dict[str, Any], clean_nontarget: float) -> str:
         label = "forgot only"
     else:
         label = "neither"
-    if m["acc_nontarget"] is None or m["acc_nontarget"] < COLLAPSE_FRACTION * clean_nontarget:
+    utility, reference = _utility(m), _utility(corrupted)
+    if utility is not None and reference is not None and utility < COLLAPSE_FRACTION * reference:
         label += ", collapsed"
     return label
 
@@ -81,9 +87,15 @@ def report(config, metrics: dict[str, Any]) -> str:
     ]
     header = ["model", "Acc", "Rate", "R", "F", "non-target", "interleaved", "ppl", "conf"]
     for k, entry in metrics["k"].items():
+        rate = entry["corrupted"]["rate_corrupted"]
+        reached = (
+            ""
+            if rate >= config.corrupt_target_rate
+            else f", target rate {config.corrupt_target_rate} NOT reached"
+        )
         lines += [
             f"## k = {k} ({entry['forget_docs']} D_f documents, corrupted in "
-            f"{entry['corrupt_epochs']} epochs; "
+            f"{entry['corrupt_epochs']} epochs{reached}; "
             f"SSD α {', '.join(f'{m}: {_fmt(a, 3)}' for m, a in entry['alpha'].items())}; selected fraction "
             f"{', '.join(f'{m}: {_fmt(f, 4)}' for m, f in entry['selected_fraction'].items())})",
             "",
@@ -113,7 +125,7 @@ def report(config, metrics: dict[str, Any]) -> str:
     lines += [runner.markdown_table(["k", "model", "correct", "corrupted", "random"], probe_rows), ""]
     lines += [
         f"## Verdicts (measured: recovered ⇔ R ≥ {RECOVERED_R}; forgot only ⇔ F ≥ {FORGOT_F} and R < "
-        f"{RECOVERED_R}; collapsed ⇔ non-target accuracy < {COLLAPSE_FRACTION} × θ_clean's)",
+        f"{RECOVERED_R}; collapsed ⇔ non-target accuracy < {COLLAPSE_FRACTION} × θ_corrupted's)",
         "",
     ]
     verdict_rows = []
@@ -122,7 +134,7 @@ def report(config, metrics: dict[str, Any]) -> str:
             cells = []
             for variant in VARIANTS:
                 m = entry["runs"].get(f"{method}/{variant}")
-                cells.append("n/a" if m is None else verdict(m, clean["acc_nontarget"]))
+                cells.append("n/a" if m is None else verdict(m, entry["corrupted"]))
             if any(c != "n/a" for c in cells):
                 verdict_rows.append([k, method, *cells])
     lines += [runner.markdown_table(["k", "method", *VARIANTS], verdict_rows), ""]
