@@ -128,25 +128,31 @@ def test_mse(theta: jax.Array, problem: dict[str, jax.Array], noise: float) -> j
 
 @functools.lru_cache(maxsize=8)
 def _compiled_sweep(config: LinearConfig):
-    """The jitted sweep for one config (cached, so a rerun does not recompile)."""
+    """The jitted ridge sweep and GD-curve sweep for one config (cached, so a rerun does not recompile).
 
-    def run(keys, weights, curve_weights, steps):
-        problems = jax.vmap(lambda k: draw_problem(k, config))(keys)
+    They are two separate computations on purpose: in one program XLA's CPU runtime may run the batched
+    LAPACK solve and eigendecomposition concurrently, which was seen to deadlock in OpenBLAS.
+    """
 
-        def one(problem, w):
-            return test_mse(
-                weighted_ridge(problem["x"], problem["y"], w, config.ridge), problem, config.noise
-            )
+    def problems(keys):
+        return jax.vmap(lambda k: draw_problem(k, config))(keys)
 
+    def one(problem, w):
+        return test_mse(weighted_ridge(problem["x"], problem["y"], w, config.ridge), problem, config.noise)
+
+    @jax.jit
+    def ridge_sweep(keys, weights):
+        return jax.vmap(jax.vmap(one, in_axes=(0, None)), in_axes=(None, 0))(problems(keys), weights)
+
+    @jax.jit
+    def curve_sweep(keys, weights, steps):
         def curve(problem, w):
             thetas = gd_trajectory(problem["x"], problem["y"], w, config.ridge, steps)
             return test_mse(thetas, problem, config.noise)
 
-        per_epoch = jax.vmap(jax.vmap(one, in_axes=(0, None)), in_axes=(None, 0))(problems, weights)
-        curves = jax.vmap(jax.vmap(curve, in_axes=(0, None)), in_axes=(None, 0))(problems, curve_weights)
-        return per_epoch, curves
+        return jax.vmap(jax.vmap(curve, in_axes=(0, None)), in_axes=(None, 0))(problems(keys), weights)
 
-    return jax.jit(run)
+    return ridge_sweep, curve_sweep
 
 
 def sweep(config: LinearConfig, seed: int = 0) -> dict[str, np.ndarray]:
@@ -160,12 +166,14 @@ def sweep(config: LinearConfig, seed: int = 0) -> dict[str, np.ndarray]:
     weights = jnp.asarray(np.stack([row_weights(config, e) for e in config.epochs]))
     steps = np.unique(np.round(np.logspace(0, 6, config.curve_points))).astype(np.float32)
     curve_weights = jnp.asarray(np.stack([row_weights(config, e) for e in config.curve_epochs]))
-    per_epoch, curves = _compiled_sweep(config)(keys, weights, curve_weights, steps)
+    ridge_sweep, curve_sweep = _compiled_sweep(config)
+    per_epoch = np.asarray(ridge_sweep(keys, weights), np.float64)
+    curves = np.asarray(curve_sweep(keys, curve_weights, steps), np.float64)
     return {
         "epochs": np.asarray(config.epochs),
         "repeated_rows": np.asarray([repeat_count(config.budget, config.fraction, e) for e in config.epochs]),
-        "test_mse": np.asarray(per_epoch, np.float64),
+        "test_mse": per_epoch,
         "curve_epochs": np.asarray(config.curve_epochs),
         "curve_steps": steps,
-        "curves": np.asarray(curves, np.float64),
+        "curves": curves,
     }
