@@ -44,6 +44,7 @@ def test_cross_attention_kernels_sit_at_the_diffusers_paths():
     assert shapes["down_blocks_1/attentions_0/transformer_blocks_0/attn1/to_k/kernel"].shape == (16, 16)
 
 
+@pytest.mark.slow
 def test_context_enters_only_through_attn2_key_value_kernels():
     """With every attn2 to_k/to_v kernel zeroed the output no longer depends on the context; with them it
     does."""
