@@ -85,9 +85,9 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
+        return _jsonable(value.item())
+    if isinstance(value, np.ndarray | jax.Array):
+        return _jsonable(np.asarray(value).tolist())
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
@@ -96,7 +96,7 @@ def _jsonable(value: Any) -> Any:
 def write_json(path: str | os.PathLike, value: Any) -> None:
     """Writes ``value`` as indented JSON (dataclasses, NumPy scalars and arrays converted; NaN → null)."""
     with open(path, "w") as handle:
-        json.dump(_jsonable(value), handle, indent=2, sort_keys=True)
+        json.dump(_jsonable(value), handle, indent=2, sort_keys=True, allow_nan=False)
         handle.write("\n")
 
 
