@@ -40,7 +40,8 @@ def check_finite(name: str, array: Any) -> None:
     """Raises ``ValueError`` naming ``name``, the count and one bad value when ``array`` has NaN/inf."""
     if isinstance(array, jax.core.Tracer):
         return
-    bad = int(_count_nonfinite(jnp.asarray(array)))
+    with jax.ensure_compile_time_eval():  # a concrete array closed over by an outer jit is still checked
+        bad = int(_count_nonfinite(jnp.asarray(array)))
     if bad:
         values = np.asarray(array, dtype=np.float64).ravel()
         example = values[~np.isfinite(values)][0]
