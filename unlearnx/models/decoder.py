@@ -59,8 +59,10 @@ class DecoderBlock(nnx.Module):
         return h, weights
 
 
-class DecoderLM(nnx.Module):
-    """GPT-style decoder; see the module docstring for the equations and parameter paths."""
+class CausalTransformer(nnx.Module):
+    """Token + learned position embeddings, causal pre-LN blocks and a final LayerNorm: the trunk shared by
+    :class:`DecoderLM` and :class:`unlearnx.models.text_encoder.TextEncoder` (paths ``embed``, ``pos_embed``,
+    ``blocks_{i}``, ``ln_f``)."""
 
     def __init__(
         self,
@@ -71,25 +73,19 @@ class DecoderLM(nnx.Module):
         num_layers: int,
         num_heads: int,
         mlp_ratio: int,
-        return_attention: bool,
         rngs: nnx.Rngs,
     ) -> None:
         init = nnx.initializers.normal(0.02)
         self.max_len = max_len
         self.num_layers = num_layers
-        self.return_attention = return_attention
         self.embed = nnx.Embed(vocab_size, d_model, embedding_init=init, rngs=rngs)
         self.pos_embed = nnx.Embed(max_len, d_model, embedding_init=init, rngs=rngs)
         for i in range(num_layers):
             setattr(self, f"blocks_{i}", DecoderBlock(d_model, num_heads, mlp_ratio, rngs=rngs))
         self.ln_f = nnx.LayerNorm(d_model, rngs=rngs)
-        self.unembed = nnx.Linear(d_model, vocab_size, rngs=rngs)
 
-    def __call__(
-        self, tokens: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
-    ) -> jax.Array | tuple[jax.Array, jax.Array]:
-        """Returns logits ``[B, T, vocab]`` (and attention ``[B, layers, heads, T, T]`` if requested)."""
-        del train, rngs  # no dropout
+    def hidden(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Returns ``(LN_f(h^L) [B, T, d], attention [B, layers, heads, T, T])`` for int tokens ``[B, T]``."""
         length = tokens.shape[-1]
         if length > self.max_len:
             raise ValueError(f"sequence length {length} exceeds the model's max_len {self.max_len}")
@@ -99,10 +95,25 @@ class DecoderLM(nnx.Module):
         for i in range(self.num_layers):
             h, weights = getattr(self, f"blocks_{i}")(h, mask)
             maps.append(weights)
-        logits = self.unembed(self.ln_f(h)).astype(jnp.float32)
-        if self.return_attention:
-            return logits, jnp.stack(maps, axis=-4)
-        return logits
+        return self.ln_f(h), jnp.stack(maps, axis=-4)
+
+
+class DecoderLM(CausalTransformer):
+    """GPT-style decoder; see the module docstring for the equations and parameter paths."""
+
+    def __init__(self, vocab_size: int, *, return_attention: bool, rngs: nnx.Rngs, **sizes: int) -> None:
+        super().__init__(vocab_size, rngs=rngs, **sizes)
+        self.return_attention = return_attention
+        self.unembed = nnx.Linear(sizes["d_model"], vocab_size, rngs=rngs)
+
+    def __call__(
+        self, tokens: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """Returns logits ``[B, T, vocab]`` (and attention ``[B, layers, heads, T, T]`` if requested)."""
+        del train, rngs  # no dropout
+        h, maps = self.hidden(tokens)
+        logits = self.unembed(h).astype(jnp.float32)
+        return (logits, maps) if self.return_attention else logits
 
 
 def decoder_lm(

@@ -9,7 +9,7 @@ For tokens x₁..x_L (BOS, words, EOS, padding):
 
 The attention is causal, so the rows after EOS (padding) see the whole prompt and carry it, as SD's padded
 CLIP rows do; closed-form erasure therefore has to treat all L rows. The blocks are the decoder LM's
-(:class:`unlearnx.models.decoder.DecoderBlock`).
+(:class:`unlearnx.models.decoder.CausalTransformer`).
 
 Parameter paths: ``embed/embedding``, ``pos_embed/embedding``, ``blocks_{i}/…`` (see
 :mod:`unlearnx.models.decoder`), ``ln_f/{scale,bias}``.
@@ -18,49 +18,27 @@ Parameter paths: ``embed/embedding``, ``pos_embed/embedding``, ``blocks_{i}/…`
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from unlearnx.models.attention import causal_mask
 from unlearnx.models.bridge import Model, from_module
-from unlearnx.models.decoder import DecoderBlock
+from unlearnx.models.decoder import CausalTransformer
 
 __all__ = ["TextEncoder", "text_encoder"]
 
 
-class TextEncoder(nnx.Module):
+class TextEncoder(CausalTransformer):
     """Causal transformer over a padded token row; see the module docstring."""
 
-    def __init__(
-        self,
-        vocab_size: int,
-        *,
-        length: int,
-        width: int,
-        num_layers: int,
-        num_heads: int,
-        mlp_ratio: int,
-        rngs: nnx.Rngs,
-    ) -> None:
-        init = nnx.initializers.normal(0.02)
+    def __init__(self, vocab_size: int, *, length: int, width: int, rngs: nnx.Rngs, **sizes: int) -> None:
+        super().__init__(vocab_size, max_len=length, d_model=width, rngs=rngs, **sizes)
         self.length = length
-        self.num_layers = num_layers
-        self.embed = nnx.Embed(vocab_size, width, embedding_init=init, rngs=rngs)
-        self.pos_embed = nnx.Embed(length, width, embedding_init=init, rngs=rngs)
-        for i in range(num_layers):
-            setattr(self, f"blocks_{i}", DecoderBlock(width, num_heads, mlp_ratio, rngs=rngs))
-        self.ln_f = nnx.LayerNorm(width, rngs=rngs)
 
     def __call__(self, tokens: jax.Array, *, train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
         """Returns the embeddings ``[B, L, width]`` of int tokens ``[B, L]``."""
         del train, rngs  # no dropout
         if tokens.shape[-1] != self.length:
             raise ValueError(f"text_encoder: expected {self.length} tokens per row, got {tokens.shape[-1]}")
-        h = self.embed(tokens) + self.pos_embed(jnp.arange(self.length))
-        mask = causal_mask(self.length)
-        for i in range(self.num_layers):
-            h, _ = getattr(self, f"blocks_{i}")(h, mask)
-        return self.ln_f(h)
+        return self.hidden(tokens)[0]
 
 
 def text_encoder(
