@@ -1,4 +1,5 @@
-"""Datasets for unlearning experiments: loading, forget/retain splits and batching."""
+"""Datasets: loading (images, Python-stdlib text), generated worlds (knowledge, captioned shapes), repeated-data
+mixtures, forget/retain splits and batching."""
 
 from unlearnx.data import knowledge, knowledge_corpus
 from unlearnx.data.augment import crop_and_flip

@@ -1,5 +1,6 @@
-"""Unlearning: Selective Synaptic Dampening (SSD; LFSSD through its importances; ASSD α) and the data of
-the standard retraining baselines (finetune, NegGrad+, amnesiac, bad teacher)."""
+"""Unlearning: Selective Synaptic Dampening (SSD; LFSSD through its importances; ASSD α), the data of the
+standard retraining baselines (finetune, NegGrad+, amnesiac, bad teacher), LM unlearning losses
+(``objectives``: GA, GradDiff, KL, NPO, SimNPO, task vector) and SSD-localised updates (``localize``)."""
 
 from unlearnx.unlearn import localize, objectives
 from unlearnx.unlearn.baselines import ascent_mixture, bad_teacher_set, random_wrong_labels, relabel_mixture
