@@ -1,5 +1,5 @@
-"""Datasets: loading (images, Python-stdlib text), generated worlds (knowledge, captioned shapes), repeated-data
-mixtures, forget/retain splits and batching."""
+"""Datasets: loading (images, Python-stdlib text), generated worlds (knowledge, captioned shapes),
+repeated-data mixtures, forget/retain splits and batching."""
 
 from unlearnx.data import knowledge, knowledge_corpus
 from unlearnx.data.augment import crop_and_flip

@@ -1,5 +1,5 @@
-"""Evaluation: classifier scores and membership-inference attacks; RESTOR fact metrics (``restor``); induction,
-copying and ICL scores (``induction``); scaling-law fits (``scaling``); concept-erasure metrics."""
+"""Evaluation: classifier scores and membership-inference attacks; RESTOR fact metrics (``restor``);
+induction, copying and ICL scores (``induction``); scaling-law fits (``scaling``); concept-erasure metrics."""
 
 from unlearnx.eval import induction, restor, scaling
 from unlearnx.eval.classification import accuracy, cross_entropy, entropy
