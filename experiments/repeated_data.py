@@ -253,7 +253,9 @@ class Family:
                 test_logits, test, late=tuple(config.icl_late), early=tuple(config.icl_early)
             ),
             "copying_loss": induction.copying_loss(logits[final : final + probe], copies),
-            "prefix_matching": induction.prefix_matching_score(attention[final + probe :], random_tokens),
+            "prefix_matching": induction.prefix_matching_score(
+                attention[final + probe :], random_tokens, period=config.seq_len // 2
+            ),
         }
 
     def place(self, batch: np.ndarray, axis: int = 0):

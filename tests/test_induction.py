@@ -183,3 +183,25 @@ def test_decoder_ov_scores_per_head_on_every_tree_flavour():
         induction.decoder_ov_scores({"w": np.ones(3)}, heads)
     with pytest.raises(ValueError, match="not divisible by 3"):
         induction.decoder_ov_scores(as_f32, 3)
+
+
+def test_period_form_scores_a_perfect_head_one_even_with_repeats_inside_the_segment():
+    segment = np.array([3, 5, 3, 7, 5, 2])  # tokens repeat inside the segment
+    period = len(segment)
+    tokens = np.tile(segment, 2)[None]
+    length = tokens.shape[1]
+    perfect = np.zeros((1, 1, 1, length, length))
+    uniform = np.tril(np.ones((length, length))) / np.arange(1, length + 1)[:, None]
+    for t in range(length):
+        # an ideal induction head attends to the token after the same token one copy back
+        perfect[0, 0, 0, t, t - period + 1 if t >= period else 0] = 1.0
+    score = induction.prefix_matching_score(jnp.asarray(perfect), jnp.asarray(tokens), period=period)
+    np.testing.assert_allclose(np.asarray(score), [[1.0]], rtol=1e-6)
+    # the latest-occurrence form counts in-segment repeats too, so the same head scores below 1
+    assert float(induction.prefix_matching_score(jnp.asarray(perfect), jnp.asarray(tokens))[0, 0]) < 1.0
+    uniform_map = jnp.asarray(uniform[None, None, None])
+    uniform_score = induction.prefix_matching_score(uniform_map, jnp.asarray(tokens), period=period)
+    expected = np.mean([1.0 / (t + 1) for t in range(period, length)])
+    np.testing.assert_allclose(np.asarray(uniform_score), [[expected]], rtol=1e-6)
+    with pytest.raises(ValueError, match="period"):
+        induction.prefix_matching_score(jnp.asarray(perfect), jnp.asarray(tokens), period=length)

@@ -54,17 +54,23 @@ def previous_occurrence(tokens: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(same, positions[None, None, :], -1), axis=-1)
 
 
-def prefix_matching_score(attention: jax.Array, tokens: jax.Array) -> jax.Array:
+def prefix_matching_score(attention: jax.Array, tokens: jax.Array, *, period: int | None = None) -> jax.Array:
     """Per-head prefix-matching score, ``[layers, heads]``.
 
         score[l, h] = (1/|Q|) Σ_{(b, t) ∈ Q} A[b, l, h, t, s_b(t) + 1],
         s_b(t) = max{s < t : x[b, s] = x[b, t]},  Q = {(b, t) : s_b(t) exists}.
+
+    With ``period`` ℓ (rows made of a segment repeated, as :func:`repeated_random_tokens` builds them;
+    Olsson et al.'s definition) the earlier occurrence is the same token one copy back, s_b(t) = t − ℓ,
+    and Q = {t ≥ ℓ}. The two agree when no token repeats inside a segment; with repeats inside a segment
+    (bytes, ℓ ≈ 50) only the ``period`` form gives a perfect induction head the score 1.
 
     Uniform causal attention (A[t, ·] = 1/(t + 1)) scores the mean of 1/(t + 1) over Q.
 
     Args:
         attention: ``[batch, layers, heads, T, T]`` query × key weights (rows sum to 1).
         tokens: Integer tokens ``[batch, T]``.
+        period: Length ℓ of the repeated segment, 1 ≤ ℓ < T; ``None`` uses the latest earlier occurrence.
 
     Returns:
         float32 ``[layers, heads]``. When no token repeats it is 0 under ``jit``; concrete inputs raise.
@@ -77,7 +83,12 @@ def prefix_matching_score(attention: jax.Array, tokens: jax.Array) -> jax.Array:
         raise ValueError(f"attention must be [batch, layers, heads, T, T], got {jnp.shape(attention)}")
     if (attention.shape[0], attention.shape[-1]) != tokens.shape:
         raise ValueError(f"attention {attention.shape} and tokens {tokens.shape} disagree on [batch, T]")
-    earlier = previous_occurrence(tokens)
+    if period is None:
+        earlier = previous_occurrence(tokens)
+    elif not 1 <= period < tokens.shape[1]:
+        raise ValueError(f"period must be in [1, T = {tokens.shape[1]}), got {period}")
+    else:
+        earlier = jnp.broadcast_to(jnp.arange(tokens.shape[1]) - period, tokens.shape)
     valid = earlier >= 0
     if _concrete(tokens) and not bool(jnp.any(valid)):
         raise ValueError("prefix_matching_score: no token occurs twice in any row of tokens")
