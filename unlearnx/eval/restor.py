@@ -175,6 +175,8 @@ def candidate_scores(
     rows, marks, where = [], [], []
     lengths = np.zeros((len(prompts), width), np.int64)
     for i, (prompt, options) in enumerate(zip(prompts, candidates, strict=True)):
+        if not len(prompt):
+            raise ValueError(f"prompt {i} is empty: the first candidate token would have no context to score")
         for c, option in enumerate(options):
             if not option:
                 raise ValueError(f"candidate {c} of prompt {i} is empty")

@@ -100,7 +100,7 @@ def fit_power_law(sizes: npt.ArrayLike, losses: npt.ArrayLike) -> PowerLawFit:
     n, loss = _validated(sizes, losses)
     log_n = np.log(n)
     floor = float(loss.min())
-    fractions = np.concatenate([np.logspace(-9, 0, 361), [1.0]])
+    fractions = np.logspace(-9, 0, 361)
     candidates = np.unique(np.clip(floor * (1.0 - fractions), 0.0, None))
     rss = np.array([_profile(log_n, loss, c)[2] for c in candidates])
     if not np.isfinite(rss).any():
