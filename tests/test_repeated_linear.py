@@ -91,5 +91,5 @@ def test_sweep_shapes_and_e1_is_plain_ridge():
 def test_row_weights_errors():
     with pytest.raises(ValueError, match="exceeds what the budget allows"):
         rl.row_weights(SMALL, 41)
-    with pytest.raises(ValueError, match="shorter than one sequence"):
+    with pytest.raises(ValueError, match="rounds to zero sequences"):
         rl.row_weights(SMALL, 30)

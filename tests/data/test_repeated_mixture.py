@@ -125,7 +125,7 @@ GOOD = dict(budget=1000, repeated_fraction=0.1, repeat_epochs=2, seq_len=10, see
         ({"repeated_fraction": float("nan")}, ValueError, "repeated_fraction"),
         ({"repeated_fraction": "0.1"}, TypeError, "repeated_fraction"),
         ({"repeat_epochs": 101}, ValueError, "repeat_epochs 101 exceeds.*only 100 sequences"),
-        ({"repeat_epochs": 30}, ValueError, "U = f·D/E.*3.3 tokens is shorter.*seq_len 10"),
+        ({"repeat_epochs": 30}, ValueError, "U = f·D/E.*3.3 tokens rounds to zero sequences.*seq_len 10"),
         ({"repeat_epochs": 0}, ValueError, "repeat_epochs must be >= 1, got 0"),
         ({"repeat_epochs": 2.0}, TypeError, "repeat_epochs must be an int"),
         ({"seq_len": 0}, ValueError, "seq_len must be >= 1"),
@@ -144,3 +144,23 @@ def test_bad_token_stream():
         repeated_mixture(np.zeros((4, 4), int), **GOOD)
     with pytest.raises(TypeError, match="1-D integer"):
         repeated_mixture(np.zeros(2000), **GOOD)
+
+
+@pytest.mark.parametrize(
+    ("slots", "fraction", "epochs", "expected"),
+    # m = round(f·S/E) by hand: 0.1·100/2 = 5; 0.1·4000/100 = 4; 0.3·64/10 = 1.92 → 2; 0.05·64/4 = 0.8 → 1
+    [(100, 0.1, 2, 5), (4000, 0.1, 100, 4), (64, 0.3, 10, 2), (64, 0.05, 4, 1)],
+)
+def test_repeated_sequence_counts_worked_by_hand(slots, fraction, epochs, expected):
+    seq_len = 4
+    unique = np.arange(slots * seq_len, dtype=np.int32)
+    mixture = repeated_mixture(
+        unique,
+        budget=slots * seq_len,
+        repeated_fraction=fraction,
+        repeat_epochs=epochs,
+        seq_len=seq_len,
+        seed=0,
+    )
+    assert mixture.num_repeated_sequences == expected
+    assert len(mixture) == slots

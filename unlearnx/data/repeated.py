@@ -123,7 +123,7 @@ def repeat_count(slots: int, repeated_fraction: float, repeat_epochs: int, *, se
 
     Raises:
         ValueError: If E > S (more repeat epochs than the budget allows), or f > 0 but the repeated
-            subset U = f·S·L / E tokens is shorter than one unit (the repeat span).
+            subset U = f·S·L / E tokens rounds to zero sequences (U < L/2, L the repeat span).
     """
     if repeat_epochs > slots:
         raise ValueError(
@@ -135,7 +135,7 @@ def repeat_count(slots: int, repeated_fraction: float, repeat_epochs: int, *, se
         span = repeated_fraction * slots * seq_len / repeat_epochs
         raise ValueError(
             f"the repeated subset U = f·D/E = {repeated_fraction:g}·{slots * seq_len}/{repeat_epochs} = "
-            f"{span:.1f} tokens is shorter than one sequence of seq_len {seq_len} (the repeat span); lower "
+            f"{span:.1f} tokens rounds to zero sequences of seq_len {seq_len} (the repeat span); lower "
             "repeat_epochs, raise repeated_fraction or budget, or shorten seq_len"
         )
     return count
@@ -171,8 +171,8 @@ def repeated_mixture(
     Raises:
         TypeError: If an argument has the wrong type.
         ValueError: If f is outside [0, 1); the budget is not a positive multiple of ``seq_len``; E
-            exceeds the S sequences the budget holds; the repeated subset U = f·D / E tokens is shorter
-            than one sequence (the repeat span); or ``unique_tokens`` is too short.
+            exceeds the S sequences the budget holds; the repeated subset U = f·D / E tokens rounds to zero
+            sequences (U < seq_len/2; the repeat span is one sequence); or ``unique_tokens`` is too short.
     """
     tokens = np.asarray(unique_tokens)
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
