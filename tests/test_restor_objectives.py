@@ -324,3 +324,12 @@ def test_eight_devices_match_one(tmp_path):
     }
     for name, value in one.items():
         np.testing.assert_allclose(eight[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_token_log_probs_rejects_ids_outside_the_vocabulary():
+    logits = jnp.zeros((2, 3, 5))
+    for bad, shown in ((jnp.array([[0, 1, 5], [2, 3, 1]]), "5"), (jnp.array([[0, -1, 4], [2, 3, 1]]), "-1")):
+        with pytest.raises(ValueError, match=rf"\[0, 5\), found {shown}"):
+            obj.token_log_probs(logits, bad)
+    with pytest.raises(TypeError, match="integer token ids"):
+        obj.token_log_probs(logits, jnp.zeros((2, 3)))

@@ -131,9 +131,21 @@ def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
     Returns:
       float32 log-probabilities with ``targets``' shape.
+
+    Raises:
+      ValueError: shapes that disagree, or (concrete targets) an id outside [0, V).
+      TypeError: non-integer targets.
     """
     if jnp.shape(logits)[:-1] != jnp.shape(targets):
         raise ValueError(f"targets shape {jnp.shape(targets)} does not match logits {jnp.shape(logits)}[:-1]")
+    if not jnp.issubdtype(jnp.asarray(targets).dtype, jnp.integer):
+        raise TypeError(f"targets must be integer token ids, got dtype {jnp.asarray(targets).dtype}")
+    if not isinstance(targets, jax.core.Tracer) and jnp.size(targets):
+        vocab = jnp.shape(logits)[-1]
+        with jax.ensure_compile_time_eval():  # concrete targets closed over by an outer jit are checked too
+            low, high = int(jnp.min(targets)), int(jnp.max(targets))
+        if low < 0 or high >= vocab:  # take_along_axis would give NaN or wrap around silently
+            raise ValueError(f"targets must be token ids in [0, {vocab}), found {low if low < 0 else high}")
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
