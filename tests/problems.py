@@ -1,5 +1,9 @@
 """Shared test helpers: small reference problems and the three tree flavours every transform accepts."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 
 
@@ -47,3 +51,10 @@ def tree_flavours(w, b):
         "nnx": (state, unpack_nnx),
         "plain": (plain, unpack_plain),
     }
+
+
+def run_on_eight_devices(script, *args, timeout=300):
+    """Runs ``python -c script *args`` on 8 simulated CPU devices (``XLA_FLAGS`` must be set before JAX
+    starts, hence a subprocess)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, "-c", script, *map(str, args)], env=env, check=True, timeout=timeout)

@@ -1,8 +1,5 @@
 """Localised unlearning: SSD's selection I_f > α·I_D and the per-element masked optax transform."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -10,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from problems import tree_flavours
+from problems import run_on_eight_devices, tree_flavours
 
 from unlearnx.unlearn import localize, objectives
 
@@ -141,13 +138,7 @@ def test_eight_devices_match_one(tmp_path):
     data = {k: rng.exponential(size=(16, 5)).astype(np.float32) for k in ("f", "d")}
     data.update({k: rng.normal(size=(16, 5)).astype(np.float32) for k in ("p", "g")})
     np.savez(tmp_path / "in.npz", **data)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "out.npz"), str(tmp_path / "in.npz")],
-        env=env,
-        check=True,
-        timeout=300,
-    )
+    run_on_eight_devices(SCRIPT, tmp_path / "out.npz", tmp_path / "in.npz")
     eight = np.load(tmp_path / "out.npz")
     chosen = localize.selection({"w": data["f"]}, {"w": data["d"]}, alpha=1.5)
     optimizer = localize.localized(optax.adam(0.1), chosen)

@@ -12,16 +12,13 @@ Gradients with respect to logp (with Sᵦ = Σ m·logp, nᵦ = Σ m, M = Σ nᵦ
   forward −(m/M)(p_j − q_j).
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from problems import tree_flavours
+from problems import run_on_eight_devices, tree_flavours
 
 from unlearnx.unlearn import objectives as obj
 
@@ -303,13 +300,7 @@ def test_eight_devices_match_one(tmp_path):
         "rlg": rng.normal(size=(8, 6, 5)).astype(np.float32),
     }
     np.savez(tmp_path / "in.npz", **data)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "out.npz"), str(tmp_path / "in.npz")],
-        env=env,
-        check=True,
-        timeout=300,
-    )
+    run_on_eight_devices(SCRIPT, tmp_path / "out.npz", tmp_path / "in.npz")
     eight = np.load(tmp_path / "out.npz")
     d = {k: jnp.asarray(v) for k, v in data.items()}
     one = {

@@ -4,14 +4,13 @@ The 8-device half runs in a subprocess, because ``XLA_FLAGS`` must be set before
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from problems import run_on_eight_devices
 
 from unlearnx import fisher, unlearn
 
@@ -72,9 +71,7 @@ def loss_fn(params, batch):
 @pytest.mark.slow
 def test_eight_devices_match_one(tmp_path):
     output = tmp_path / "eight.npz"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    here = os.path.dirname(__file__)
-    subprocess.run([sys.executable, "-c", SCRIPT, str(output), here], env=env, check=True, timeout=300)
+    run_on_eight_devices(SCRIPT, output, os.path.dirname(__file__))
     eight = np.load(output)
     params, batches, forget, full = problem()
     for estimator in fisher.ESTIMATORS:
