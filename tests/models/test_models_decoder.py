@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from unlearnx import models
 from unlearnx.models.decoder import decoder_lm
 
 
@@ -84,3 +85,18 @@ def test_returned_attention_is_the_applied_attention(mlp_ratio):
     # a different map would change the logits: the check above is sensitive to the mixing weights
     shuffled, _ = _reference(params, tokens, heads, given_attention=attention[:, ::-1])
     assert np.abs(shuffled - from_returned).max() > 1e-2
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: models.decoder_lm(50, d_model=30, num_heads=4), "d_model 30 is not divisible by"),
+        (lambda: models.decoder_lm(50, num_layers=0), "decoder_lm: num_layers must be >= 1, got 0"),
+        (lambda: models.decoder_lm(50, mlp_ratio=-1), "decoder_lm: mlp_ratio must be >= 0, got -1"),
+        (lambda: models.text_encoder(50, width=30, num_heads=4), "text_encoder: width 30 is not divisible"),
+        (lambda: models.text_encoder(0), "text_encoder: vocab_size must be >= 1, got 0"),
+    ],
+)
+def test_bad_sizes_raise_naming_the_model_and_value(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()

@@ -116,6 +116,20 @@ class DecoderLM(CausalTransformer):
         return (logits, maps) if self.return_attention else logits
 
 
+def check_sizes(owner: str, *, num_heads: int, mlp_ratio: int, **sizes: int) -> None:
+    """Raises ``ValueError`` naming ``owner`` unless every size and ``num_heads`` are ≥ 1, ``mlp_ratio`` ≥ 0
+    and ``num_heads`` divides the width (the ``d_model`` or ``width`` entry of ``sizes``)."""
+    for name, value in {**sizes, "num_heads": num_heads}.items():
+        if int(value) < 1:
+            raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
+    if mlp_ratio < 0:
+        raise ValueError(f"{owner}: mlp_ratio must be >= 0, got {mlp_ratio}")
+    width_name = "d_model" if "d_model" in sizes else "width"
+    width = sizes[width_name]
+    if width % num_heads:
+        raise ValueError(f"{owner}: {width_name} {width} is not divisible by num_heads {num_heads}")
+
+
 def decoder_lm(
     vocab_size: int,
     *,
@@ -145,15 +159,15 @@ def decoder_lm(
     Raises:
         ValueError: If a size is not positive or ``d_model`` is not divisible by ``num_heads``.
     """
-    sizes = {"vocab_size": vocab_size, "max_len": max_len, "d_model": d_model, "num_layers": num_layers}
-    sizes["num_heads"] = num_heads
-    for name, value in sizes.items():
-        if int(value) < 1:
-            raise ValueError(f"decoder_lm: {name} must be >= 1, got {value}")
-    if mlp_ratio < 0:
-        raise ValueError(f"decoder_lm: mlp_ratio must be >= 0, got {mlp_ratio}")
-    if d_model % num_heads:
-        raise ValueError(f"decoder_lm: d_model {d_model} is not divisible by num_heads {num_heads}")
+    check_sizes(
+        "decoder_lm",
+        vocab_size=vocab_size,
+        max_len=max_len,
+        d_model=d_model,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+    )
     return from_module(
         lambda rngs: DecoderLM(
             vocab_size,

@@ -21,7 +21,7 @@ import jax
 from flax import nnx
 
 from unlearnx.models.bridge import Model, from_module
-from unlearnx.models.decoder import CausalTransformer
+from unlearnx.models.decoder import CausalTransformer, check_sizes
 
 __all__ = ["TextEncoder", "text_encoder"]
 
@@ -65,16 +65,15 @@ def text_encoder(
     Raises:
         ValueError: Non-positive sizes, or ``num_heads`` not dividing ``width``.
     """
-    for name, value in (
-        ("vocab_size", vocab_size),
-        ("length", length),
-        ("width", width),
-        ("num_heads", num_heads),
-    ):
-        if value < 1:
-            raise ValueError(f"text_encoder: {name} must be >= 1, got {value}")
-    if width % num_heads:
-        raise ValueError(f"text_encoder: width {width} is not divisible by num_heads {num_heads}")
+    check_sizes(
+        "text_encoder",
+        vocab_size=vocab_size,
+        length=length,
+        width=width,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+    )
     return from_module(
         lambda rngs: TextEncoder(
             vocab_size,
