@@ -117,6 +117,36 @@ def test_eps_loss_uses_the_null_context_at_the_dropout_rate():
         diffusion.eps_loss(eps_fn, x0, context, null, jax.random.key(3), schedule, p_uncond=1.0)
 
 
+def test_min_snr_weight_is_min_snr_gamma_over_snr():
+    alpha_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))
+    snr = alpha_bar / (1.0 - alpha_bar)
+    t = np.array([0, 10, 100, 300, 500, 999])
+    weight = diffusion.min_snr_weight(diffusion.linear_schedule(1000), jnp.asarray(t), 5.0)
+    # 1 − ᾱ₀ ≈ 1e-4 is formed in float32, so a relative error near 1e-4 at t = 0 is cancellation, not error.
+    np.testing.assert_allclose(np.asarray(weight), np.minimum(snr[t], 5.0) / snr[t], rtol=1e-3)
+    assert float(weight[-1]) == 1.0 and float(weight[0]) < 1e-3
+
+
+def test_eps_loss_min_snr_weighting_averages_the_weight_over_uniform_t():
+    """With x₀ = 0, ε_θ(x_t) = x_t / √(1 − ᾱ_t) + 1 misses the noise by exactly 1 everywhere, so the weighted
+    loss is the batch mean of w_t; at uniform t it estimates (1/T) Σ_t min(SNR_t, γ)/SNR_t (float64)."""
+    schedule = diffusion.linear_schedule(1000)
+    alpha_bar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))
+    expected = np.mean(np.minimum(alpha_bar / (1 - alpha_bar), 3.0) / (alpha_bar / (1 - alpha_bar)))
+    x0 = jnp.zeros((20_000, 2, 2, 1))
+    context = null = jnp.zeros((1, 1))
+
+    def eps_fn(x, t, c):
+        return x / jnp.sqrt(1.0 - schedule.alphas_cumprod[t]).reshape(-1, 1, 1, 1) + 1.0
+
+    args = (eps_fn, x0, jnp.broadcast_to(context, (20_000, 1, 1)), null, jax.random.key(4), schedule)
+    assert abs(float(diffusion.eps_loss(*args)) - 1.0) < 1e-3
+    loss = float(jax.jit(lambda: diffusion.eps_loss(*args, snr_gamma=3.0))())
+    assert abs(loss - expected) < 0.015, (loss, expected)  # standard error ≈ 0.003
+    with pytest.raises(ValueError, match="snr_gamma must be positive"):
+        diffusion.eps_loss(*args, snr_gamma=0.0)
+
+
 def test_bad_arguments_raise():
     schedule = diffusion.linear_schedule(10)
     with pytest.raises(ValueError, match="beta"):
