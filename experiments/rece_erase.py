@@ -28,6 +28,7 @@ Presets: ``smoke`` (seconds; tests), ``quick`` (testbed trained in ≤ 15 min on
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any
@@ -276,6 +277,17 @@ class _Tuners:
         return self.attack(edited, concept_keys, self.study.keys["attack"])
 
 
+@functools.cache
+def _edit_fn(epochs: int, settings: tuple[tuple[str, float], ...]):
+    """The jitted UCE (``epochs == 0``) or RECE edit ``(params, concept, guide, preserve) -> params``, one per
+    setting, so concepts with equally many preserve prompts (and reruns) reuse one compilation."""
+    return jax.jit(
+        lambda params, concept, guide, preserve: erase.rece(
+            params, concept, guide, preserve, epochs=epochs, **dict(settings)
+        )[0]
+    )
+
+
 def erase_concept(study: _Study, tuners: _Tuners, name: str, original_samples) -> dict[str, Any]:
     """Every method erasing ``name``: per-method metrics, edit seconds and sample grids."""
     config, testbed = study.config, study.testbed
@@ -301,11 +313,7 @@ def erase_concept(study: _Study, tuners: _Tuners, name: str, original_samples) -
     }
     for epochs in (0, *config.rece_epochs):
         method = "uce" if epochs == 0 else f"rece_{epochs}"
-
-        def edit(params, concept, guide, preserve, epochs=epochs):
-            return erase.rece(params, concept, guide, preserve, epochs=epochs, **rece_kwargs)[0]
-
-        jitted = jax.jit(edit)
+        jitted = _edit_fn(epochs, tuple(sorted(rece_kwargs.items())))
         arguments = (study.original, concept_keys, guide_keys, preserve_keys)
         jitted(*arguments)  # compile outside the timing
         edits[method] = _timed(jitted, *arguments)

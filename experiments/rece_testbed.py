@@ -46,12 +46,13 @@ class TestbedConfig:
     channels: tuple[int, ...] = (16, 32, 64)
     attention: tuple[bool, ...] = (False, True, True)
     layers_per_block: int = 1
-    steps: int = 1500
-    batch_size: int = 64
+    steps: int = 3000
+    batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 100
-    ema_decay: float = 0.995
+    ema_decay: float = 0.998
     p_uncond: float = 0.1
+    snr_gamma: float | None = 5.0
     classifier_epochs: int = 4
     seed: int = 0
 
@@ -228,7 +229,14 @@ def _train_diffusion(
         null = text_model.apply({"params": params["text"]}, empty)[0]
         eps_fn = eps_function(unet_model, params["unet"])
         return diffusion.eps_loss(
-            eps_fn, images, context, null, rng, noise_schedule, p_uncond=config.p_uncond
+            eps_fn,
+            images,
+            context,
+            null,
+            rng,
+            noise_schedule,
+            p_uncond=config.p_uncond,
+            snr_gamma=config.snr_gamma,
         )
 
     @jax.jit

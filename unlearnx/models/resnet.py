@@ -42,7 +42,25 @@ def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, rngs: nnx.Rngs) -> 
     )
 
 
-class BasicBlock(nnx.Module):
+class ResidualBlock(nnx.Module):
+    """The shortcut shared by residual blocks: identity, or a 1x1 conv/BN projection (``Conv_proj``,
+    ``BatchNorm_proj``) when the stride or the channel count changes; the block outputs relu(shortcut + y)."""
+
+    def _init_shortcut(
+        self, in_ch: int, out_ch: int, stride: int, bn_momentum: float, rngs: nnx.Rngs
+    ) -> None:
+        self.project = stride != 1 or in_ch != out_ch
+        if self.project:
+            self.Conv_proj = _conv(in_ch, out_ch, 1, stride, rngs)
+            self.BatchNorm_proj = nnx.BatchNorm(out_ch, momentum=bn_momentum, rngs=rngs)
+
+    def _add_shortcut(self, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
+        if self.project:
+            x = self.BatchNorm_proj(self.Conv_proj(x), use_running_average=not train)
+        return nnx.relu(x + y)
+
+
+class BasicBlock(ResidualBlock):
     """Two 3x3 conv/BN layers with an identity or 1x1 conv/BN projection shortcut.
 
     Args:
@@ -58,18 +76,13 @@ class BasicBlock(nnx.Module):
         self.BatchNorm_0 = nnx.BatchNorm(out_ch, momentum=bn_momentum, rngs=rngs)
         self.Conv_1 = _conv(out_ch, out_ch, 3, 1, rngs)
         self.BatchNorm_1 = nnx.BatchNorm(out_ch, momentum=bn_momentum, rngs=rngs)
-        self.project = stride != 1 or in_ch != out_ch
-        if self.project:
-            self.Conv_proj = _conv(in_ch, out_ch, 1, stride, rngs)
-            self.BatchNorm_proj = nnx.BatchNorm(out_ch, momentum=bn_momentum, rngs=rngs)
+        self._init_shortcut(in_ch, out_ch, stride, bn_momentum, rngs)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Applies the block to NHWC ``x``."""
         y = nnx.relu(self.BatchNorm_0(self.Conv_0(x), use_running_average=not train))
         y = self.BatchNorm_1(self.Conv_1(y), use_running_average=not train)
-        if self.project:
-            x = self.BatchNorm_proj(self.Conv_proj(x), use_running_average=not train)
-        return nnx.relu(x + y)
+        return self._add_shortcut(x, y, train)
 
 
 class ResNet(nnx.Module):

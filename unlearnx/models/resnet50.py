@@ -22,7 +22,7 @@ import jax
 from flax import nnx
 
 from unlearnx.models.bridge import Model
-from unlearnx.models.resnet import _conv, cifar_resnet
+from unlearnx.models.resnet import ResidualBlock, _conv, cifar_resnet
 
 STAGES = ((1, 1, 3), (2, 2, 4), (4, 2, 6), (8, 2, 3))
 """Per stage: (base width multiplier, stride, number of blocks)."""
@@ -30,7 +30,7 @@ STAGES = ((1, 1, 3), (2, 2, 4), (4, 2, 6), (8, 2, 3))
 EXPANSION = 4
 
 
-class Bottleneck(nnx.Module):
+class Bottleneck(ResidualBlock):
     """1x1 / 3x3 / 1x1 conv-BN layers with an identity or 1x1 conv/BN projection shortcut.
 
     Args:
@@ -49,19 +49,14 @@ class Bottleneck(nnx.Module):
         self.BatchNorm_1 = nnx.BatchNorm(base_ch, momentum=bn_momentum, rngs=rngs)
         self.Conv_2 = _conv(base_ch, out_ch, 1, 1, rngs)
         self.BatchNorm_2 = nnx.BatchNorm(out_ch, momentum=bn_momentum, rngs=rngs)
-        self.project = stride != 1 or in_ch != out_ch
-        if self.project:
-            self.Conv_proj = _conv(in_ch, out_ch, 1, stride, rngs)
-            self.BatchNorm_proj = nnx.BatchNorm(out_ch, momentum=bn_momentum, rngs=rngs)
+        self._init_shortcut(in_ch, out_ch, stride, bn_momentum, rngs)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Applies the block to NHWC ``x``."""
         y = nnx.relu(self.BatchNorm_0(self.Conv_0(x), use_running_average=not train))
         y = nnx.relu(self.BatchNorm_1(self.Conv_1(y), use_running_average=not train))
         y = self.BatchNorm_2(self.Conv_2(y), use_running_average=not train)
-        if self.project:
-            x = self.BatchNorm_proj(self.Conv_proj(x), use_running_average=not train)
-        return nnx.relu(x + y)
+        return self._add_shortcut(x, y, train)
 
 
 def resnet50(
