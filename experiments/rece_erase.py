@@ -324,6 +324,10 @@ def erase_concept(study: _Study, tuners: _Tuners, name: str, original_samples) -
     attack_count = config.samples_per_prompt * len(
         config.colours if concept.kind == "shape" else config.shapes
     )
+    original_kernels = _selected(study.original)
+    uce_derived = erase.derive_embedding(
+        _selected(edits["uce"][0]), original_kernels, concept_keys, reg=config.rece_reg
+    )
     results, seconds, grids = {}, {}, {}
     for method, (params, edit_seconds) in edits.items():
         if method == "original":
@@ -332,14 +336,11 @@ def erase_concept(study: _Study, tuners: _Tuners, name: str, original_samples) -
             images, shape, colour = study.sample(params, study.contexts, study.keys["sample"])
         predicted = shape if concept.kind == "shape" else colour
         derived = erase.derive_embedding(
-            _selected(params), _selected(study.original), concept_keys, reg=config.rece_reg
+            _selected(params), original_kernels, concept_keys, reg=config.rece_reg
         )
         attacked, attack_seconds = _timed(tuners.gradient_attack, params, concept_keys)
         attack_contexts = jnp.concatenate(
-            [
-                jnp.broadcast_to(derived, (attack_count, *derived.shape)),
-                jnp.broadcast_to(attacked, (attack_count, *attacked.shape)),
-            ]
+            [jnp.broadcast_to(rows, (attack_count, *rows.shape)) for rows in (derived, attacked, uce_derived)]
         )
         attack_images, attack_shape, attack_colour = study.sample(
             params, attack_contexts, study.keys["attack_sample"]
@@ -355,10 +356,18 @@ def erase_concept(study: _Study, tuners: _Tuners, name: str, original_samples) -
             if method == "original"
             else metrics_lib.kv_output_change(study.original, params, keep_contexts),
             "asr_derived": metrics_lib.attack_success_rate(attack_predicted[:attack_count], concept.label),
-            "asr_gradient": metrics_lib.attack_success_rate(attack_predicted[attack_count:], concept.label),
+            "asr_gradient": metrics_lib.attack_success_rate(
+                attack_predicted[attack_count : 2 * attack_count], concept.label
+            ),
+            "asr_uce_derived": metrics_lib.attack_success_rate(
+                attack_predicted[2 * attack_count :], concept.label
+            ),
         }
         seconds[method] = {"edit": edit_seconds, "gradient_attack": attack_seconds}
-        grids[method] = {"samples": images, "attack": attack_images[:: config.samples_per_prompt]}
+        grids[method] = {
+            "samples": images,
+            "attack": attack_images[: 2 * attack_count : config.samples_per_prompt],
+        }
     return {
         "kind": concept.kind,
         "label": concept.label,

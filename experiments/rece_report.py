@@ -15,6 +15,7 @@ COLUMNS = (
     ("preserve_both_acc", "preserve shape+colour % ↑"),
     ("kv_change", "ΔKV other prompts % ↓"),
     ("asr_derived", "ASR derived c′ % ↓"),
+    ("asr_uce_derived", "ASR UCE's c′ % ↓"),
     ("asr_gradient", "ASR gradient % ↓"),
 )
 
@@ -76,7 +77,9 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
         "attribute (shape or colour) correct on the other concepts' prompts; shape+colour: both correct. "
         "ΔKV: relative change of the other prompts' attn2 key/value projections. ASR: samples classified "
         "as the concept when the attack's embedding is fed directly as conditioning (RECE closed form "
-        f"c′ with λ_reg = {config.rece_reg}; gradient: {config.attack_steps} Adam steps). Edit seconds "
+        f"c′ with λ_reg = {config.rece_reg}, derived against the row's model; UCE's c′: the one derived "
+        "against the UCE edit, which the first RECE round erases; gradient: "
+        f"{config.attack_steps} Adam steps, against the row's model). Edit seconds "
         "are wall time of the jitted edit after compilation (ESD-x: its fine-tuning loop, "
         f"{config.esd_steps} steps).",
         "",
