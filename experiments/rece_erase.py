@@ -18,7 +18,9 @@ Metrics (a shape × colour CNN trained on real images labels every DDIM sample):
 ``"a <colour> circle"`` still classified circle), preservation accuracy (prompted shape on the other shapes'
 prompts; for colour erasure the prompted colour on the other colours' prompts), ΔKV (relative change of the
 other prompts' cross-attention key/value projections), attack success rate of the RECE-derived embedding
-c′ of the edited model fed directly as conditioning, and of a gradient attack (Adam on a free embedding so
+c′ of the edited model fed directly as conditioning, of the c′ derived against the UCE edit (the embedding
+RECE's first round erases; in the UCE row it is the same embedding under other sampling noise), and of a
+gradient attack (Adam on a free embedding so
 the edited model's ε matches the original's on the concept prompt), and the edit's wall time.
 
 Presets: ``smoke`` (seconds; tests), ``quick`` (testbed trained in ≤ 15 min on 2 CPU cores, cached),
