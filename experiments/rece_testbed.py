@@ -34,7 +34,12 @@ __all__ = ["Testbed", "TestbedConfig", "build"]
 
 @dataclasses.dataclass(frozen=True)
 class TestbedConfig:
-    """Everything that determines the trained testbed (its cache key)."""
+    """Everything that determines the trained testbed (its cache key).
+
+    The defaults (Min-SNR-5 ε loss, batch 32, 3,000 steps) give unedited samples with the prompted shape and
+    colour 100% of the time after ~11 min on 2 CPU cores; DDPM's unweighted loss with 1,500 steps of batch 64
+    reached only 59% (shape) and 81% (colour), its squares and triangles drawn as blobs.
+    """
 
     image_size: int = 16
     shapes: tuple[str, ...] = ("circle", "square", "triangle", "star")
