@@ -337,8 +337,12 @@ def erase_concept(study: _Study, tuners: _Tuners, name: str, original_samples) -
         else:
             images, shape, colour = study.sample(params, study.contexts, study.keys["sample"])
         predicted = shape if concept.kind == "shape" else colour
-        derived = erase.derive_embedding(
-            _selected(params), original_kernels, concept_keys, reg=config.rece_reg
+        derived = (
+            uce_derived
+            if method == "uce"
+            else erase.derive_embedding(
+                _selected(params), original_kernels, concept_keys, reg=config.rece_reg
+            )
         )
         attacked, attack_seconds = _timed(tuners.gradient_attack, params, concept_keys)
         attack_contexts = jnp.concatenate(
