@@ -88,8 +88,8 @@ def main() -> None:
         opt_state = optimizer.init(variables["params"])
         if count is not None:  # the transform's update runs step count + 1
             opt_state = opt_state._replace(count=jnp.asarray(count, jnp.int32))
-        state = train.TrainState(jnp.asarray(0, jnp.int32), variables, opt_state)
-        return lambda: step(state, batch, rng)
+        state = train.TrainState(jnp.asarray(0, jnp.int32), variables, opt_state, rng)
+        return lambda: step(state, batch)
 
     # Step 1 (count 0) is never an update; step ΔT (count ΔT − 1) is, for GraNet (pruning while
     # step <= end_step, then regrowth) and RigL alike. The mask-update steps are timed apart: interleaved

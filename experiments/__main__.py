@@ -12,17 +12,21 @@ import time
 
 import experiments
 from experiments import runner
-from unlearnx import parallel
+from unlearnx import parallel, train
 
 
 def _parse_interrupt(text: str) -> tuple[str, int]:
-    phase, _, epoch = text.rpartition(":")
-    if not phase or not epoch.isdigit():
-        raise argparse.ArgumentTypeError(f"--interrupt takes PHASE:EPOCH, got {text!r}")
-    return phase, int(epoch)
+    phase, _, step = text.rpartition(":")
+    if not phase or not step.isdigit():
+        raise argparse.ArgumentTypeError(f"--interrupt takes LOOP:STEP, got {text!r}")
+    return phase, int(step)
 
 
 def run_one(name: str, preset: str, overrides, *, out: str, resume: bool, interrupt=None) -> str:
+    """Runs experiment ``name`` with ``preset`` and ``overrides``; returns its run directory.
+
+    ``interrupt=(loop, step)`` is the testing aid for preemption: the training loop named ``loop`` stops
+    once it has run ``step`` steps, exactly as on SIGTERM (:func:`unlearnx.train.stop_at`)."""
     module = experiments.load(name)
     if preset not in module.PRESETS:
         raise SystemExit(f"{name}: unknown preset {preset!r}; presets: {', '.join(module.PRESETS)}")
@@ -30,12 +34,16 @@ def run_one(name: str, preset: str, overrides, *, out: str, resume: bool, interr
     run_dir = runner.run_directory(out, name, config, resume=resume)
     print(f"== {name} [{preset}] -> {run_dir}", flush=True)
     started = time.perf_counter()
+    if interrupt is not None:
+        train.stop_at(*interrupt)
     try:
-        module.main(config, run_dir, interrupt=interrupt)
-    except KeyboardInterrupt as stop:
+        module.main(config, run_dir)
+    except (train.Preempted, KeyboardInterrupt) as stop:
         raise SystemExit(
             f"{name} interrupted ({stop}); rerun with --resume to continue from {run_dir}"
         ) from None
+    finally:
+        train.clear_stop()
     print(f"== {name} done in {time.perf_counter() - started:.1f} s; report: {run_dir}/report.md", flush=True)
     return run_dir
 
@@ -55,10 +63,11 @@ def main(argv=None) -> None:
         "--interrupt",
         type=_parse_interrupt,
         default=None,
-        help="testing aid: stop after PHASE:EPOCH has been checkpointed",
+        help="testing aid: stop (as on SIGTERM) once the training loop LOOP has run STEP steps",
     )
     args, overrides = parser.parse_known_args(argv)
     parallel.initialize_distributed()
+    train.install_sigterm_handler()
     print("experiments:")
     for name in experiments.EXPERIMENTS:
         module = experiments.load(name)

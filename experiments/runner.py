@@ -1,5 +1,5 @@
 """What every experiment shares: presets and ``--key value`` overrides of a frozen config, the run
-directory ``runs/<name>/<timestamp>/`` (reused by ``--resume``), JSON/Markdown writers and mean ± std."""
+directory ``runs/<name>/<timestamp>/`` (reused by ``--resume``) and the JSON/Markdown writers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -22,8 +22,6 @@ from unlearnx import models
 __all__ = [
     "apply_overrides",
     "build_model",
-    "markdown_table",
-    "mean_std",
     "run_directory",
     "write_json",
     "write_outputs",
@@ -140,22 +138,6 @@ def run_directory(root: str | os.PathLike, name: str, config: Any, *, resume: bo
     if jax.process_index() == 0:
         write_json(os.path.join(directory, "config.json"), config)
     return directory
-
-
-def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and population standard deviation, ignoring NaN entries."""
-    array = np.asarray(list(values), np.float64)
-    array = array[~np.isnan(array)]
-    if array.size == 0:
-        return float("nan"), float("nan")
-    return float(array.mean()), float(array.std())
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 @functools.cache

@@ -1,8 +1,10 @@
-"""Atomic, resumable checkpoints of any pytree with orbax's ``CheckpointManager``.
+"""Atomic, resumable checkpoints of any pytree (plus a JSON record) with orbax's ``CheckpointManager``.
 
-A training loop saves its state (parameters, optimizer state, counters) at the end of each epoch; a rerun
-restores the latest step into the same structure and continues, which, with deterministic data order and
-step-folded RNG, ends in exactly the state an uninterrupted run reaches.
+A training loop saves its whole state (parameters, optimizer state, RNG, counters) together with a small
+JSON document (its metric history) when orbax's save-decision policy says so; a rerun restores the newest
+step into the same structure and continues, which, with deterministic data order and step-folded RNG, ends
+in exactly the state an uninterrupted run reaches. Orbax writes each step to a temporary folder and renames
+it when complete, so a process killed mid-write leaves the previous step intact.
 """
 
 from __future__ import annotations
@@ -12,53 +14,105 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
 
 PyTree = Any
 
-__all__ = ["Checkpointer"]
+__all__ = ["Checkpointer", "interval_policy"]
+
+
+def interval_policy(
+    *, seconds: float | None = None, steps: int | None = None
+) -> policies.SaveDecisionPolicy | None:
+    """An orbax save-decision policy: at most every ``seconds`` of wall time and/or every ``steps`` steps.
+
+    ``seconds=0`` saves whenever the caller offers a save point; both ``None`` gives ``None`` (only forced
+    saves: the final step and preemption).
+
+    Raises:
+      ValueError: if ``seconds`` is negative or ``steps`` is not a positive int.
+    """
+    chosen = []
+    if seconds is not None:
+        if not seconds >= 0:
+            raise ValueError(f"interval_policy: seconds must be >= 0, got {seconds!r}")
+        chosen.append(policies.ContinuousCheckpointingPolicy(minimum_interval_secs=seconds))
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"interval_policy: steps must be a positive int, got {steps!r}")
+        chosen.append(policies.FixedIntervalPolicy(steps))
+    if not chosen:
+        return None
+    return chosen[0] if len(chosen) == 1 else policies.AnySavePolicy(chosen)
 
 
 class Checkpointer:
-    """A directory of numbered checkpoints of one pytree structure.
+    """A directory of numbered checkpoints of one pytree structure, each with an optional JSON record.
 
     Args:
       directory: where the numbered step folders live (created if missing).
       max_to_keep: how many of the newest checkpoints to keep.
+      policy: orbax ``SaveDecisionPolicy`` consulted by :meth:`should_save` (see :func:`interval_policy`);
+        ``None`` never asks for a save, so only forced saves happen.
 
     Example::
 
-      ckpt = Checkpointer("runs/x/checkpoints/train")
-      start = 0
-      if ckpt.latest_step() is not None:
-          start = ckpt.latest_step()
-          state = ckpt.restore(state)
-      ...
-      ckpt.save(epoch + 1, state)
+      with Checkpointer("runs/x/checkpoints/train", policy=interval_policy(seconds=60)) as ckpt:
+          if ckpt.latest_step() is not None:
+              state, history = ckpt.restore(state)
+          ...
+          if ckpt.should_save(step):
+              ckpt.save(step, state, history)
     """
 
-    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        max_to_keep: int = 2,
+        policy: policies.SaveDecisionPolicy | None = None,
+    ):
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
         self.directory = os.path.abspath(os.fspath(directory))
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        self._asks = policy is not None
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, save_decision_policy=policy
+        )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         """The newest saved step, or ``None`` when the directory holds no checkpoint."""
         return self._manager.latest_step()
 
-    def save(self, step: int, tree: PyTree) -> None:
-        """Saves ``tree`` as ``step`` and waits until it is durably written (the write is atomic)."""
-        self._manager.save(step, args=ocp.args.StandardSave(tree), force=True)
+    def all_steps(self) -> list[int]:
+        """Every saved step, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def should_save(self, step: int) -> bool:
+        """Whether the policy asks for a save at ``step`` (never, without a policy)."""
+        return self._asks and self._manager.should_save(step)
+
+    def save(self, step: int, tree: PyTree, record: Any = None) -> None:
+        """Saves ``tree`` (and the JSON-able ``record``) as ``step`` and waits until it is durably written."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(tree), record=ocp.args.JsonSave(record))
+        self._manager.save(step, args=args, force=True)
         self._manager.wait_until_finished()
 
-    def restore(self, like: PyTree, step: int | None = None) -> PyTree:
-        """Restores ``step`` (default: the latest) into the structure, shapes and dtypes of ``like``."""
+    def restore(self, like: PyTree, step: int | None = None) -> tuple[PyTree, Any]:
+        """Restores ``step`` (default: the latest) into the structure, shapes, dtypes and shardings of
+        ``like``; returns ``(tree, record)``.
+
+        Raises:
+          FileNotFoundError: if there is no checkpoint to restore.
+        """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint to restore in {self.directory}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore())
+        restored = self._manager.restore(step, args=args)
+        return restored["state"], restored["record"]
 
     def close(self) -> None:
         self._manager.close()

@@ -24,6 +24,7 @@ __all__ = [
     "data_mesh",
     "initialize_distributed",
     "is_main_process",
+    "param_shardings",
     "process_share",
     "replicate",
     "shard_batch",
@@ -62,38 +63,57 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def process_share(batch: PyTree) -> PyTree:
+def param_shardings(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Per-leaf shardings that split each leaf over ``mesh``'s first axis along its largest dimension the
+    axis size divides (FSDP-style parameter sharding); leaves with no such dimension are replicated."""
+    axis, count = mesh.axis_names[0], mesh.devices.size
+
+    def sharding(leaf):
+        shape = np.shape(leaf)
+        dims = [d for d in sorted(range(len(shape)), key=lambda d: -shape[d]) if shape[d] % count == 0]
+        if not dims or count == 1:
+            return NamedSharding(mesh, PartitionSpec())
+        spec = [None] * len(shape)
+        spec[dims[0]] = axis
+        return NamedSharding(mesh, PartitionSpec(*spec))
+
+    return jax.tree.map(sharding, tree)
+
+
+def process_share(batch: PyTree, axis: int = 0) -> PyTree:
     """This process's contiguous share of a global host batch that every process loaded identically.
 
-    Process i of P keeps rows [i·B/P, (i+1)·B/P); the shares, concatenated in process order, are the
-    global batch that :func:`shard_batch` assembles. With one process the batch is returned as is.
+    Process i of P keeps rows [i·B/P, (i+1)·B/P) of ``axis``; the shares, concatenated in process order,
+    are the global batch that :func:`shard_batch` assembles. With one process the batch is returned as is.
     """
     count, index = jax.process_count(), jax.process_index()
     if count == 1:
         return batch
-    size = np.shape(jax.tree.leaves(batch)[0])[0]
+    size = np.shape(jax.tree.leaves(batch)[0])[axis]
     if size % count:
         raise ValueError(f"a global batch of {size} cannot be split evenly over {count} processes")
     share = size // count
-    return jax.tree.map(lambda leaf: leaf[index * share : (index + 1) * share], batch)
+    return jax.tree.map(
+        lambda leaf: np.take(leaf, np.arange(index * share, (index + 1) * share), axis=axis), batch
+    )
 
 
-def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
-    """Places a host batch on ``mesh`` split along its leading axis.
+def shard_batch(batch: PyTree, mesh: Mesh, axis: int = 0) -> PyTree:
+    """Places a host batch on ``mesh`` split along ``axis`` (the example axis; 0 by default).
 
     Each process passes its own share of the global batch (:func:`process_share`; the whole batch when
     there is one process). On one process a batch not divisible by the number of devices (a short last
     batch) is replicated instead, which gives the same result at some extra cost; across processes that
     would mix different data, so it is an error.
     """
-    axis = mesh.axis_names[0]
+    name = mesh.axis_names[0]
     local_devices = mesh.local_mesh.devices.size
-    sizes = {np.shape(leaf)[0] for leaf in jax.tree.leaves(batch)}
+    sizes = {np.shape(leaf)[axis] for leaf in jax.tree.leaves(batch)}
     if len(sizes) != 1:
         raise ValueError(f"batch leaves disagree on the leading (batch) size: {sorted(sizes)}")
     size = sizes.pop()
     if size % local_devices and jax.process_count() > 1:
         raise ValueError(f"a per-process batch of {size} does not split over {local_devices} local devices")
-    spec = PartitionSpec(axis) if size % local_devices == 0 else PartitionSpec()
+    spec = PartitionSpec(*([None] * axis), name) if size % local_devices == 0 else PartitionSpec()
     sharding = NamedSharding(mesh, spec)
     return jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(sharding, leaf), batch)

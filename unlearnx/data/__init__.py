@@ -3,7 +3,7 @@ repeated-data mixtures, forget/retain splits and batching."""
 
 from unlearnx.data import knowledge, knowledge_corpus
 from unlearnx.data.augment import crop_and_flip
-from unlearnx.data.batching import batches, num_batches
+from unlearnx.data.batching import EpochBatches, batches, num_batches
 from unlearnx.data.dataset import Dataset
 from unlearnx.data.repeated import RepeatedMixture, repeated_mixture
 from unlearnx.data.shapes import captioned_shapes
@@ -12,6 +12,7 @@ from unlearnx.data.splits import forget_retain_split
 
 __all__ = [
     "Dataset",
+    "EpochBatches",
     "RepeatedMixture",
     "batches",
     "captioned_shapes",

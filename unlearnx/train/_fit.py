@@ -1,0 +1,119 @@
+"""Supervised training in one call: :func:`unlearnx.train.loop` over epochs of in-memory arrays."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from unlearnx import data
+from unlearnx.checkpoint import interval_policy
+from unlearnx.models import Model
+from unlearnx.train._loop import loop
+from unlearnx.train._step import Batch, PyTree, TrainState, example_losses, make_train_step
+from unlearnx.train._writers import MetricLogger
+
+__all__ = ["fit"]
+
+
+def fit(
+    model: Model,
+    variables: PyTree,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    optimizer: optax.GradientTransformation,
+    epochs: int,
+    batch_size: int,
+    rng: jax.Array,
+    seed: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_seconds: float | None = 60.0,
+    logger: MetricLogger | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    on_epoch_end: Callable[[int, TrainState], Mapping[str, Any] | None] | None = None,
+    augment: Callable[[dict, np.random.Generator], dict] | None = None,
+    loss: Callable[[jax.Array, Batch], jax.Array] = example_losses,
+    desc: str = "train",
+    progress: bool = True,
+    shard_params: bool = False,
+) -> tuple[PyTree, list[dict[str, Any]]]:
+    """Trains ``variables`` for ``epochs`` passes over ``arrays``; returns ``(variables, history)``.
+
+    Each step minimises the batch mean of ``loss`` (default: the weighted cross-entropy / soft-target KL of
+    :func:`example_losses`). Data order comes from ``seed`` and the epoch
+    (:class:`unlearnx.data.EpochBatches`:
+    the last short batch of an epoch is dropped unless the set is smaller than one batch); the step RNG is
+    ``fold_in(rng, step)``. Training runs on :func:`unlearnx.train.loop` with one record per epoch
+    (``phase``, ``epoch``, ``step``, mean ``loss``, ``seconds`` and what ``on_epoch_end`` adds), so it is
+    data-parallel, checkpointed, resumable bit for bit and preemptible.
+
+    Args:
+      model: the pure model.
+      variables: initial variables (``{"params": ..., ["batch_stats": ...]}``).
+      arrays: training examples, ``{"x": [N, ...], "y": [N], ...}`` (see :func:`example_losses`).
+      optimizer: an optax transformation.
+      epochs: number of passes (0 returns ``variables`` unchanged).
+      batch_size: examples per step.
+      rng: key for stochastic layers.
+      seed: data-order seed.
+      checkpoint_dir: where to checkpoint (``None``: no checkpoints).
+      checkpoint_seconds: minimum wall time between end-of-epoch checkpoints (0: every epoch; ``None``: only
+        the last epoch). The last epoch is always saved, so a rerun of a finished fit returns at once.
+      logger: receives one record per epoch (JSONL + TensorBoard).
+      mesh: data-parallel mesh (default: all devices).
+      on_epoch_end: ``on_epoch_end(epoch, state) -> dict | None``; the dict joins the epoch's record (and so
+        the checkpointed history).
+      augment: host-side batch transform ``augment(batch, generator)`` (e.g.
+        :func:`unlearnx.data.crop_and_flip`), seeded by ``(seed, epoch, batch index)``.
+      loss: per-example objective ``loss(outputs, batch) -> [B]`` (:func:`example_losses` for classifiers,
+        :func:`next_token_losses` for language models).
+      desc: the loop's name (progress bar, records, :func:`stop_at`).
+      progress: show a progress bar.
+      shard_params: shard parameters and optimizer state over the mesh instead of replicating them.
+
+    Returns:
+      ``(variables, history)``: the trained variables and the per-epoch records.
+
+    Raises:
+      ValueError: for ``epochs < 0``, ``batch_size < 1`` or empty ``arrays``.
+      Preempted: after a checkpoint, when a stop was requested.
+
+    Example::
+
+      variables, history = train.fit(model, model.init(jax.random.key(0)), {"x": x, "y": y},
+                                     optimizer=optax.adam(1e-3), epochs=5, batch_size=64,
+                                     rng=jax.random.key(1))
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"fit needs an int epochs >= 0, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"fit needs an int batch_size >= 1, got {batch_size!r}")
+    sampler = data.EpochBatches(arrays, batch_size, seed=seed, augment=augment)
+    per_epoch = sampler.per_epoch
+
+    def on_interval(step: int, state: TrainState, step_metrics) -> dict[str, Any]:
+        record = {"epoch": step // per_epoch}
+        if on_epoch_end is not None:
+            record.update(on_epoch_end(step // per_epoch, state) or {})
+        return record
+
+    state, history = loop(
+        make_train_step(model, optimizer, loss=loss),
+        TrainState.create(variables, optimizer, rng),
+        sampler,
+        epochs * per_epoch,
+        name=desc,
+        interval=per_epoch,
+        on_interval=on_interval,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_policy=interval_policy(seconds=checkpoint_seconds),
+        logger=logger,
+        mesh=mesh,
+        shard_params=shard_params,
+        progress=progress,
+    )
+    return state.variables, history

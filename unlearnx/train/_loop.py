@@ -1,0 +1,208 @@
+"""The training engine: one sharded, checkpointed, preemptible loop over any step function."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from unlearnx import parallel
+from unlearnx.checkpoint import Checkpointer, interval_policy
+from unlearnx.train._preemption import Preempted, stop_requested
+from unlearnx.train._writers import MetricLogger
+
+State = TypeVar("State")
+Batch = Mapping[str, Any]
+Metrics = Mapping[str, jax.Array]
+
+__all__ = ["loop"]
+
+_DEFAULT_POLICY = object()
+
+
+def _check_count(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise ValueError(f"loop: {name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+@functools.lru_cache(maxsize=32)
+def _pinned(step_fn: Callable, leaves: tuple, treedef: Any) -> Callable:
+    """``step_fn`` jitted so that its new state keeps the given (parameter-sharded) shardings."""
+    shardings = jax.tree.unflatten(treedef, leaves)
+
+    def step(state, batch):
+        new_state, metrics = step_fn(state, batch)
+        return jax.lax.with_sharding_constraint(new_state, shardings), metrics
+
+    return jax.jit(step)
+
+
+def _encode_pending(pending: dict[str, list]) -> dict[str, Any]:
+    """The metrics of an unfinished interval as JSON (float32/int values survive a float64 round trip)."""
+    encoded = {}
+    for key, values in pending.items():
+        stacked = np.asarray(jnp.stack(values))
+        encoded[key] = {"dtype": str(stacked.dtype), "values": stacked.tolist()}
+    return encoded
+
+
+def _decode_pending(encoded: Mapping[str, Any]) -> dict[str, list]:
+    return {
+        key: list(jnp.asarray(np.asarray(item["values"], dtype=item["dtype"])))
+        for key, item in encoded.items()
+    }
+
+
+def _restore(checkpointer: Checkpointer, state, num_steps: int):
+    """(start step, state, history, pending metrics) from the newest checkpoint at or before ``num_steps``."""
+    steps = checkpointer.all_steps()
+    if not steps:
+        return 0, state, [], {}
+    usable = [step for step in steps if step <= num_steps]
+    if not usable:
+        raise ValueError(
+            f"loop: {checkpointer.directory} holds steps {steps}, all past num_steps={num_steps}; "
+            "it belongs to a longer run (use another checkpoint_dir)"
+        )
+    restored, record = checkpointer.restore(state, usable[-1])
+    return usable[-1], restored, list(record["history"]), _decode_pending(record["pending"])
+
+
+def _summarise(pending: dict[str, list]) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+    """Stacked per-step metrics and their means over the interval (plain floats or lists)."""
+    stacked = {key: jnp.stack(values) for key, values in pending.items()}
+    means = {}
+    for key, values in stacked.items():
+        mean = np.asarray(jnp.mean(values, axis=0))
+        means[key] = mean.item() if mean.ndim == 0 else mean.tolist()
+    return stacked, means
+
+
+def loop(
+    step_fn: Callable[[State, Batch], tuple[State, Metrics]],
+    state: State,
+    batch_at: Callable[[int], Batch],
+    num_steps: int,
+    *,
+    name: str = "train",
+    interval: int = 1,
+    on_interval: Callable[[int, State, dict[str, jax.Array]], Mapping[str, Any] | None] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_policy: Any = _DEFAULT_POLICY,
+    logger: MetricLogger | None = None,
+    mesh: Mesh | None = None,
+    shard_params: bool = False,
+    batch_axis: int = 0,
+    progress: bool = True,
+) -> tuple[State, list[dict[str, Any]]]:
+    """Runs ``state, metrics = step_fn(state, batch_at(i))`` for i = 0 … ``num_steps`` − 1, data-parallel,
+    checkpointed, resumable and preemptible.
+
+    Every ``interval`` steps (and after the last) the loop closes a *record*: the interval's mean of each
+    metric, ``phase`` (= ``name``), ``step``, ``seconds``, and whatever ``on_interval(step, state,
+    step_metrics)`` returns (``step_metrics`` stacks the interval's per-step metrics). Records go to
+    ``logger`` (JSONL + TensorBoard) and to the returned history. At a record the loop offers orbax's save
+    policy a save; the last step is always saved, and so is the step at which a stop is requested
+    (SIGTERM, :func:`request_stop`, :func:`stop_at`), after which :class:`Preempted` is raised. A
+    checkpoint holds the whole state, the history and the unfinished interval's metrics, so a rerun with the
+    same arguments restores the newest step and ends in bit-identical state and history.
+
+    Sharding: the state is replicated over ``mesh`` (default: every device), or with ``shard_params``
+    each leaf is split along its largest dimension that the device count divides (FSDP-style, for models
+    that do not fit one chip); each batch is split along ``batch_axis`` over the mesh, every process
+    passing the same global host batch (:func:`unlearnx.parallel.process_share` keeps its share).
+
+    Args:
+      step_fn: ``(state, batch) -> (state, {name: scalar or per-run array})``, usually jitted.
+      state: any pytree (e.g. :class:`TrainState`); RNG belongs in it (fold in the step inside ``step_fn``).
+      batch_at: the host batch of step ``i``; must be a deterministic function of ``i`` for exact resume.
+      num_steps: total steps of this loop (a resumed loop runs only the rest).
+      name: the loop's name in records, progress bar, :func:`stop_at` and :class:`Preempted`.
+      interval: steps per record (an epoch, an evaluation period).
+      on_interval: extra record fields from ``(step, state, step_metrics)``, e.g. an evaluation.
+      checkpoint_dir: where to checkpoint (``None``: no checkpoints; a stop request then loses progress).
+      checkpoint_policy: orbax ``SaveDecisionPolicy`` consulted at each record (default: at most once a
+        minute, :func:`unlearnx.checkpoint.interval_policy`; ``None``: only the final and stop saves).
+      logger: where records are written (resumed loops first drop their own records past the restored step).
+      mesh: data-parallel mesh (default: every device of every process).
+      shard_params: shard the state's leaves over the mesh instead of replicating them.
+      batch_axis: the axis of every batch leaf that holds examples (1 for batches of vmapped runs).
+      progress: show a progress bar.
+
+    Returns:
+      ``(state, history)``: the final state and the list of records.
+
+    Raises:
+      ValueError: for a negative ``num_steps``, an ``interval`` < 1, or a checkpoint past ``num_steps``.
+      Preempted: after saving, when a stop was requested.
+
+    Example::
+
+      step = train.make_train_step(model, optax.adam(1e-3))
+      state = train.TrainState.create(model.init(jax.random.key(0)), optax.adam(1e-3), jax.random.key(1))
+      sampler = data.EpochBatches(arrays, 64, seed=0)
+      state, history = train.loop(step, state, sampler, 10 * sampler.per_epoch, interval=sampler.per_epoch)
+    """
+    num_steps = _check_count("num_steps", num_steps, 0)
+    interval = _check_count("interval", interval, 1)
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    if shard_params:
+        shardings = parallel.param_shardings(state, mesh)
+        state = jax.device_put(state, shardings)
+        leaves, treedef = jax.tree.flatten(shardings)
+        step_fn = _pinned(step_fn, tuple(leaves), treedef)
+    else:
+        state = parallel.replicate(state, mesh)
+    if checkpoint_policy is _DEFAULT_POLICY:
+        checkpoint_policy = interval_policy(seconds=60)
+    checkpointer = None
+    if checkpoint_dir is not None:
+        checkpointer = Checkpointer(checkpoint_dir, policy=checkpoint_policy)
+    try:
+        start, history, pending = 0, [], {}
+        if checkpointer is not None:
+            start, state, history, pending = _restore(checkpointer, state, num_steps)
+            if logger is not None and start > 0:
+                logger.rewind(name, start)
+        bar = tqdm(range(start, num_steps), desc=name, disable=None if progress else True, leave=False)
+        started = time.perf_counter()
+        for index in bar:
+            batch = parallel.shard_batch(
+                parallel.process_share(batch_at(index), batch_axis), mesh, batch_axis
+            )
+            state, metrics = step_fn(state, batch)
+            for key, value in metrics.items():
+                pending.setdefault(key, []).append(value)
+            done = index + 1
+            closing = done % interval == 0 or done == num_steps
+            if closing:
+                stacked, record = _summarise(pending)
+                record = {"phase": name, "step": done, **record, "seconds": time.perf_counter() - started}
+                if on_interval is not None:
+                    record.update(on_interval(done, state, stacked) or {})
+                history.append(record)
+                pending, started = {}, time.perf_counter()
+                if logger is not None:
+                    logger.log(**record)
+                if "loss" in record and np.ndim(record["loss"]) == 0:
+                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+            stop = stop_requested(name, done)
+            if checkpointer is not None and (
+                stop or done == num_steps or (closing and checkpointer.should_save(done))
+            ):
+                checkpointer.save(done, state, {"history": history, "pending": _encode_pending(pending)})
+            if stop and done < num_steps:
+                raise Preempted(name, done, None if checkpointer is None else checkpointer.directory)
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
+    return state, history

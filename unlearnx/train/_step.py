@@ -1,0 +1,142 @@
+"""Jitted training and evaluation steps over optax, and the per-example objectives they minimise.
+
+Batches are dicts of arrays. The per-example objective covers every supervised baseline in the library:
+
+    ℓᵢ = wᵢ · CE(f(xᵢ), yᵢ)                 (hard labels ``y``; weight ``w`` defaults to 1)
+    ℓᵢ = wᵢ · KL(tᵢ ‖ softmax f(xᵢ))        (soft targets ``target_probs`` t, e.g. distillation)
+
+and a step minimises the batch mean of ℓ. A negative weight ascends the loss (gradient ascent on a forget
+set), relabelled data gives amnesiac unlearning, and teacher targets give bad-teacher distillation.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from unlearnx.models import Model
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]
+
+__all__ = ["TrainState", "example_losses", "make_train_step", "next_token_losses", "predict"]
+
+
+class TrainState(NamedTuple):
+    """Everything a training step reads and changes, checkpointed whole by :func:`unlearnx.train.loop`.
+
+    Attributes:
+      step: int32 step count; a step's randomness is ``fold_in(rng, step)``.
+      variables: the model variables (``{"params": ..., ["batch_stats": ...]}``).
+      opt_state: the optimizer state (penalty anchors, Fisher, SI integrals and sparse masks live here, in
+        their optax transforms' states).
+      rng: the run's key (never split in place: steps fold in their step number).
+      extra: any other state a custom step carries (e.g. an EMA of the parameters); ``None`` by default.
+    """
+
+    step: jax.Array
+    variables: PyTree
+    opt_state: optax.OptState
+    rng: jax.Array
+    extra: PyTree = None
+
+    @classmethod
+    def create(
+        cls, variables: PyTree, optimizer: optax.GradientTransformation, rng: jax.Array, extra: PyTree = None
+    ) -> TrainState:
+        """Step 0 with ``optimizer`` initialised on ``variables["params"]``."""
+        return cls(jnp.asarray(0, jnp.int32), variables, optimizer.init(variables["params"]), rng, extra)
+
+
+def example_losses(logits: jax.Array, batch: Batch) -> jax.Array:
+    """Per-example weighted loss ℓᵢ (see the module docstring), shape ``[B]``."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+    if "target_probs" in batch:
+        targets = batch["target_probs"].astype(jnp.float32)
+        safe_log_targets = jnp.log(jnp.where(targets > 0, targets, 1.0))
+        losses = jnp.sum(targets * (safe_log_targets - log_probs), axis=-1)
+    else:
+        losses = -jnp.take_along_axis(log_probs, batch["y"][:, None].astype(jnp.int32), axis=-1)[:, 0]
+    if "weight" in batch:
+        losses = losses * batch["weight"].astype(jnp.float32)
+    return losses
+
+
+def next_token_losses(logits: jax.Array, batch: Batch) -> jax.Array:
+    """Per-sequence mean next-token cross-entropy of a language model, shape ``[B]``.
+
+    With tokens x = ``batch["x"]`` ``[B, T]`` and an optional 0/1 ``batch["mask"]`` m ``[B, T]`` on target
+    positions (default all ones):
+
+        ℓ_b = Σ_{t≥1} m_{b,t} · (−log softmax(logits_{b,t−1})[x_{b,t}]) / max(1, Σ_{t≥1} m_{b,t})
+
+    so a sequence without target tokens contributes 0.
+    """
+    tokens = batch["x"].astype(jnp.int32)
+    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
+    token_nll = -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
+    mask = batch["mask"][:, 1:].astype(jnp.float32) if "mask" in batch else jnp.ones_like(token_nll)
+    return jnp.sum(token_nll * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+
+
+@functools.lru_cache(maxsize=32)
+def make_train_step(
+    model: Model,
+    optimizer: optax.GradientTransformation,
+    *,
+    loss: Callable[[jax.Array, Batch], jax.Array] = example_losses,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """A jitted ``step(state, batch) -> (state, {"loss": mean loss})`` for ``model`` and ``optimizer``.
+
+    The model runs in train mode (BatchNorm batch statistics, dropout from ``fold_in(state.rng,
+    state.step)``); updated batch
+    statistics are carried in ``state.variables``. Optimizers that take extra arguments (optax's
+    ``GradientTransformationExtraArgs``) receive the parameters as ``params``. Steps are cached per
+    ``(model, optimizer, loss)``, so training the same model twice with one optimizer compiles once.
+    """
+
+    def objective(params, variables, batch, rng):
+        outputs, new_variables = model.apply({**variables, "params": params}, batch["x"], train=True, rng=rng)
+        return jnp.mean(loss(outputs, batch)), new_variables
+
+    @jax.jit
+    def step(state: TrainState, batch: Batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        params = state.variables["params"]
+        (value, new_variables), grads = jax.value_and_grad(objective, has_aux=True)(
+            params, state.variables, batch, rng
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        new_variables = {**new_variables, "params": optax.apply_updates(params, updates)}
+        return state._replace(step=state.step + 1, variables=new_variables, opt_state=opt_state), {
+            "loss": value
+        }
+
+    return step
+
+
+def predict(model: Model, variables: PyTree, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
+    """Eval-mode outputs of ``model`` on ``x``, computed in batches; returns a host float32 array."""
+    if len(x) == 0:
+        raise ValueError("predict: x is empty")
+    apply = _eval_fn(model)
+    outputs = []
+    for start in range(0, len(x), batch_size):
+        chunk = np.asarray(x[start : start + batch_size])
+        # Pad to a power of two so that sets of any size reuse a few compiled shapes.
+        padded = min(batch_size, 1 << (len(chunk) - 1).bit_length())
+        filler = np.repeat(chunk[:1], padded - len(chunk), axis=0)
+        outputs.append(np.asarray(apply(variables, np.concatenate([chunk, filler])))[: len(chunk)])
+    return np.concatenate(outputs).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=32)
+def _eval_fn(model: Model) -> Callable:
+    """One jitted eval function per model, so repeated evaluation never recompiles."""
+    return jax.jit(lambda variables, x: model.apply(variables, x, train=False))
