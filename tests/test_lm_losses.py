@@ -42,7 +42,7 @@ def test_fit_trains_a_decoder_on_a_periodic_sequence():
     variables = model.init(jax.random.key(0))
     tokens = np.stack([np.roll(np.arange(16) % 8, shift) for shift in range(8)]).astype(np.int32)
     before = float(jnp.mean(train.next_token_losses(model.apply(variables, tokens), {"x": tokens})))
-    trained = train.fit(
+    trained, _ = train.fit(
         model,
         variables,
         {"x": tokens},

@@ -218,7 +218,7 @@ def test_tree_flavours_give_the_same_masks_and_chain_and_checkpoint(flavour, tmp
     assert total == round(0.25 * N_KERNEL)
     with Checkpointer(tmp_path) as ckpt:
         ckpt.save(1, state)
-        restored = ckpt.restore(state)
+        restored, _ = ckpt.restore(state)
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
         np.testing.assert_array_equal(a, b)
 

@@ -47,30 +47,22 @@ def _need_params(params: PyTree, name: str) -> None:
         raise ValueError(f"{name} needs params: call update(grads, state, params)")
 
 
-def _find(opt_state: optax.OptState, kind: type) -> list[tuple]:
-    """Paths (as index tuples) of every ``kind`` state inside a possibly nested chain state."""
-    if isinstance(opt_state, kind):
-        return [()]
-    found = []
-    if isinstance(opt_state, tuple | list) and not hasattr(opt_state, "_fields"):
-        for index, part in enumerate(opt_state):
-            found += [(index, *rest) for rest in _find(part, kind)]
-    return found
-
-
 def _replace(opt_state: optax.OptState, kind: type, fn) -> optax.OptState:
-    paths = _find(opt_state, kind)
-    if len(paths) != 1:
-        raise ValueError(f"expected exactly one {kind.__name__} in the optimizer state, found {len(paths)}")
+    """``opt_state`` with its one ``kind`` state replaced by ``fn`` of it; the state is found by its type name
+    at any depth (a chain, a named chain, a wrapper's inner state), the rest of the tree is kept as it is."""
+    name = kind.__name__
 
-    def rebuild(node, path):
-        if not path:
-            return fn(node)
-        parts = list(node)
-        parts[path[0]] = rebuild(parts[path[0]], path[1:])
-        return type(node)(parts)
+    def is_kind(path, value) -> bool:
+        del path
+        return isinstance(value, kind)
 
-    return rebuild(opt_state, paths[0])
+    try:
+        state = optax.tree.get(opt_state, name, filtering=is_kind)
+    except KeyError:  # several matches
+        raise ValueError(f"expected exactly one {name} in the optimizer state, found several") from None
+    if state is None:
+        raise ValueError(f"expected exactly one {name} in the optimizer state, found none")
+    return optax.tree.set(opt_state, is_kind, **{name: fn(state)})
 
 
 class EwcState(NamedTuple):
@@ -139,7 +131,14 @@ def online_ewc(strength: float, decay: float = 1.0):
 
 
 def consolidate_online_ewc(opt_state: optax.OptState, fisher: PyTree, params: PyTree) -> optax.OptState:
-    """End of a task: F̃ ← γ F̃ + F_k and θ* ← θ, inside the (possibly chained) optimizer state."""
+    """End of a task: F̃ ← γ F̃ + F_k and θ* ← θ, inside the (possibly chained) optimizer state.
+
+    The :class:`OnlineEwcState` is found by type at any depth (``optax.chain``, ``optax.named_chain``, a
+    wrapper's inner state) and replaced there; the rest of ``opt_state`` keeps its structure.
+
+    Raises:
+      ValueError: if ``opt_state`` holds no or several :class:`OnlineEwcState`.
+    """
 
     def consolidate(state: OnlineEwcState) -> OnlineEwcState:
         tree_lib.check_same_structure(state.fisher, fisher, names=("running fisher", "fisher"))
@@ -197,7 +196,14 @@ def _path_integral(state: SiState, params: PyTree) -> PyTree:
 
 
 def consolidate_si(opt_state: optax.OptState, params: PyTree) -> optax.OptState:
-    """End of a task: finish ω with the last step, Ω += ω / ((θ − θ̃)² + ξ), θ̃ ← θ, ω ← 0."""
+    """End of a task: finish ω with the last step, Ω += ω / ((θ − θ̃)² + ξ), θ̃ ← θ, ω ← 0.
+
+    The :class:`SiState` is found by type at any depth of ``opt_state``, as in
+    :func:`consolidate_online_ewc`.
+
+    Raises:
+      ValueError: if ``opt_state`` holds no or several :class:`SiState`.
+    """
 
     def consolidate(state: SiState) -> SiState:
         omega = _path_integral(state, params)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from unlearnx import parallel
 from unlearnx.checkpoint import Checkpointer, interval_policy
 from unlearnx.train._preemption import Preempted, stop_requested
-from unlearnx.train._writers import MetricLogger
+from unlearnx.train._writers import MetricLogger, plain
 
 State = TypeVar("State")
 Batch = Mapping[str, Any]
@@ -63,18 +63,17 @@ def _decode_pending(encoded: Mapping[str, Any]) -> dict[str, list]:
 
 
 def _restore(checkpointer: Checkpointer, state, num_steps: int):
-    """(start step, state, history, pending metrics) from the newest checkpoint at or before ``num_steps``."""
+    """(start step, state, history, pending metrics) from the newest checkpoint (none: step 0)."""
     steps = checkpointer.all_steps()
     if not steps:
         return 0, state, [], {}
-    usable = [step for step in steps if step <= num_steps]
-    if not usable:
+    if steps[-1] > num_steps:  # a longer run's schedule may differ: resuming from it would not be exact
         raise ValueError(
-            f"loop: {checkpointer.directory} holds steps {steps}, all past num_steps={num_steps}; "
+            f"loop: {checkpointer.directory} holds steps {steps}, past num_steps={num_steps}; "
             "it belongs to a longer run (use another checkpoint_dir)"
         )
-    restored, record = checkpointer.restore(state, usable[-1])
-    return usable[-1], restored, list(record["history"]), _decode_pending(record["pending"])
+    restored, record = checkpointer.restore(state, steps[-1])
+    return steps[-1], restored, list(record["history"]), _decode_pending(record["pending"])
 
 
 def _summarise(pending: dict[str, list]) -> tuple[dict[str, jax.Array], dict[str, Any]]:
@@ -188,7 +187,7 @@ def loop(
                 stacked, record = _summarise(pending)
                 record = {"phase": name, "step": done, **record, "seconds": time.perf_counter() - started}
                 if on_interval is not None:
-                    record.update(on_interval(done, state, stacked) or {})
+                    record.update(plain(dict(on_interval(done, state, stacked) or {})))
                 history.append(record)
                 pending, started = {}, time.perf_counter()
                 if logger is not None:

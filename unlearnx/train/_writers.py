@@ -15,10 +15,16 @@ from unlearnx import parallel
 __all__ = ["MetricLogger"]
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """``value`` with NumPy/JAX arrays and scalars (also inside dicts, lists, tuples) as plain Python numbers
+    and lists, so a record is JSON-able and checkpointable."""
     if isinstance(value, np.generic | jax.Array | np.ndarray):
         array = np.asarray(value)
         return array.item() if array.ndim == 0 else array.tolist()
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
     return value
 
 
@@ -61,7 +67,7 @@ class MetricLogger:
         """Writes one record (NumPy/JAX values become plain JSON numbers or lists)."""
         if not self._active():
             return
-        clean = {key: _plain(value) for key, value in record.items()}
+        clean = plain(record)
         with open(self.path, "a") as handle:
             handle.write(json.dumps(clean) + "\n")
         if self._tensorboard_dir is None or "step" not in clean:
