@@ -104,3 +104,41 @@ def test_num_batches():
         num_batches(10, 0)
     with pytest.raises(ValueError):
         num_batches(-1, 3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 90),
+    batch_size=st.integers(1, 30),
+    seed=st.one_of(st.none(), st.integers(0, 2**31)),
+    offset=st.integers(0, 3),
+)
+def test_epoch_batches_are_the_batches_of_successive_epochs(n, batch_size, seed, offset):
+    from unlearnx.data import EpochBatches
+
+    sampler = EpochBatches(_arrays(n), batch_size, seed=seed, epoch_offset=offset)
+    drop = n >= batch_size  # the default: drop short batches unless the set is smaller than one batch
+    assert sampler.per_epoch == num_batches(n, batch_size, drop)
+    want = [
+        b["idx"]
+        for epoch in range(offset, offset + 3)
+        for b in batches(_arrays(n), batch_size, seed=seed, epoch=epoch, drop_remainder=drop)
+    ]
+    steps = list(range(3 * sampler.per_epoch))
+    for step in [*steps[::-1], *steps]:  # random access in any order gives the same batches
+        np.testing.assert_array_equal(sampler(step)["idx"], want[step])
+
+
+def test_epoch_batches_augment_is_seeded_by_epoch_and_index():
+    from unlearnx.data import EpochBatches
+
+    def tag(batch, rng):
+        return {**batch, "noise": rng.integers(0, 2**31, len(batch["idx"]))}
+
+    sampler = EpochBatches(_arrays(10), 4, seed=1, augment=tag)
+    want = np.random.default_rng((1, 1, 0)).integers(0, 2**31, 4)  # epoch 1, batch 0 = step 2
+    np.testing.assert_array_equal(sampler(2)["noise"], want)
+    with pytest.raises(ValueError, match="augment needs a seed"):
+        EpochBatches(_arrays(10), 4, augment=tag)
+    with pytest.raises(ValueError, match="mapping"):
+        EpochBatches([np.arange(3)], 2)
