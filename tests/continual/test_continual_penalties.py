@@ -82,7 +82,8 @@ def test_online_ewc_with_zero_decay_is_ewc_on_the_latest_task():
         _as32(fisher2),
         _as32(anchor2),
     )
-    assert np.allclose(decayed[0].fisher["w"], fisher2["w"])  # γ = 0 forgets the first Fisher
+    # γ = 0 forgets the first Fisher
+    assert np.allclose(optax.tree.get(decayed, "OnlineEwcState").fisher["w"], fisher2["w"])
 
 
 def test_si_importance_matches_the_closed_form_on_a_quadratic():
@@ -101,7 +102,7 @@ def test_si_importance_matches_the_closed_form_on_a_quadratic():
     omega = lr * a**2 * (theta0 - b) ** 2 * (1 - q ** (2 * steps)) / (1 - q**2)
     total_change = (theta0 - b) * (q**steps - 1)
     importance = omega / (total_change**2 + damping)
-    si_state = state[0]
+    si_state = optax.tree.get(state, "SiState")
     np.testing.assert_allclose(float(si_state.importance["theta"]), importance, rtol=1e-4)
     assert float(si_state.anchor["theta"]) == pytest.approx(b + (theta0 - b) * q**steps, rel=1e-5)
     # The penalty now pulls toward the anchor: gradient 2cΩ(θ − θ̃) on top of the task gradient.
@@ -146,6 +147,46 @@ def test_penalty_errors():
         opt.update(fisher, opt.init(params))
     with pytest.raises(ValueError, match="exactly one OnlineEwcState"):
         continual.consolidate_online_ewc(optax.sgd(0.1).init(params), fisher, params)
+
+
+def test_consolidation_finds_the_penalty_in_any_chain_and_keeps_the_rest():
+    params, fisher, anchor = (_as32(t) for t in _trees())
+    online = continual.online_ewc(2.0, decay=0.5)
+    si = continual.synaptic_intelligence(0.1)
+    layouts = {
+        "alone": online,
+        "chain": optax.chain(online, optax.adam(1e-2)),
+        "named": optax.named_chain(("penalty", online), ("adam", optax.adam(1e-2))),
+        "nested": optax.chain(
+            optax.named_chain(("clip", optax.clip(1.0)), ("penalty", online)), optax.sgd(0.1)
+        ),
+        "with si": optax.named_chain(("ewc", online), ("si", si), ("adam", optax.adam(1e-2))),
+    }
+    for layout, opt in layouts.items():
+        state = jax.tree.map(lambda a: a + 1, opt.init(params))  # non-initial values elsewhere
+        new = continual.consolidate_online_ewc(state, fisher, anchor)
+        assert jax.tree.structure(new) == jax.tree.structure(state), layout
+        got = optax.tree.get(new, "OnlineEwcState")
+        before = optax.tree.get(state, "OnlineEwcState")
+        for k in params:  # F̃ ← γ F̃ + F, θ* ← θ
+            np.testing.assert_allclose(got.fisher[k], before.decay * before.fisher[k] + fisher[k], rtol=1e-6)
+            np.testing.assert_array_equal(got.anchor[k], anchor[k])
+        restored = optax.tree.set(new, OnlineEwcState=before)  # everything else is unchanged
+        for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+            np.testing.assert_array_equal(a, b)
+    named = layouts["with si"]
+    state = named.init(params)
+    consolidated = continual.consolidate_si(state, anchor)
+    for name in ("ewc", "adam"):
+        for a, b in zip(jax.tree.leaves(consolidated[name]), jax.tree.leaves(state[name]), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert optax.tree.get(consolidated, "SiState").anchor is anchor
+    assert isinstance(consolidated, type(state))  # an OrderedDict stays one (same treedef for jit)
+    twice = optax.chain(continual.online_ewc(1.0), continual.online_ewc(1.0))
+    with pytest.raises(ValueError, match="exactly one OnlineEwcState in the optimizer state, found several"):
+        continual.consolidate_online_ewc(twice.init(params), fisher, params)
+    with pytest.raises(ValueError, match="exactly one SiState in the optimizer state, found none"):
+        continual.consolidate_si(optax.adam(1e-2).init(params), params)
 
 
 SCRIPT = textwrap.dedent(
