@@ -92,10 +92,23 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, value: Any) -> None:
-    """Writes ``value`` as indented JSON (dataclasses, NumPy scalars and arrays converted; NaN → null)."""
-    with open(path, "w") as handle:
-        json.dump(_jsonable(value), handle, indent=2, sort_keys=True, allow_nan=False)
-        handle.write("\n")
+    """Writes ``value`` as indented JSON (dataclasses, NumPy scalars and arrays converted; NaN → null),
+    atomically: a process killed mid-write leaves the previous file (or none), never a truncated one."""
+    text = json.dumps(_jsonable(value), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    temporary = f"{os.fspath(path)}.tmp{os.getpid()}"
+    with open(temporary, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def _read_config(path: str) -> Any:
+    """A run's saved config, or ``None`` (with a warning naming the file) when it cannot be read."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        print(f"--resume: skipping {path}: unreadable ({error})", file=sys.stderr)
+        return None
 
 
 def _shared_timestamp() -> str:
@@ -127,10 +140,8 @@ def run_directory(root: str | os.PathLike, name: str, config: Any, *, resume: bo
     if resume and os.path.isdir(base):
         for entry in sorted(os.listdir(base), reverse=True):
             config_path = os.path.join(base, entry, "config.json")
-            if os.path.exists(config_path):
-                with open(config_path) as handle:
-                    if json.load(handle) == wanted:
-                        return os.path.join(base, entry)
+            if os.path.exists(config_path) and _read_config(config_path) == wanted:
+                return os.path.join(base, entry)
     if resume:
         print(f"--resume: no earlier run of this config under {base}; starting a new run", file=sys.stderr)
     directory = os.path.join(base, _shared_timestamp())
