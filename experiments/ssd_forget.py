@@ -28,11 +28,31 @@ import jax
 import numpy as np
 import optax
 
-from experiments import runner, ssd_report
+from experiments import runner
 from unlearnx import data, eval, fisher, models, parallel, train, unlearn
-from unlearnx.checkpoint import Checkpointer
 
 NAME = "ssd_forget"
+
+#: Training phases: (epochs field, learning-rate field, optimizer or None for the config's, batch-size field).
+#: The config's optimizer also takes its LR milestones; the unlearning baselines run without them.
+PHASES = {
+    "original": ("epochs", "lr", None, "batch_size"),
+    "retrain": ("epochs", "lr", None, "batch_size"),
+    "finetune": ("finetune_epochs", "finetune_lr", "sgd", "batch_size"),
+    "neggrad+": ("neggrad_epochs", "neggrad_lr", "sgd", "batch_size"),
+    "amnesiac": ("amnesiac_epochs", "amnesiac_lr", "adam", "batch_size"),
+    "bad_teacher": ("bad_teacher_epochs", "bad_teacher_lr", "adam", "bad_teacher_batch_size"),
+}
+#: SSD-family methods: (estimator, α field or None for the ASSD percentile, λ or None for the config's).
+SSD_METHODS = {
+    "ssd": ("batch_sq", "alpha", None),
+    "assd": ("batch_sq", None, 1.0),
+    "assd_empirical": ("empirical", None, 1.0),
+    "lfssd": ("batch_abs", "lfssd_alpha", None),
+}
+METHODS = (*PHASES, *SSD_METHODS)
+METRICS = ("retain_test_acc", "forget_test_acc", "forget_train_acc", "entropy_mia", "loss_mia")
+CLASS_SWEEP_METHODS = ("ssd", "assd", "assd_empirical")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,60 +101,28 @@ class Config:
     progress: bool = True
 
 
+# Presets are data: one line per group of settings.
 PRESETS: dict[str, Config] = {
     "smoke": Config(
-        seeds=(0,),
-        epochs=3,
-        width=64,
-        finetune_epochs=1,
-        neggrad_epochs=1,
-        amnesiac_epochs=1,
-        alpha_sweep=(1.0, 10.0),
-        progress=False,
+        seeds=(0,), epochs=3, width=64, finetune_epochs=1, neggrad_epochs=1, amnesiac_epochs=1,
+        alpha_sweep=(1.0, 10.0), progress=False,
     ),
     "quick": Config(),
     # ~15 min on 2 CPU cores (a CNN step on Fashion-MNIST costs ~25× an MLP step on digits).
     "fashion": Config(
-        class_sweep=False,
-        dataset="fashion_mnist",
-        model="cnn",
-        channels=(16, 32),
-        width=64,
-        forget_classes=(0,),
-        epochs=5,
-        batch_size=128,
-        finetune_epochs=2,
-        neggrad_epochs=1,
-        amnesiac_epochs=1,
-        amnesiac_lr=1e-4,
-        bad_teacher_lr=1e-4,
-        seeds=(0,),
+        dataset="fashion_mnist", model="cnn", channels=(16, 32), width=64, forget_classes=(0,), seeds=(0,),
+        epochs=5, batch_size=128, class_sweep=False,
+        finetune_epochs=2, neggrad_epochs=1, amnesiac_epochs=1, amnesiac_lr=1e-4, bad_teacher_lr=1e-4,
     ),
     "paper": Config(
-        class_sweep=False,
-        dataset="tfds:cifar100",
-        model="resnet18",
-        width=64,
+        dataset="tfds:cifar100", model="resnet18", width=64, seeds=(0, 1, 2), class_sweep=False,
         forget_classes=(2, 40, 51, 69, 71),  # baby, lamp, mushroom, rocket, sea
-        seeds=(0, 1, 2),
-        epochs=200,
-        batch_size=128,
-        optimizer="sgd",
-        lr=0.1,
-        lr_milestones=(60, 120, 160),
-        weight_decay=5e-4,
-        augment=True,
-        importance_batch_size=64,
-        finetune_epochs=5,
-        finetune_lr=0.02,
-        neggrad_epochs=1,
-        amnesiac_epochs=3,
-        amnesiac_lr=1e-4,
+        epochs=200, batch_size=128, optimizer="sgd", lr=0.1, lr_milestones=(60, 120, 160), weight_decay=5e-4,
+        augment=True, importance_batch_size=64,
+        finetune_epochs=5, finetune_lr=0.02, neggrad_epochs=1, amnesiac_epochs=3, amnesiac_lr=1e-4,
         bad_teacher_lr=1e-4,
     ),
-}
-
-METHODS = ssd_report.METHODS
+}  # fmt: skip
 
 
 @functools.cache
@@ -154,142 +142,49 @@ def _optimizer(name: str, lr: float, *, steps_per_epoch: int = 1, milestones=(),
 
 
 @dataclasses.dataclass(frozen=True)
+class _Seed:
+    """What every phase of one seed shares: data, model, keys, and where it checkpoints and logs."""
+
+    config: Config
+    seed: int
+    run_dir: str
+    logger: train.MetricLogger
+    train_set: data.Dataset
+    test_set: data.Dataset
+    model: models.Model
+    keys: dict[str, jax.Array]
+    train: dict[str, np.ndarray]  # train_set's arrays
+
+
+def _setup(config: Config, seed: int, run_dir: str, logger: train.MetricLogger) -> _Seed:
+    train_set = data.load(config.dataset, "train", data_dir=config.data_dir)
+    test_set = data.load(config.dataset, "test", data_dir=config.data_dir)
+    model = runner.build_model(
+        config.model, tuple(train_set.x.shape[1:]), train_set.num_classes, config.width, config.channels
+    )
+    names = ("init", "retrain", "teacher", "steps")
+    keys = dict(zip(names, jax.random.split(jax.random.key(seed), len(names)), strict=True))
+    return _Seed(config, seed, run_dir, logger, train_set, test_set, model, keys, train_set.arrays())
+
+
+@dataclasses.dataclass(frozen=True)
 class _Split:
-    """One forget class: D_f, D_r, their test counterparts, and the D used for I_D."""
+    """One forget class: D_f, D_r, the test set and its forget/retain parts, and the D used for I_D."""
 
     cls: int
     forget: dict
     retain: dict
+    test: dict
     forget_test: dict
     retain_test: dict
     importance_data: dict
 
 
-class _Study:
-    """The data, model, training and evaluation shared by every method and class of one seed."""
-
-    def __init__(self, config: Config, seed: int, run_dir: str):
-        self.config, self.seed = config, seed
-        self.checkpoints = os.path.join(run_dir, "checkpoints", f"seed{seed}")
-        self.logger = train.MetricLogger(os.path.join(run_dir, "train_log.jsonl"))
-        train_set = data.load(config.dataset, "train", data_dir=config.data_dir)
-        self.test_set = data.load(config.dataset, "test", data_dir=config.data_dir)
-        self.train_set, self.train, self.test = train_set, train_set.arrays(), self.test_set.arrays()
-        self.num_classes = train_set.num_classes
-        self.model = runner.build_model(
-            config.model, tuple(train_set.x.shape[1:]), self.num_classes, config.width, config.channels
-        )
-        names = ("init", "retrain", "teacher", "steps")
-        self.keys = dict(zip(names, jax.random.split(jax.random.key(seed), len(names)), strict=True))
-        self.resumed: list[str] = []
-
-    def split(self, cls: int) -> _Split:
-        forget, retain = (s.arrays() for s in data.forget_retain_split(self.train_set, cls))
-        forget_test, retain_test = (s.arrays() for s in data.forget_retain_split(self.test_set, cls))
-        full = _importance_data(self.train, retain, forget, self.config.importance_order)
-        return _Split(cls, forget, retain, forget_test, retain_test, full)
-
-    def fit(
-        self,
-        variables,
-        arrays,
-        *,
-        phase,
-        epochs,
-        lr,
-        optimizer="adam",
-        batch_size=None,
-        checkpoint=None,
-        interrupt=None,
-    ):
-        """``train.fit`` with this study's settings; ``checkpoint`` names a checkpoint folder (resumable)."""
-        batch_size = batch_size or self.config.batch_size
-        # fit drops the short last batch (unless the set is smaller than one batch).
-        steps = max(len(arrays["x"]) // batch_size, 1)
-        milestones = self.config.lr_milestones if phase in ("original", "retrain") else ()
-        opt = _optimizer(
-            optimizer, lr, steps_per_epoch=steps, milestones=milestones, weight_decay=self.config.weight_decay
-        )
-        hook = None
-        if interrupt is not None and interrupt[0] == phase:
-
-            def hook(epoch, state, saved, stop_at=interrupt[1]):
-                if saved and epoch >= stop_at:
-                    raise KeyboardInterrupt(f"simulated interruption of {phase!r} after epoch {epoch}")
-
-        checkpoint_dir = None if checkpoint is None else os.path.join(self.checkpoints, checkpoint)
-        if checkpoint_dir is not None and Checkpointer(checkpoint_dir).latest_step() is not None:
-            self.resumed.append(checkpoint)  # its wall time will cover only the epochs run after resuming
-        return train.fit(
-            self.model,
-            variables,
-            arrays,
-            optimizer=opt,
-            epochs=epochs,
-            batch_size=batch_size,
-            rng=jax.random.fold_in(self.keys["steps"], zlib.crc32(phase.encode())),
-            seed=self.seed,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_seconds=self.config.checkpoint_seconds,
-            on_epoch_end=hook,
-            augment=data.crop_and_flip if self.config.augment else None,
-            logger=self.logger,
-            desc=f"seed {self.seed} {checkpoint or phase}",
-            progress=self.config.progress,
-        )
-
-    def evaluate(self, variables, split: _Split) -> dict[str, float]:
-        """The METRICS of one edited model; all NaN when it has diverged (non-finite outputs)."""
-        logits = {
-            name: train.predict(self.model, variables, arrays["x"])
-            for name, arrays in (
-                ("retain", split.retain),
-                ("forget", split.forget),
-                ("test", self.test),
-                ("forget_test", split.forget_test),
-                ("retain_test", split.retain_test),
-            )
-        }
-        if not all(np.isfinite(values).all() for values in logits.values()):
-            return dict.fromkeys(ssd_report.METRICS, float("nan"))
-        return {
-            "retain_test_acc": eval.accuracy(logits["retain_test"], split.retain_test["y"]),
-            "forget_test_acc": eval.accuracy(logits["forget_test"], split.forget_test["y"]),
-            "forget_train_acc": eval.accuracy(logits["forget"], split.forget["y"]),
-            "entropy_mia": eval.entropy_mia(
-                eval.entropy(logits["retain"]), eval.entropy(logits["test"]), eval.entropy(logits["forget"])
-            ),
-            "loss_mia": eval.loss_mia(
-                eval.cross_entropy(logits["forget"], split.forget["y"]),
-                eval.cross_entropy(logits["forget_test"], split.forget_test["y"]),
-                seed=self.seed,
-            ),
-        }
-
-    def importances(self, variables, split: _Split, *, estimator: str, label_free: bool = False):
-        """(I_f, I_D, seconds for I_f, seconds for I_D) over all ``variables``: eval mode, unshuffled,
-        data-parallel over all devices.
-
-        Importances cover the batch statistics too (SSD's default selector never touches them), so the
-        loss depends on the model alone and compiles once per model and estimator, not once per seed.
-        A warm-up pass over D_f (untimed) compiles before the timed passes.
-        """
-        loss_fn = _importance_loss(self.model, label_free)
-        chunk = self.config.empirical_chunk_size if estimator == "empirical" else None
-        mesh = parallel.data_mesh()
-
-        def run(arrays):
-            batches = (
-                parallel.shard_batch(parallel.process_share(batch), mesh)
-                for batch in data.batches(arrays, self.config.importance_batch_size)
-            )
-            return _timed(fisher.diagonal, loss_fn, variables, batches, estimator=estimator, chunk_size=chunk)
-
-        run(split.forget)
-        (forget_importance, forget_seconds), (full_importance, full_seconds) = map(
-            run, (split.forget, split.importance_data)
-        )
-        return forget_importance, full_importance, forget_seconds, full_seconds
+def _split(run: _Seed, cls: int) -> _Split:
+    forget, retain = (s.arrays() for s in data.forget_retain_split(run.train_set, cls))
+    forget_test, retain_test = (s.arrays() for s in data.forget_retain_split(run.test_set, cls))
+    full = _importance_data(run.train, retain, forget, run.config.importance_order)
+    return _Split(cls, forget, retain, run.test_set.arrays(), forget_test, retain_test, full)
 
 
 def _importance_data(train_set, retain, forget, order: str) -> dict[str, np.ndarray]:
@@ -303,6 +198,91 @@ def _importance_data(train_set, retain, forget, order: str) -> dict[str, np.ndar
         raise ValueError(f"importance_order must be 'reference' or 'dataset', got {order!r}")
     by_class = np.argsort(retain["y"], kind="stable")
     return {key: np.concatenate([retain[key][by_class], forget[key]]) for key in ("x", "y")}
+
+
+def _fit(run: _Seed, phase: str, variables, arrays, cls: int | None = None) -> tuple[Any, float, int]:
+    """Trains ``phase`` (settings from PHASES) as the loop ``seed<s>/[class<c>/]<phase>``, checkpointed
+    under ``checkpoints/`` + that name, so a rerun resumes it or, once finished, skips it.
+
+    Returns ``(variables, seconds, example passes)``; the seconds sum the loop's per-epoch wall times,
+    which its checkpoints keep, so a resumed phase still counts the epochs run before the interruption.
+    """
+    config = run.config
+    epochs_field, lr_field, optimizer, batch_field = PHASES[phase]
+    epochs, batch_size = getattr(config, epochs_field), getattr(config, batch_field)
+    optimizer = _optimizer(
+        optimizer or config.optimizer,
+        getattr(config, lr_field),
+        # fit drops the short last batch (unless the set is smaller than one batch).
+        steps_per_epoch=max(len(arrays["x"]) // batch_size, 1),
+        milestones=config.lr_milestones if optimizer is None else (),
+        weight_decay=config.weight_decay,
+    )
+    loop = f"seed{run.seed}/{phase}" if cls is None else f"seed{run.seed}/class{cls}/{phase}"
+    variables, history = train.fit(
+        run.model,
+        variables,
+        arrays,
+        optimizer=optimizer,
+        epochs=epochs,
+        batch_size=batch_size,
+        rng=jax.random.fold_in(run.keys["steps"], zlib.crc32(phase.encode())),
+        seed=run.seed,
+        checkpoint_dir=os.path.join(run.run_dir, "checkpoints", loop),
+        checkpoint_seconds=config.checkpoint_seconds,
+        augment=data.crop_and_flip if config.augment else None,
+        logger=run.logger,
+        desc=loop,
+        progress=config.progress,
+    )
+    return variables, sum(record["seconds"] for record in history), epochs * len(arrays["x"])
+
+
+def _evaluate(run: _Seed, variables, split: _Split) -> dict[str, float]:
+    """The METRICS of one edited model; all NaN when it has diverged (non-finite outputs)."""
+    sets = ("retain", "forget", "test", "forget_test", "retain_test")
+    logits = {name: train.predict(run.model, variables, getattr(split, name)["x"]) for name in sets}
+    if not all(np.isfinite(values).all() for values in logits.values()):
+        return dict.fromkeys(METRICS, float("nan"))
+    return {
+        "retain_test_acc": eval.accuracy(logits["retain_test"], split.retain_test["y"]),
+        "forget_test_acc": eval.accuracy(logits["forget_test"], split.forget_test["y"]),
+        "forget_train_acc": eval.accuracy(logits["forget"], split.forget["y"]),
+        "entropy_mia": eval.entropy_mia(
+            eval.entropy(logits["retain"]), eval.entropy(logits["test"]), eval.entropy(logits["forget"])
+        ),
+        "loss_mia": eval.loss_mia(
+            eval.cross_entropy(logits["forget"], split.forget["y"]),
+            eval.cross_entropy(logits["forget_test"], split.forget_test["y"]),
+            seed=run.seed,
+        ),
+    }
+
+
+def _importances(run: _Seed, variables, split: _Split, estimator: str):
+    """(I_f, I_D, seconds for I_f, seconds for I_D) over all ``variables``: eval mode, unshuffled,
+    data-parallel over all devices; ``batch_abs`` is LFSSD's label-free estimator.
+
+    Importances cover the batch statistics too (SSD's default selector never touches them), so the
+    loss depends on the model alone and compiles once per model and estimator, not once per seed.
+    A warm-up pass over D_f (untimed) compiles before the timed passes.
+    """
+    loss_fn = _importance_loss(run.model, label_free=estimator == "batch_abs")
+    chunk = run.config.empirical_chunk_size if estimator == "empirical" else None
+    mesh = parallel.data_mesh()
+
+    def importance(arrays):
+        batches = (
+            parallel.shard_batch(parallel.process_share(batch), mesh)
+            for batch in data.batches(arrays, run.config.importance_batch_size)
+        )
+        return _timed(fisher.diagonal, loss_fn, variables, batches, estimator=estimator, chunk_size=chunk)
+
+    importance(split.forget)
+    (forget_importance, forget_seconds), (full_importance, full_seconds) = map(
+        importance, (split.forget, split.importance_data)
+    )
+    return forget_importance, full_importance, forget_seconds, full_seconds
 
 
 @functools.cache
@@ -330,180 +310,143 @@ def dampen(variables, forget_importance, full_importance, alpha, lam):
     return unlearn.ssd(variables, forget_importance, full_importance, alpha=alpha, lam=lam)
 
 
-#: SSD-family methods: (estimator, α or None for the ASSD percentile, λ or None for the config's λ).
-SSD_METHODS = {
-    "ssd": ("batch_sq", "alpha", None),
-    "assd": ("batch_sq", None, 1.0),
-    "assd_empirical": ("empirical", None, 1.0),
-    "lfssd": ("batch_abs", "lfssd_alpha", None),
-}
+def _ssd_edits(run: _Seed, original, split: _Split, importances, methods=tuple(SSD_METHODS)) -> dict:
+    """``methods`` (SSD_METHODS) applied to ``original`` with the cached ``importances`` (per estimator,
+    as :func:`_importances` gives them): ``{method: (variables, α, seconds of the dampening)}``."""
+    config = run.config
+    fraction = len(split.forget["y"]) / len(run.train["y"])
+    edits = {}
+    for method in methods:
+        estimator, alpha_field, lam = SSD_METHODS[method]
+        forget_imp, full_imp = importances[estimator][:2]
+        alpha = None if alpha_field is None else getattr(config, alpha_field)
+        if alpha is None:  # ASSD: the percentile of I_f / I_D over the trainable parameters
+            alpha = float(unlearn.assd_alpha(forget_imp, full_imp, fraction))
+        lam = config.lam if lam is None else lam
+        dampen(original, forget_imp, full_imp, alpha, lam)  # compile outside the timing
+        edited, seconds = _timed(dampen, original, forget_imp, full_imp, alpha, lam)
+        edits[method] = (edited, alpha, seconds)
+    return edits
 
 
-def forget_class(
-    study: _Study, original, original_seconds: float, cls: int, interrupt=None
-) -> dict[str, Any]:
-    """Every method forgetting class ``cls`` from ``original``: metrics, seconds, passes, α, α sweep."""
-    config, split = study.config, study.split(cls)
-    n_train, n_retain, n_forget = len(study.train["y"]), len(split.retain["y"]), len(split.forget["y"])
-    variables = {"original": original}
-    seconds = {"original": original_seconds}
-    passes = {"original": config.epochs * n_train}
-
-    def train_phase(phase, start, arrays, epochs, lr, optimizer="adam", batch_size=None, checkpoint=None):
-        variables[phase], seconds[phase] = _timed(
-            study.fit,
-            start,
-            arrays,
-            phase=phase,
-            epochs=epochs,
-            lr=lr,
-            optimizer=optimizer,
-            batch_size=batch_size,
-            checkpoint=checkpoint,
-            interrupt=interrupt,
-        )
-        passes[phase] = epochs * len(arrays["x"])
-
-    train_phase(
-        "retrain",
-        study.model.init(study.keys["retrain"]),
-        split.retain,
-        config.epochs,
-        config.lr,
-        config.optimizer,
-        checkpoint=f"class{cls}/retrain",
-    )
-    train_phase("finetune", original, split.retain, config.finetune_epochs, config.finetune_lr, "sgd")
-    mixture = unlearn.ascent_mixture(split.retain, split.forget, forget_weight=config.neggrad_forget_weight)
-    train_phase("neggrad+", original, mixture, config.neggrad_epochs, config.neggrad_lr, "sgd")
-    relabelled = unlearn.relabel_mixture(
-        split.retain, split.forget, num_classes=study.num_classes, seed=study.seed
-    )
-    train_phase("amnesiac", original, relabelled, config.amnesiac_epochs, config.amnesiac_lr)
-
+def _baselines(run: _Seed, original, split: _Split) -> dict[str, tuple[Any, float, int]]:
+    """The trained baselines forgetting ``split.cls``: ``{phase: (variables, seconds, passes)}``; the bad
+    teacher's seconds include building its distillation set."""
+    config = run.config
+    sets = {
+        "retrain": split.retain,
+        "finetune": split.retain,
+        "neggrad+": unlearn.ascent_mixture(
+            split.retain, split.forget, forget_weight=config.neggrad_forget_weight
+        ),
+        "amnesiac": unlearn.relabel_mixture(
+            split.retain, split.forget, num_classes=run.train_set.num_classes, seed=run.seed
+        ),
+    }
     started = time.perf_counter()
-    chosen = np.random.default_rng(study.seed).permutation(n_retain)[
+    n_retain = len(split.retain["y"])
+    chosen = np.random.default_rng(run.seed).permutation(n_retain)[
         : int(config.bad_teacher_fraction * n_retain)
     ]
     retain_x = split.retain["x"][np.sort(chosen)]
-    incompetent = study.model.init(study.keys["teacher"])
-    teacher_set = unlearn.bad_teacher_set(
+    sets["bad_teacher"] = unlearn.bad_teacher_set(
         retain_x,
         split.forget["x"],
-        train.predict(study.model, original, retain_x),
-        train.predict(study.model, incompetent, split.forget["x"]),
+        train.predict(run.model, original, retain_x),
+        train.predict(run.model, run.model.init(run.keys["teacher"]), split.forget["x"]),
     )
     teacher_seconds = time.perf_counter() - started
-    train_phase(
-        "bad_teacher",
-        original,
-        teacher_set,
-        config.bad_teacher_epochs,
-        config.bad_teacher_lr,
-        batch_size=config.bad_teacher_batch_size,
-    )
-    seconds["bad_teacher"] += teacher_seconds
+    trained = {}
+    for phase, arrays in sets.items():
+        start = run.model.init(run.keys["retrain"]) if phase == "retrain" else original
+        trained[phase] = _fit(run, phase, start, arrays, split.cls)
+    variables, seconds, passes = trained["bad_teacher"]
+    trained["bad_teacher"] = (variables, seconds + teacher_seconds, passes)
+    return trained
 
+
+def _alpha_sweep(run: _Seed, original, split: _Split, forget_imp, full_imp) -> dict[str, list[float]]:
+    """Forget/retain test accuracy of SSD at each α of ``config.alpha_sweep`` (λ from the config)."""
+    sweep = {"forget_test_acc": [], "retain_test_acc": []}
+    for alpha in run.config.alpha_sweep:
+        swept = dampen(original, forget_imp, full_imp, alpha, run.config.lam)
+        for key, arrays in (("forget_test_acc", split.forget_test), ("retain_test_acc", split.retain_test)):
+            sweep[key].append(eval.accuracy(train.predict(run.model, swept, arrays["x"]), arrays["y"]))
+    return sweep
+
+
+def forget_class(run: _Seed, original, original_seconds: float, cls: int) -> dict[str, Any]:
+    """Every method forgetting class ``cls`` from ``original``: metrics, seconds, passes, α, α sweep."""
+    split = _split(run, cls)
+    n_train, n_forget = len(run.train["y"]), len(split.forget["y"])
+    results = {"original": (original, original_seconds, run.config.epochs * n_train)}
+    results.update(_baselines(run, original, split))
     importances = {
-        estimator: study.importances(
-            original, split, estimator=estimator, label_free=estimator == "batch_abs"
-        )
+        estimator: _importances(run, original, split, estimator)
         for estimator in ("batch_sq", "empirical", "batch_abs")
     }
-    chosen_alpha = {}
-    for method, (estimator, alpha_field, lam) in SSD_METHODS.items():
-        forget_imp, full_imp, forget_s, full_s = importances[estimator]
-        alpha = None if alpha_field is None else getattr(config, alpha_field)
-        lam = config.lam if lam is None else lam
-        if alpha is None:  # ASSD: the percentile of I_f / I_D over the trainable parameters
-            alpha = float(unlearn.assd_alpha(forget_imp, full_imp, n_forget / n_train))
-        chosen_alpha[method] = alpha
-        dampen(original, forget_imp, full_imp, alpha, lam)  # compile outside the timing
-        variables[method], dampen_s = _timed(dampen, original, forget_imp, full_imp, alpha, lam)
-        seconds[method] = forget_s + full_s + dampen_s
-        seconds[f"{method} (I_D cached)"] = forget_s + dampen_s
-        passes[method] = n_train + n_forget
-    passes["ssd (I_D cached)"] = n_forget
-
-    forget_imp, full_imp = importances["batch_sq"][:2]
-    sweep = {"forget_test_acc": [], "retain_test_acc": []}
-    for alpha in config.alpha_sweep:
-        swept = dampen(original, forget_imp, full_imp, alpha, config.lam)
-        for key, arrays in (("forget_test_acc", split.forget_test), ("retain_test_acc", split.retain_test)):
-            sweep[key].append(eval.accuracy(train.predict(study.model, swept, arrays["x"]), arrays["y"]))
+    edits = _ssd_edits(run, original, split, importances)
+    seconds = {}
+    for method, (edited, _, dampen_seconds) in edits.items():
+        forget_seconds, full_seconds = importances[SSD_METHODS[method][0]][2:]
+        results[method] = (edited, forget_seconds + full_seconds + dampen_seconds, n_train + n_forget)
+        seconds[f"{method} (I_D cached)"] = forget_seconds + dampen_seconds
     return {
-        "metrics": {method: study.evaluate(variables[method], split) for method in METHODS},
-        "seconds": seconds,
-        "passes": passes,
-        "alpha": chosen_alpha,
-        "alpha_sweep": sweep,
-        "sizes": {"train": n_train, "retain": n_retain, "forget": n_forget},
+        "metrics": {method: _evaluate(run, results[method][0], split) for method in METHODS},
+        "seconds": {method: result[1] for method, result in results.items()} | seconds,
+        "passes": {method: result[2] for method, result in results.items()} | {"ssd (I_D cached)": n_forget},
+        "alpha": {method: edit[1] for method, edit in edits.items()},
+        "alpha_sweep": _alpha_sweep(run, original, split, *importances["batch_sq"][:2]),
+        "sizes": {"train": n_train, "retain": len(split.retain["y"]), "forget": n_forget},
     }
 
 
-CLASS_SWEEP_METHODS = ("ssd", "assd", "assd_empirical")
-
-
-def class_sweep(study: _Study, original) -> dict[str, dict[str, list[float]]]:
+def class_sweep(run: _Seed, original) -> dict[str, dict[str, list[float]]]:
     """Every class forgotten in turn from the same original model by the importance-only methods:
     ``{method: {"forget_test_acc": [...], "retain_test_acc": [...]}}`` indexed by class."""
-    config = study.config
-    out = {m: {"forget_test_acc": [], "retain_test_acc": []} for m in CLASS_SWEEP_METHODS}
-    for cls in range(study.num_classes):
-        split = study.split(cls)
-        fraction = len(split.forget["y"]) / len(study.train["y"])
+    test = run.test_set.arrays()
+    out = {method: {"forget_test_acc": [], "retain_test_acc": []} for method in CLASS_SWEEP_METHODS}
+    for cls in range(run.train_set.num_classes):
+        split = _split(run, cls)
         importances = {
-            estimator: study.importances(original, split, estimator=estimator)[:2]
+            estimator: _importances(run, original, split, estimator)
             for estimator in ("batch_sq", "empirical")
         }
-        for method in CLASS_SWEEP_METHODS:
-            forget_imp, full_imp = importances[SSD_METHODS[method][0]]
-            alpha, lam = config.alpha, config.lam
-            if method != "ssd":
-                alpha, lam = unlearn.assd_alpha(forget_imp, full_imp, fraction), 1.0
-            edited = dampen(original, forget_imp, full_imp, alpha, lam)
-            correct = np.argmax(train.predict(study.model, edited, study.test["x"]), 1) == study.test["y"]
-            in_class = study.test["y"] == cls
+        for method, (edited, _, _) in _ssd_edits(
+            run, original, split, importances, CLASS_SWEEP_METHODS
+        ).items():
+            correct = np.argmax(train.predict(run.model, edited, test["x"]), 1) == test["y"]
+            in_class = test["y"] == cls
             out[method]["forget_test_acc"].append(float(correct[in_class].mean()))
             out[method]["retain_test_acc"].append(float(correct[~in_class].mean()))
     return out
 
 
-def run_seed(config: Config, seed: int, run_dir: str, interrupt=None) -> dict[str, Any]:
-    """Trains the original model once, then forgets each of ``config.forget_classes`` from it."""
-    study = _Study(config, seed, run_dir)
-    original, original_seconds = _timed(
-        study.fit,
-        study.model.init(study.keys["init"]),
-        study.train,
-        phase="original",
-        epochs=config.epochs,
-        lr=config.lr,
-        optimizer=config.optimizer,
-        checkpoint="original",
-        interrupt=interrupt,
-    )
-    classes = {
-        str(cls): forget_class(study, original, original_seconds, cls, interrupt)
-        for cls in config.forget_classes
-    }
-    return {
-        "classes": classes,
-        "class_sweep": class_sweep(study, original) if config.class_sweep else None,
-        "resumed": study.resumed,
-    }
+def run_seed(config: Config, seed: int, run_dir: str, logger: train.MetricLogger) -> dict[str, Any]:
+    """Trains the original model once (the loop ``seed<s>/original``), then forgets each of
+    ``config.forget_classes`` from it."""
+    run = _setup(config, seed, run_dir, logger)
+    original, original_seconds, _ = _fit(run, "original", run.model.init(run.keys["init"]), run.train)
+    classes = {str(cls): forget_class(run, original, original_seconds, cls) for cls in config.forget_classes}
+    return {"classes": classes, "class_sweep": class_sweep(run, original) if config.class_sweep else None}
 
 
-def main(config: Config, run_dir: str, *, interrupt: tuple[str, int] | None = None) -> dict[str, Any]:
+def main(config: Config, run_dir: str) -> dict[str, Any]:
     """Runs every seed, then writes ``metrics.json``, ``timing.json``, ``report.md`` and the plots.
 
-    ``metrics.json`` holds only quantities that the seed determines (so a resumed run reproduces it);
-    wall-clock times go to ``timing.json``. ``interrupt=(phase, epoch)`` simulates a crash after that
-    phase's checkpoint, for testing ``--resume``.
+    ``metrics.json`` holds only quantities that the seed determines, so a run resumed from its
+    checkpoints (every training phase is one :func:`unlearnx.train.loop`; the rest is recomputed from
+    the trained models) reproduces it byte for byte; wall-clock times go to ``timing.json``.
     """
+    from experiments import ssd_report  # imported here: the report imports this module's method lists
+
     if not config.forget_classes:
         raise ValueError("forget_classes is empty")
-    per_seed = {str(seed): run_seed(config, seed, run_dir, interrupt) for seed in config.seeds}
+    logger = train.MetricLogger(os.path.join(run_dir, "train_log.jsonl"))
+    try:
+        per_seed = {str(seed): run_seed(config, seed, run_dir, logger) for seed in config.seeds}
+    finally:
+        logger.close()
     metrics, timing = ssd_report.summarise(config, per_seed)
     runner.write_outputs(run_dir, metrics, timing, ssd_report.report(config, metrics, timing))
     ssd_report.plot(config, metrics, run_dir)

@@ -1,33 +1,16 @@
-"""Summaries, the Markdown report and the plots of the SSD forgetting experiment (``ssd_forget``)."""
+"""Summaries, the Markdown report and the plots of the SSD forgetting experiment (``ssd_forget``, which
+owns the method and metric lists)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
-from experiments import runner
+from experiments.report import figure, fmt, markdown_table, stat
+from experiments.ssd_forget import METHODS, METRICS
 
-METHODS = (
-    "original",
-    "retrain",
-    "finetune",
-    "neggrad+",
-    "amnesiac",
-    "bad_teacher",
-    "ssd",
-    "assd",
-    "assd_empirical",
-    "lfssd",
-)
-METRICS = ("retain_test_acc", "forget_test_acc", "forget_train_acc", "entropy_mia", "loss_mia")
 COST_ROWS = ("retrain", "finetune", "neggrad+", "amnesiac", "bad_teacher", "ssd", "ssd (I_D cached)")
-
-
-def _stat(values) -> dict[str, float]:
-    mean, std = runner.mean_std(values)
-    return {"mean": mean, "std": std}
 
 
 def summarise(config, per_seed: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -41,14 +24,12 @@ def summarise(config, per_seed: dict[str, dict[str, Any]]) -> tuple[dict[str, An
         classes[cls] = {
             "per_seed": {seed: run["classes"][cls]["metrics"] for seed, run in per_seed.items()},
             "summary": {
-                method: {metric: _stat(r["metrics"][method][metric] for r in results) for metric in METRICS}
+                method: {metric: stat(r["metrics"][method][metric] for r in results) for metric in METRICS}
                 for method in METHODS
             },
             "alpha": {seed: run["classes"][cls]["alpha"] for seed, run in per_seed.items()},
             "alpha_sweep": {
-                key: [
-                    _stat(r["alpha_sweep"][key][i] for r in results) for i in range(len(config.alpha_sweep))
-                ]
+                key: [stat(r["alpha_sweep"][key][i] for r in results) for i in range(len(config.alpha_sweep))]
                 for key in ("forget_test_acc", "retain_test_acc")
             },
             "passes": results[0]["passes"],
@@ -62,8 +43,8 @@ def summarise(config, per_seed: dict[str, dict[str, Any]]) -> tuple[dict[str, An
         class_sweep = {
             method: {
                 key: [
-                    {"mean": float(column.mean()), "std": float(column.std())}
-                    for column in np.asarray([run["class_sweep"][method][key] for run in runs]).T
+                    stat(column)
+                    for column in zip(*(run["class_sweep"][method][key] for run in runs), strict=True)
                 ]
                 for key in ("forget_test_acc", "retain_test_acc")
             }
@@ -74,20 +55,19 @@ def summarise(config, per_seed: dict[str, dict[str, Any]]) -> tuple[dict[str, An
             seed: {c: r["seconds"] for c, r in run["classes"].items()} for seed, run in per_seed.items()
         },
         "median": seconds,
-        "resumed_phases": {seed: run["resumed"] for seed, run in per_seed.items() if run["resumed"]},
     }
     return {"classes": classes, "class_sweep": class_sweep}, timing
 
 
-def _fmt(stat: dict[str, float], scale: float = 100.0, digits: int = 1) -> str:
-    return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+def _pct(value: dict[str, float]) -> str:
+    return fmt(value, scale=100.0)
 
 
 def _class_section(config, cls: str, result: dict[str, Any], seconds: dict[str, float]) -> list[str]:
     summary, retrain_seconds = result["summary"], seconds["retrain"]
     rows = [
         [method]
-        + [_fmt(summary[method][m]) for m in METRICS]
+        + [_pct(summary[method][m]) for m in METRICS]
         + [f"{seconds[method]:.3f}", f"{seconds[method] / retrain_seconds:.3f}"]
         for method in METHODS
     ]
@@ -114,14 +94,14 @@ def _class_section(config, cls: str, result: dict[str, Any], seconds: dict[str, 
     ]
     sweep = result["alpha_sweep"]
     sweep_rows = [
-        [f"{alpha:g}", _fmt(sweep["forget_test_acc"][i]), _fmt(sweep["retain_test_acc"][i])]
+        [f"{alpha:g}", _pct(sweep["forget_test_acc"][i]), _pct(sweep["retain_test_acc"][i])]
         for i, alpha in enumerate(config.alpha_sweep)
     ]
     ssd, original = summary["ssd"], summary["original"]
     sizes = result["sizes"]
     checks = [
         f"- SSD (α = {config.alpha:g}, λ = {config.lam:g}) forget test accuracy "
-        f"{_fmt(ssd['forget_test_acc'])}% (target ≤ 5%); retain test accuracy drop "
+        f"{_pct(ssd['forget_test_acc'])}% (target ≤ 5%); retain test accuracy drop "
         f"{(original['retain_test_acc']['mean'] - ssd['retain_test_acc']['mean']) * 100:.1f} points "
         "(target ≤ 5).",
         "- α per seed (ASSD on batch_sq / ASSD on empirical / LFSSD): "
@@ -130,18 +110,18 @@ def _class_section(config, cls: str, result: dict[str, Any], seconds: dict[str, 
             for a in result["alpha"].values()
         )
         + f". |D|/|D_f| = {sizes['train'] / sizes['forget']:.1f}.",
-        f"- Entropy MIA on D_f: original {_fmt(original['entropy_mia'])}%, retrain "
-        f"{_fmt(summary['retrain']['entropy_mia'])}%, SSD {_fmt(ssd['entropy_mia'])}%.",
+        f"- Entropy MIA on D_f: original {_pct(original['entropy_mia'])}%, retrain "
+        f"{_pct(summary['retrain']['entropy_mia'])}%, SSD {_pct(ssd['entropy_mia'])}%.",
     ]
     return [
         f"## Forget class {cls} (|D_f| = {sizes['forget']}, |D| = {sizes['train']})",
-        runner.markdown_table(header, rows),
+        markdown_table(header, rows),
         "### Cost (forward+backward example passes, and wall time)",
-        runner.markdown_table(
+        markdown_table(
             ["method", "passes", "retrain / method (passes)", "time s", "retrain / method (time)"], cost_rows
         ),
         f"### α sweep (SSD with cached importances, λ = {config.lam:g})",
-        runner.markdown_table(["α", "forget test acc %", "retain test acc %"], sweep_rows),
+        markdown_table(["α", "forget test acc %", "retain test acc %"], sweep_rows),
         "### Checks",
         "\n".join(checks),
     ]
@@ -168,14 +148,14 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
         rows = [
             [str(c)]
             + [
-                f"{_fmt(table[m]['forget_test_acc'][c])} / {_fmt(table[m]['retain_test_acc'][c])}"
+                f"{_pct(table[m]['forget_test_acc'][c])} / {_pct(table[m]['retain_test_acc'][c])}"
                 for m in methods
             ]
             for c in range(len(table[methods[0]]["forget_test_acc"]))
         ]
         sections += [
             "## Every class forgotten in turn (forget / retain test acc %, the same original models)",
-            runner.markdown_table(
+            markdown_table(
                 ["class", *(f"ssd (α = {config.alpha:g})" if m == "ssd" else m for m in methods)], rows
             ),
         ]
@@ -198,10 +178,6 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
         notes.append(
             f"- Diverged (non-finite outputs; metrics NaN, left out of the means): {', '.join(diverged)}."
         )
-    if timing["resumed_phases"]:
-        notes.append(
-            f"- Resumed phases {timing['resumed_phases']}: their times cover only the epochs after resuming."
-        )
     images = ["![accuracy](accuracy.png)", "![alpha sweep](alpha_sweep.png)"]
     if metrics["class_sweep"]:
         images.append("![class sweep](class_sweep.png)")
@@ -210,65 +186,64 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
 
 
 def plot(config, metrics: dict[str, Any], run_dir: str) -> None:
-    """``accuracy.png`` (retain/forget test accuracy per method, one panel per forget class) and
-    ``alpha_sweep.png`` (SSD accuracy against α, one line pair per forget class)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    classes = metrics["classes"]
-    fig, axes = plt.subplots(len(classes), 1, figsize=(10, 3.6 * len(classes)), squeeze=False)
-    positions = np.arange(len(METHODS))
-    for ax, (cls, result) in zip(axes[:, 0], classes.items(), strict=True):
-        summary = result["summary"]
-        for offset, key, label in (
-            (-0.2, "retain_test_acc", "retain test"),
-            (0.2, "forget_test_acc", "forget test"),
-        ):
-            ax.bar(
-                positions + offset,
-                [summary[m][key]["mean"] * 100 for m in METHODS],
-                0.4,
-                yerr=[summary[m][key]["std"] * 100 for m in METHODS],
-                label=label,
-                capsize=3,
-            )
-        ax.set_xticks(positions, METHODS, rotation=30, ha="right")
-        ax.set_ylabel("accuracy %")
-        ax.set_ylim(0, 120)
-        ax.set_title(f"Forgetting class {cls} ({config.dataset}, {config.model})")
-        ax.legend(ncol=2, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "accuracy.png"), dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for cls, result in classes.items():
-        sweep = result["alpha_sweep"]
-        for key, style in (("forget_test_acc", "-"), ("retain_test_acc", "--")):
-            ax.errorbar(
-                config.alpha_sweep,
-                [s["mean"] * 100 for s in sweep[key]],
-                yerr=[s["std"] * 100 for s in sweep[key]],
-                marker="o",
-                linestyle=style,
-                capsize=3,
-                label=f"class {cls} {key.split('_')[0]} test",
-            )
-    ax.axvline(config.alpha, color="grey", linestyle=":", label=f"α = {config.alpha:g}")
-    ax.set_xscale("log")
-    ax.set_xlabel("α (selection threshold)")
-    ax.set_ylabel("accuracy %")
-    ax.set_title(f"SSD α sweep, λ = {config.lam:g}")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "alpha_sweep.png"), dpi=120)
-    plt.close(fig)
-
+    """``accuracy.png`` (retain/forget test accuracy per method, one panel per forget class),
+    ``alpha_sweep.png`` (SSD accuracy against α, one line pair per forget class) and, with the class
+    sweep, ``class_sweep.png``."""
+    _plot_accuracy(config, metrics["classes"], run_dir)
+    _plot_alpha_sweep(config, metrics["classes"], run_dir)
     if metrics["class_sweep"]:
-        table = metrics["class_sweep"]
-        fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+        _plot_class_sweep(metrics["class_sweep"], run_dir)
+
+
+def _plot_accuracy(config, classes: dict[str, Any], run_dir: str) -> None:
+    shape = {"nrows": len(classes), "figsize": (10, 3.6 * len(classes)), "squeeze": False}
+    with figure(run_dir, "accuracy.png", **shape) as (_, axes):
+        positions = np.arange(len(METHODS))
+        for ax, (cls, result) in zip(axes[:, 0], classes.items(), strict=True):
+            summary = result["summary"]
+            for offset, key, label in (
+                (-0.2, "retain_test_acc", "retain test"),
+                (0.2, "forget_test_acc", "forget test"),
+            ):
+                ax.bar(
+                    positions + offset,
+                    [summary[m][key]["mean"] * 100 for m in METHODS],
+                    0.4,
+                    yerr=[summary[m][key]["std"] * 100 for m in METHODS],
+                    label=label,
+                    capsize=3,
+                )
+            ax.set_xticks(positions, METHODS, rotation=30, ha="right")
+            ax.set_ylabel("accuracy %")
+            ax.set_ylim(0, 120)
+            ax.set_title(f"Forgetting class {cls} ({config.dataset}, {config.model})")
+            ax.legend(ncol=2, loc="upper right")
+
+
+def _plot_alpha_sweep(config, classes: dict[str, Any], run_dir: str) -> None:
+    with figure(run_dir, "alpha_sweep.png", figsize=(6, 4)) as (_, ax):
+        for cls, result in classes.items():
+            sweep = result["alpha_sweep"]
+            for key, style in (("forget_test_acc", "-"), ("retain_test_acc", "--")):
+                ax.errorbar(
+                    config.alpha_sweep,
+                    [s["mean"] * 100 for s in sweep[key]],
+                    yerr=[s["std"] * 100 for s in sweep[key]],
+                    marker="o",
+                    linestyle=style,
+                    capsize=3,
+                    label=f"class {cls} {key.split('_')[0]} test",
+                )
+        ax.axvline(config.alpha, color="grey", linestyle=":", label=f"α = {config.alpha:g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("α (selection threshold)")
+        ax.set_ylabel("accuracy %")
+        ax.set_title(f"SSD α sweep, λ = {config.lam:g}")
+        ax.legend(fontsize="small")
+
+
+def _plot_class_sweep(table: dict[str, Any], run_dir: str) -> None:
+    with figure(run_dir, "class_sweep.png", nrows=2, figsize=(9, 6), sharex=True) as (_, axes):
         num_classes = len(next(iter(table.values()))["forget_test_acc"])
         width = 0.8 / len(table)
         for i, (method, result) in enumerate(table.items()):
@@ -288,6 +263,3 @@ def plot(config, metrics: dict[str, Any], run_dir: str) -> None:
         axes[0].set_ylim(0, 130)
         axes[0].legend(ncol=len(table), fontsize="small", loc="upper center")
         axes[0].set_title("Each class forgotten in turn from the same original models")
-        fig.tight_layout()
-        fig.savefig(os.path.join(run_dir, "class_sweep.png"), dpi=120)
-        plt.close(fig)
