@@ -4,12 +4,17 @@ A training loop saves its whole state (parameters, optimizer state, RNG, counter
 JSON document (its metric history) when orbax's save-decision policy says so; a rerun restores the newest
 step into the same structure and continues, which, with deterministic data order and step-folded RNG, ends
 in exactly the state an uninterrupted run reaches. Orbax writes each step to a temporary folder and renames
-it when complete, so a process killed mid-write leaves the previous step intact.
+it when complete, so a process killed mid-write leaves the previous step intact. Each finished step also gets
+a SHA-256 digest of every file in it; :meth:`Checkpointer.restore_latest` verifies it and falls back, with a
+warning naming the damaged file, to the newest step that is intact.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -19,6 +24,22 @@ from orbax.checkpoint import checkpoint_managers as policies
 PyTree = Any
 
 __all__ = ["Checkpointer", "interval_policy"]
+
+_DIGEST = "unlearnx_digest.json"
+
+
+def _file_digests(directory: str) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``directory`` but the digest file itself."""
+    digests = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, directory)
+            if relative.startswith(_DIGEST):  # the digest and its temporary file
+                continue
+            with open(path, "rb") as handle:
+                digests[relative] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return digests
 
 
 def interval_policy(
@@ -93,11 +114,61 @@ class Checkpointer:
         """Whether the policy asks for a save at ``step`` (never, without a policy)."""
         return self._asks and self._manager.should_save(step)
 
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
     def save(self, step: int, tree: PyTree, record: Any = None) -> None:
-        """Saves ``tree`` (and the JSON-able ``record``) as ``step`` and waits until it is durably written."""
+        """Saves ``tree`` (and the JSON-able ``record``) as ``step``, waits until it is durably written, then
+        writes the digest of its files (process 0)."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(tree), record=ocp.args.JsonSave(record))
         self._manager.save(step, args=args, force=True)
         self._manager.wait_until_finished()
+        if jax.process_index() == 0:
+            path = os.path.join(self._step_dir(step), _DIGEST)
+            digests = _file_digests(self._step_dir(step))
+            with open(path + ".tmp", "w") as handle:
+                json.dump(digests, handle, sort_keys=True)
+            os.replace(path + ".tmp", path)
+
+    def verify(self, step: int) -> str | None:
+        """``None`` when ``step``'s files match their digest, else what is wrong (naming the file)."""
+        directory = self._step_dir(step)
+        try:
+            with open(os.path.join(directory, _DIGEST)) as handle:
+                want = json.load(handle)
+        except (OSError, json.JSONDecodeError):
+            return f"{os.path.join(directory, _DIGEST)} is missing or unreadable (the save did not finish)"
+        have = _file_digests(directory)
+        for relative in sorted(set(want) | set(have)):
+            if want.get(relative) != have.get(relative):
+                state = (
+                    "missing" if relative not in have else "unexpected" if relative not in want else "changed"
+                )
+                return f"{os.path.join(directory, relative)} is {state}"
+        return None
+
+    def restore_latest(self, like: PyTree) -> tuple[int, PyTree, Any] | None:
+        """``(step, tree, record)`` of the newest intact step, or ``None`` when there is none.
+
+        Steps that fail their digest or cannot be restored are deleted with a warning naming the damaged
+        file, so training resumes from the newest good step (or from scratch) instead of from bad data.
+        """
+        for step in reversed(self.all_steps()):
+            problem = self.verify(step)
+            if problem is None:
+                try:
+                    tree, record = self.restore(like, step)
+                    return step, tree, record
+                except Exception as error:  # noqa: BLE001 - any failure to read it makes the step unusable
+                    problem = f"restoring it failed: {type(error).__name__}: {error}"
+            warnings.warn(
+                f"checkpoint step {step} in {self.directory} is damaged ({problem}); deleting it and "
+                "falling back to an earlier step",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._manager.delete(step)
+        return None
 
     def restore(self, like: PyTree, step: int | None = None) -> tuple[PyTree, Any]:
         """Restores ``step`` (default: the latest) into the structure, shapes, dtypes and shardings of

@@ -59,3 +59,32 @@ def test_policies_decide_when_to_save(tmp_path):
 def test_bad_policies_are_named(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         interval_policy(**kwargs)
+
+
+def _data_files(step_dir):
+    return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d")
+
+
+@pytest.mark.parametrize("damage", ["flip a byte of a data file", "truncate _METADATA", "lose the digest"])
+def test_a_damaged_step_is_named_deleted_and_the_previous_one_restored(tmp_path, damage):
+    with Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, _state(float(step)), {"step": step})
+    step_dir = tmp_path / "2"
+    if damage.startswith("flip"):
+        target = _data_files(step_dir)[0]
+        raw = bytearray(target.read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        target.write_bytes(bytes(raw))
+    elif damage.startswith("truncate"):
+        target = step_dir / "state" / "_METADATA"
+        target.write_bytes(target.read_bytes()[:20])
+    else:
+        target = step_dir / "unlearnx_digest.json"
+        target.unlink()
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.verify(1) is None and str(target) in ckpt.verify(2)
+        with pytest.warns(RuntimeWarning, match=f"step 2 .* damaged .*{target.name}"):
+            step, restored, record = ckpt.restore_latest(_state(0.0))
+        assert step == 1 and record == {"step": 1} and ckpt.all_steps() == [1]
+        np.testing.assert_array_equal(restored.variables["params"]["Dense_0"]["kernel"], np.ones((3, 2)))

@@ -218,3 +218,23 @@ def test_eight_devices_shard_the_batch_and_match_one(tmp_path, straight):
     assert bool(eight["replicated_False"]) and not bool(eight["replicated_True"])  # params split 8 ways
     for shard in (False, True):
         np.testing.assert_allclose(eight[f"w_{shard}"], one, rtol=1e-5, atol=1e-6)
+
+
+def test_a_corrupted_checkpoint_falls_back_and_still_ends_exactly(tmp_path, straight):
+    from unlearnx.checkpoint import interval_policy
+
+    kwargs = dict(interval=2, on_interval=_on_interval, progress=False, checkpoint_dir=tmp_path)
+    train.stop_at("train", 6)
+    try:
+        with pytest.raises(train.Preempted):
+            train.loop(
+                step_fn, initial_state(), batch_at, 10, checkpoint_policy=interval_policy(steps=2), **kwargs
+            )
+    finally:
+        train.clear_stop()
+    data_file = sorted(p for p in (tmp_path / "6").rglob("*") if p.is_file() and p.parent.name == "d")[0]
+    data_file.write_bytes(b"\0" + data_file.read_bytes()[1:])
+    with pytest.warns(RuntimeWarning, match="step 6 .* damaged"):
+        state, history = train.loop(step_fn, initial_state(), batch_at, 10, **kwargs)
+    _assert_same_state(state, straight[0])
+    assert [r["step"] for r in history] == [2, 4, 6, 8, 10]

@@ -72,8 +72,11 @@ def _restore(checkpointer: Checkpointer, state, num_steps: int):
             f"loop: {checkpointer.directory} holds steps {steps}, past num_steps={num_steps}; "
             "it belongs to a longer run (use another checkpoint_dir)"
         )
-    restored, record = checkpointer.restore(state, steps[-1])
-    return steps[-1], restored, list(record["history"]), _decode_pending(record["pending"])
+    latest = checkpointer.restore_latest(state)
+    if latest is None:  # every step was damaged (and deleted, with a warning): start over
+        return 0, state, [], {}
+    step, restored, record = latest
+    return step, restored, list(record["history"]), _decode_pending(record["pending"])
 
 
 def _summarise(pending: dict[str, list]) -> tuple[dict[str, jax.Array], dict[str, Any]]:
@@ -170,7 +173,7 @@ def loop(
         start, history, pending = 0, [], {}
         if checkpointer is not None:
             start, state, history, pending = _restore(checkpointer, state, num_steps)
-            if logger is not None and start > 0:
+            if logger is not None:  # records a killed run wrote past its last checkpoint
                 logger.rewind(name, start)
         bar = tqdm(range(start, num_steps), desc=name, disable=None if progress else True, leave=False)
         started = time.perf_counter()
