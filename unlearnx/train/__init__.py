@@ -5,11 +5,14 @@
 - :func:`loop`: any ``step(state, batch)`` over ``num_steps`` steps, data-parallel over a mesh, with orbax
   checkpoints under a save policy, exact resume, records to JSONL and TensorBoard (:class:`MetricLogger`).
 - :func:`fit`: supervised training over epochs of in-memory arrays, on :func:`loop`.
+- :func:`step_cost`, :class:`StepCost`, :func:`device_peak_flops`: a loop's FLOPs, memory per device and
+  estimated hours, from one step compiled on abstract shapes (nothing runs, nothing is allocated).
 - :class:`Preempted`, :func:`install_sigterm_handler`, :func:`request_stop`, :func:`stop_at`,
   :func:`clear_stop`: the one stop mechanism (SIGTERM, user requests and tests alike): the loop
   checkpoints and raises :class:`Preempted`; a rerun resumes.
 """
 
+from unlearnx.train._cost import REFERENCE_DEVICES, StepCost, device_peak_flops, step_cost
 from unlearnx.train._fit import fit
 from unlearnx.train._loop import loop
 from unlearnx.train._preemption import (
@@ -24,10 +27,13 @@ from unlearnx.train._step import TrainState, example_losses, make_train_step, ne
 from unlearnx.train._writers import MetricLogger
 
 __all__ = [
+    "REFERENCE_DEVICES",
     "MetricLogger",
     "Preempted",
+    "StepCost",
     "TrainState",
     "clear_stop",
+    "device_peak_flops",
     "example_losses",
     "fit",
     "install_sigterm_handler",
@@ -36,6 +42,7 @@ __all__ = [
     "next_token_losses",
     "predict",
     "request_stop",
+    "step_cost",
     "stop_at",
     "stop_requested",
 ]

@@ -1,0 +1,80 @@
+"""unlearnx.train.step_cost: XLA's FLOPs of a compiled step against a count by hand, memory per device,
+hours, and the same total FLOPs on 8 simulated devices with less memory per device when parameters shard."""
+
+import os
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+from problems import run_on_eight_devices
+
+from unlearnx import models, train
+
+BATCH, WIDTHS = 256, (64, 128, 128, 10)
+
+
+def mlp_problem():
+    model = models.mlp((WIDTHS[0],), WIDTHS[-1], hidden=WIDTHS[1:-1])
+    optimizer = optax.adam(1e-3)
+    state = jax.eval_shape(
+        lambda: train.TrainState.create(model.init(jax.random.key(0)), optimizer, jax.random.key(1))
+    )
+    batch = {
+        "x": jax.ShapeDtypeStruct((BATCH, WIDTHS[0]), jnp.float32),
+        "y": jax.ShapeDtypeStruct((BATCH,), jnp.int32),
+    }
+    return train.make_train_step(model, optimizer), state, batch
+
+
+def matmul_flops():
+    """Forward 2·B·d_in·d_out per layer; backward the same for the weight gradient of every layer and for
+    the input gradient of every layer but the first (the data needs no gradient)."""
+    layers = [2 * BATCH * a * b for a, b in zip(WIDTHS[:-1], WIDTHS[1:], strict=True)]
+    return 2 * sum(layers) + sum(layers[1:])
+
+
+def test_flops_memory_and_hours_of_an_mlp_step():
+    step, state, batch = mlp_problem()
+    cost = train.step_cost(step, state, batch, 1000, name="mlp")
+    params = sum(a * b + b for a, b in zip(WIDTHS[:-1], WIDTHS[1:], strict=True))
+    assert cost.params == params and cost.steps == 1000 and cost.devices == jax.device_count()
+    # XLA also counts the element-wise work (activations, softmax, Adam): a little above the matmuls.
+    assert matmul_flops() <= cost.flops_per_step <= 1.1 * matmul_flops()
+    assert cost.argument_bytes >= 4 * 3 * params  # params and Adam's two moments, float32
+    assert cost.peak_bytes == cost.argument_bytes + cost.output_bytes + cost.temp_bytes
+    hours = cost.hours(1e12, chips=1, utilisation=0.5)
+    assert hours == pytest.approx(cost.flops_per_step * 1000 / 0.5e12 / 3600)
+    kind, peak = train.device_peak_flops()
+    assert peak > 1e8 and isinstance(kind, str)
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, json
+    sys.path[:0] = [sys.argv[2], sys.argv[2] + "/.."]
+    from test_train_cost import mlp_problem
+    from unlearnx import train
+    step, state, batch = mlp_problem()
+    out = {}
+    for shard in (False, True):
+        cost = train.step_cost(step, state, batch, 10, shard_params=shard)
+        out[str(shard)] = [cost.devices, cost.flops_per_step, cost.argument_bytes]
+    json.dump(out, open(sys.argv[1], "w"))
+    """
+)
+
+
+@pytest.mark.slow
+def test_eight_devices_count_the_same_flops_and_shard_memory(tmp_path):
+    import json
+
+    run_on_eight_devices(SCRIPT, tmp_path / "out.json", os.path.dirname(__file__))
+    out = json.loads((tmp_path / "out.json").read_text())
+    step, state, batch = mlp_problem()
+    one = train.step_cost(step, state, batch, 10)
+    replicated, sharded = out["False"], out["True"]
+    assert replicated[0] == 8
+    assert replicated[1] == pytest.approx(one.flops_per_step, rel=0.15)  # same work, split 8 ways
+    assert sharded[2] < 0.5 * replicated[2]  # parameters and optimizer state split over the devices
