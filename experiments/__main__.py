@@ -7,11 +7,14 @@ Every run writes ``<out>/<NAME>/<timestamp>/{config.json, metrics.json, report.m
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
+import jax
+
 import experiments
-from experiments import runner
+from experiments import plan, runner
 from unlearnx import parallel, train
 
 
@@ -22,17 +25,33 @@ def _parse_interrupt(text: str) -> tuple[str, int]:
     return phase, int(step)
 
 
+def plan_one(name: str, preset: str, overrides) -> tuple[str, dict]:
+    """The cost table of ``name``'s preset (nothing trains, no data is read): ``(markdown, record)``."""
+    module = experiments.load(name)
+    config = runner.apply_overrides(_preset(module, name, preset), overrides)
+    return plan.table(plan.costs(module.plan(config)))
+
+
+def _preset(module, name: str, preset: str):
+    if preset not in module.PRESETS:
+        raise SystemExit(f"{name}: unknown preset {preset!r}; presets: {', '.join(module.PRESETS)}")
+    return module.PRESETS[preset]
+
+
 def run_one(name: str, preset: str, overrides, *, out: str, resume: bool, interrupt=None) -> str:
     """Runs experiment ``name`` with ``preset`` and ``overrides``; returns its run directory.
 
     ``interrupt=(loop, step)`` is the testing aid for preemption: the training loop named ``loop`` stops
     once it has run ``step`` steps, exactly as on SIGTERM (:func:`unlearnx.train.stop_at`)."""
     module = experiments.load(name)
-    if preset not in module.PRESETS:
-        raise SystemExit(f"{name}: unknown preset {preset!r}; presets: {', '.join(module.PRESETS)}")
-    config = runner.apply_overrides(module.PRESETS[preset], overrides)
+    config = runner.apply_overrides(_preset(module, name, preset), overrides)
     run_dir = runner.run_directory(out, name, config, resume=resume)
     print(f"== {name} [{preset}] -> {run_dir}", flush=True)
+    if hasattr(module, "plan"):  # the estimated cost, printed and recorded before any training
+        text, record = plan.table(plan.costs(module.plan(config)))
+        print(text, flush=True)
+        if parallel.is_main_process():
+            runner.write_json(os.path.join(run_dir, "plan.json"), record)
     started = time.perf_counter()
     if interrupt is not None:
         train.stop_at(*interrupt)
@@ -60,6 +79,12 @@ def main(argv=None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the newest run of the same config")
     parser.add_argument("--list", action="store_true", help="list experiments and presets, then exit")
     parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the preset's devices, parameters, FLOPs per step, steps, hours and memory per device, "
+        "compiled on abstract shapes without training or reading data, then exit",
+    )
+    parser.add_argument(
         "--interrupt",
         type=_parse_interrupt,
         default=None,
@@ -76,6 +101,11 @@ def main(argv=None) -> None:
     if args.list:
         return
     names = [args.name] if args.name else list(experiments.EXPERIMENTS)
+    if args.plan:
+        for name in names:
+            text, _ = plan_one(name, args.preset, overrides)
+            print(f"== {name} [{args.preset}] plan on {jax.device_count()} device(s)\n{text}")
+        return
     for name in names:
         run_one(name, args.preset, overrides, out=args.out, resume=args.resume, interrupt=args.interrupt)
 

@@ -12,7 +12,13 @@
   checkpoints and raises :class:`Preempted`; a rerun resumes.
 """
 
-from unlearnx.train._cost import REFERENCE_DEVICES, StepCost, device_peak_flops, step_cost
+from unlearnx.train._cost import (
+    DEFAULT_UTILISATION,
+    REFERENCE_DEVICES,
+    StepCost,
+    device_peak_flops,
+    step_cost,
+)
 from unlearnx.train._fit import fit
 from unlearnx.train._loop import loop
 from unlearnx.train._preemption import (
@@ -27,6 +33,7 @@ from unlearnx.train._step import TrainState, example_losses, make_train_step, ne
 from unlearnx.train._writers import MetricLogger
 
 __all__ = [
+    "DEFAULT_UTILISATION",
     "REFERENCE_DEVICES",
     "MetricLogger",
     "Preempted",

@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from unlearnx import parallel
 
-__all__ = ["REFERENCE_DEVICES", "StepCost", "device_peak_flops", "step_cost"]
+__all__ = ["DEFAULT_UTILISATION", "REFERENCE_DEVICES", "StepCost", "device_peak_flops", "step_cost"]
 
 # Dense bf16 peak FLOP/s per chip (vendor figures); float32 matmuls run at this rate by default on TPU
 # (bf16 passes) and near it on H100 (TF32 is half of it: the estimates are optimistic there).
@@ -31,7 +31,7 @@ _KNOWN_PEAKS: dict[str, float] = {
     "H200": 989e12,
     "A100": 312e12,
 }
-UTILISATION = 0.4  # assumed model-FLOP utilisation for the hour estimates
+DEFAULT_UTILISATION = 0.4  # assumed model-FLOP utilisation for the hour estimates
 
 
 @functools.cache
@@ -84,7 +84,7 @@ class StepCost(NamedTuple):
         return self.argument_bytes + self.output_bytes + self.temp_bytes
 
     def hours(
-        self, flops_per_second: float, chips: int | None = None, utilisation: float = UTILISATION
+        self, flops_per_second: float, chips: int | None = None, utilisation: float = DEFAULT_UTILISATION
     ) -> float:
         """Estimated hours on ``chips`` (default: this mesh's device count) of the given peak rate."""
         chips = self.devices if chips is None else chips
