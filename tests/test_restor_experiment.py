@@ -1,14 +1,21 @@
-"""The RESTOR experiment: registered, its presets are consistent, and a smoke run writes every output with
-metrics that obey the definitions (R and F recomputed from the accuracies, cached checkpoints reused)."""
+"""The RESTOR experiment: registered, its presets are consistent, a smoke run writes every output with
+metrics that obey the definitions (R and F recomputed from the accuracies), a run interrupted inside the
+corruption and the unlearning loops resumes to the same metrics, and the corruption loop stops when the
+corrupted rate reaches its target (and a rerun reuses that checkpoint)."""
 
+import dataclasses
 import json
 import os
 
+import jax
+import numpy as np
 import pytest
 
 import experiments
 from experiments import __main__ as cli
-from experiments import restor_recovery
+from experiments import restor_recovery, restor_world
+from unlearnx import train
+from unlearnx.checkpoint import Checkpointer
 
 
 def test_registered_and_presets_are_valid():
@@ -18,24 +25,44 @@ def test_registered_and_presets_are_valid():
         assert set(config.methods) <= set(restor_recovery.METHODS)
         assert set(config.masks) <= set(restor_recovery.MASKS)
     assert set(restor_recovery.PRESETS["paper"].ks) == {0, 1, 2, 3}
+    assert {v.split("/")[0] for v in restor_recovery.VARIANTS} == set(restor_recovery.MASKS)
+
+
+def test_unknown_method_or_mask_is_rejected(tmp_path):
+    smoke = restor_recovery.PRESETS["smoke"]
+    for change in ({"methods": ("npo", "nope")}, {"masks": ("doc", "spam")}):
+        with pytest.raises(ValueError, match="unknown"):
+            restor_recovery.main(dataclasses.replace(smoke, **change), str(tmp_path))
+
+
+def _metrics(run_dir: str) -> bytes:
+    with open(os.path.join(run_dir, "metrics.json"), "rb") as handle:
+        return handle.read()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("restor_smoke")
+    return cli.run_one("restor_recovery", "smoke", [], out=str(out), resume=False)
 
 
 @pytest.mark.slow
-def test_smoke_run(tmp_path, capsys):
-    run_dir = cli.run_one("restor_recovery", "smoke", [], out=str(tmp_path), resume=False)
+def test_smoke_run(smoke_run, capsys):
+    run_dir = smoke_run
     for name in ("config.json", "metrics.json", "timing.json", "report.md", "recovery_vs_forgetting.png"):
         assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
-    printed = capsys.readouterr().out
-    assert "## Localisation ablation" in printed and "## Logit probe" in printed
-    with open(os.path.join(run_dir, "metrics.json")) as handle:
-        metrics = json.load(handle)
+    with open(os.path.join(run_dir, "report.md")) as handle:
+        text = handle.read()
+    assert "## Localisation ablation" in text and "## Logit probe" in text
+    before = _metrics(run_dir)
+    metrics = json.loads(before)
     config = restor_recovery.PRESETS["smoke"]
     assert list(metrics["k"]) == [str(k) for k in config.ks]
     clean_acc = metrics["clean"]["acc_correct"]
-    for entry in metrics["k"].values():
+    for k, entry in metrics["k"].items():
         corrupted = entry["corrupted"]
         expected = {
-            f"{m}/{mask}/{'ssd_local' if local else 'full'}"
+            restor_recovery.run_name(m, mask, local)
             for m in config.methods
             for mask in config.masks
             for local in (config.localize if m != "ssd" else (False,))
@@ -49,10 +76,54 @@ def test_smoke_run(tmp_path, capsys):
                 ratio = run["rate_corrupted"] / corrupted["rate_corrupted"]
                 assert run["forgetting"] == pytest.approx(1 - ratio)
         assert 0.0 <= entry["selected_fraction"]["doc"] <= 1.0
-    # Clean and corrupted models are cached as checkpoints; a resumed run reuses them and reproduces metrics.
+        assert 1 <= entry["corrupt_epochs"] <= config.corrupt_max_epochs
+        # Every unlearning run is cached as a unit and its checkpoints are gone.
+        assert len(os.listdir(os.path.join(run_dir, "units", f"k{k}"))) == len(expected)
+        assert not os.listdir(os.path.join(run_dir, "checkpoints", f"unlearn_k{k}"))
+    # Clean and corrupted models are checkpointed; rerunning the finished run reuses them.
     assert os.path.isdir(os.path.join(run_dir, "checkpoints", "clean"))
     assert os.path.isdir(os.path.join(run_dir, "checkpoints", f"corrupt_k{config.ks[0]}"))
-    again = cli.run_one("restor_recovery", "smoke", [], out=str(tmp_path), resume=True)
+    again = cli.run_one(
+        "restor_recovery", "smoke", [], out=os.path.dirname(os.path.dirname(run_dir)), resume=True
+    )
     assert again == run_dir
-    with open(os.path.join(run_dir, "metrics.json")) as handle:
-        assert json.load(handle) == metrics
+    assert _metrics(run_dir) == before
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_metrics(smoke_run, tmp_path):
+    k = restor_recovery.PRESETS["smoke"].ks[0]
+    first_unlearn = f"unlearn_k{k}/{restor_recovery.run_name('npo', 'doc', False)}"
+    for stop in ((f"corrupt_k{k}", 1), (first_unlearn, 1)):
+        with pytest.raises(SystemExit, match="rerun with --resume"):
+            cli.run_one("restor_recovery", "smoke", [], out=str(tmp_path), resume=True, interrupt=stop)
+    run_dir = cli.run_one("restor_recovery", "smoke", [], out=str(tmp_path), resume=True)
+    assert _metrics(run_dir) == _metrics(smoke_run)
+
+
+@pytest.mark.slow
+def test_corruption_stops_at_the_target_rate_and_is_reused(tmp_path):
+    config = dataclasses.replace(
+        restor_recovery.PRESETS["smoke"], corrupt_target_rate=0.0, corrupt_max_epochs=3, checkpoint_seconds=0
+    )
+    s = restor_world.build(config)
+    k = config.ks[0]
+    clean = s.model.init(jax.random.key(0))
+    variables, epochs = restor_world.corrupt(s, clean, k, str(tmp_path / "a"), None)
+    assert epochs == 1  # any rate reaches 0.0: the loop stopped after its first epoch
+    with Checkpointer(tmp_path / "a" / "checkpoints" / f"corrupt_k{k}") as saved:
+        per_epoch = saved.latest_step()
+    again, epochs_again = restor_world.corrupt(s, clean, k, str(tmp_path / "a"), None)
+    assert epochs_again == 1
+    jax.tree.map(np.testing.assert_array_equal, again, variables)
+    with Checkpointer(tmp_path / "a" / "checkpoints" / f"corrupt_k{k}") as saved:
+        assert saved.latest_step() == per_epoch  # reused, not trained further
+    # A target never reached: the loop runs to the cap, and a stop request is a real preemption.
+    never = dataclasses.replace(s, config=dataclasses.replace(config, corrupt_target_rate=1.5))
+    train.stop_at(f"corrupt_k{k}", per_epoch)
+    try:
+        with pytest.raises(train.Preempted):
+            restor_world.corrupt(never, clean, k, str(tmp_path / "b"), None)
+    finally:
+        train.clear_stop()
+    assert restor_world.corrupt(never, clean, k, str(tmp_path / "b"), None)[1] == 3
