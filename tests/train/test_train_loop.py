@@ -238,3 +238,18 @@ def test_a_corrupted_checkpoint_falls_back_and_still_ends_exactly(tmp_path, stra
         state, history = train.loop(step_fn, initial_state(), batch_at, 10, **kwargs)
     _assert_same_state(state, straight[0])
     assert [r["step"] for r in history] == [2, 4, 6, 8, 10]
+
+
+def test_short_batches_are_cut_to_the_device_count_with_one_warning():
+    from unlearnx.train._loop import _even
+
+    warned = []
+    batch = {"x": np.arange(26).reshape(13, 2), "y": np.arange(13)}
+    with pytest.warns(RuntimeWarning, match="batch of 13 examples does not split over 8 devices; its last 5"):
+        cut = _even(batch, 8, 0, "train", warned)
+    np.testing.assert_array_equal(cut["y"], np.arange(8))
+    again = _even({"x": np.zeros((2, 11))}, 8, 1, "train", warned)  # axis 1, no second warning
+    assert again["x"].shape == (2, 8)
+    assert _even(batch, 1, 0, "train", []) is batch  # one device: nothing is ever dropped
+    with pytest.raises(ValueError, match="batch of 3 examples cannot be split over 8 devices"):
+        _even({"x": np.zeros(3)}, 8, 0, "train", [])

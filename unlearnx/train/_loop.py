@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -79,6 +80,29 @@ def _restore(checkpointer: Checkpointer, state, num_steps: int):
     return step, restored, list(record["history"]), _decode_pending(record["pending"])
 
 
+def _even(batch: Batch, devices: int, axis: int, name: str, warned: list) -> Batch:
+    """``batch`` cut to the largest multiple of ``devices`` examples along ``axis``: a short batch is dropped
+    in part, never replicated (each device would compute all of it) and never a crash on many hosts."""
+    size = np.shape(jax.tree.leaves(batch)[0])[axis]
+    usable = size - size % devices
+    if usable == size:
+        return batch
+    if usable == 0:
+        raise ValueError(
+            f"loop {name!r}: a batch of {size} examples cannot be split over {devices} devices; "
+            f"use batches of at least {devices} examples"
+        )
+    if not warned:
+        warned.append(True)
+        warnings.warn(
+            f"loop {name!r}: a batch of {size} examples does not split over {devices} devices; its last "
+            f"{size - usable} examples are dropped (said once per loop)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return jax.tree.map(lambda leaf: np.take(np.asarray(leaf), np.arange(usable), axis=axis), batch)
+
+
 def _summarise(pending: dict[str, list]) -> tuple[dict[str, jax.Array], dict[str, Any]]:
     """Stacked per-step metrics and their means over the interval (plain floats or lists)."""
     stacked = {key: jnp.stack(values) for key, values in pending.items()}
@@ -121,7 +145,9 @@ def loop(
     Sharding: the state is replicated over ``mesh`` (default: every device), or with ``shard_params``
     each leaf is split along its largest dimension that the device count divides (FSDP-style, for models
     that do not fit one chip); each batch is split along ``batch_axis`` over the mesh, every process
-    passing the same global host batch (:func:`unlearnx.parallel.process_share` keeps its share).
+    passing the same global host batch (:func:`unlearnx.parallel.process_share` keeps its share). A batch
+    whose size the device count does not divide loses its last examples (with one warning per loop), the
+    same way on one host and on many; with one device nothing is ever dropped.
 
     Args:
       step_fn: ``(state, batch) -> (state, {name: scalar or per-run array})``, usually jitted.
@@ -176,11 +202,10 @@ def loop(
             if logger is not None:  # records a killed run wrote past its last checkpoint
                 logger.rewind(name, start)
         bar = tqdm(range(start, num_steps), desc=name, disable=None if progress else True, leave=False)
-        started = time.perf_counter()
+        started, warned = time.perf_counter(), []
         for index in bar:
-            batch = parallel.shard_batch(
-                parallel.process_share(batch_at(index), batch_axis), mesh, batch_axis
-            )
+            batch = _even(batch_at(index), mesh.devices.size, batch_axis, name, warned)
+            batch = parallel.shard_batch(parallel.process_share(batch, batch_axis), mesh, batch_axis)
             state, metrics = step_fn(state, batch)
             for key, value in metrics.items():
                 pending.setdefault(key, []).append(value)
