@@ -1,29 +1,13 @@
-"""Summaries, the Markdown report and the plots of the sparse-training experiment (``granet_sparse``)."""
+"""Summaries, the Markdown report and the plots of the sparse-training experiment (``granet_sparse``, which
+owns the method list and passes its method descriptions to :func:`report`)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
-from experiments import runner
-
-METHODS = ("dense", "static", "set", "rigl", "gmp", "granet_d2s", "granet_s2s")
-DESCRIPTIONS = {
-    "dense": "dense",
-    "static": "static sparse (fixed ERK mask)",
-    "set": "SET (ERK, random regrowth)",
-    "rigl": "RigL (ERK, gradient regrowth)",
-    "gmp": "GMP (global cubic pruning from dense, no regrowth)",
-    "granet_d2s": "GraNet dense-to-sparse (s_i = 0)",
-    "granet_s2s": "GraNet sparse-to-sparse (s_i = 0.5)",
-}
-
-
-def _stat(values) -> dict[str, float]:
-    mean, std = runner.mean_std(values)
-    return {"mean": mean, "std": std}
+from experiments.report import figure, fmt, markdown_table, stat
 
 
 def _key(sparsity: float) -> str:
@@ -47,7 +31,7 @@ def summarise(config, runs: dict[str, dict[str, Any]], schedule, paths: dict[str
             first = next(r for r in group if r["seed"] == first_seed)
             summary[method][_key(sparsity)] = {
                 **{
-                    name: _stat(r[name] for r in group)
+                    name: stat(r[name] for r in group)
                     for name in ("test_acc", "train_flops", "mask_sparsity", "param_sparsity")
                 },
                 "sparsity_curve": np.mean([r["sparsity_curve"] for r in group], axis=0).tolist(),
@@ -81,7 +65,7 @@ def _table(config, summary, fmt) -> str:
             rows.append([method, *[fmt(by_sparsity[_key(0.0)])] * len(config.sparsities)])
         else:
             rows.append([method, *(fmt(by_sparsity[_key(s)]) for s in config.sparsities)])
-    return runner.markdown_table(header, rows)
+    return markdown_table(header, rows)
 
 
 def _ranking(config, summary) -> list[str]:
@@ -95,12 +79,13 @@ def _ranking(config, summary) -> list[str]:
     return lines
 
 
-def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
+def report(config, metrics: dict[str, Any], timing: dict[str, Any], descriptions: dict[str, str]) -> str:
     """The Markdown report: accuracy, training FLOPs and final-sparsity tables (methods × sparsities), the
-    first seed's per-layer mask sparsity, the measured ranking and notes."""
+    first seed's per-layer mask sparsity, the measured ranking and notes; ``descriptions`` (method -> what
+    it is) makes the legend."""
     schedule, summary, sizes = metrics["schedule"], metrics["summary"], metrics["selected_sizes"]
     total = sum(sizes.values())
-    legend = "; ".join(f"`{m}`: {DESCRIPTIONS[m]}" for m in config.methods)
+    legend = "; ".join(f"`{m}`: {descriptions[m]}" for m in config.methods)
     layer_header = ["method", "target", *(f"{path} ({size:,})" for path, size in sizes.items())]
     layer_rows = [
         [
@@ -128,19 +113,19 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
         f"{config.granet_initial_sparsity:g}).",
         legend + ".",
         "## Test accuracy % (mean ± std)",
-        _table(
-            config, summary, lambda c: f"{c['test_acc']['mean'] * 100:.2f} ± {c['test_acc']['std'] * 100:.2f}"
-        ),
+        _table(config, summary, lambda c: fmt(c["test_acc"], digits=2, scale=100)),
         "## Training FLOPs relative to dense",
-        _table(config, summary, lambda c: f"{c['train_flops']['mean']:.3f}"),
+        _table(config, summary, lambda c: fmt(c["train_flops"]["mean"], digits=3)),
         "## Final sparsity of the sparsified kernels, % (from the masks / exact zeros in the parameters)",
         _table(
             config,
             summary,
-            lambda c: f"{c['mask_sparsity']['mean'] * 100:.3f} / {c['param_sparsity']['mean'] * 100:.3f}",
+            lambda c: " / ".join(
+                fmt(c[name]["mean"], digits=3, scale=100) for name in ("mask_sparsity", "param_sparsity")
+            ),
         ),
         f"## Per-layer sparsity of the final masks, % (seed {config.seeds[0]})",
-        runner.markdown_table(layer_header, layer_rows),
+        markdown_table(layer_header, layer_rows),
         "## Measured ranking of the sparse methods (mean test accuracy %)",
         "\n".join(_ranking(config, summary)),
         "## Notes",
@@ -178,60 +163,57 @@ def plot(config, metrics: dict[str, Any], run_dir: str) -> None:
     """``accuracy.png`` (test accuracy vs target sparsity, one line per method, error bars: std over seeds)
     and ``sparsity_schedule.png`` (mask sparsity after each epoch at ``config.plot_sparsity``, or the
     configured sparsity nearest to it)."""
-    import matplotlib
+    _plot_accuracy(config, metrics["summary"], run_dir)
+    _plot_schedules(config, metrics["summary"], metrics["schedule"], run_dir)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    summary, schedule = metrics["summary"], metrics["schedule"]
+def _plot_accuracy(config, summary: dict[str, Any], run_dir: str) -> None:
     sparsities = list(config.sparsities)
     positions = np.arange(len(sparsities))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in config.methods:
-        if method == "dense":
-            stat = summary["dense"][_key(0.0)]["test_acc"]
-            ax.axhline(stat["mean"] * 100, color="black", linestyle="--", label="dense")
-            ax.axhspan((stat["mean"] - stat["std"]) * 100, (stat["mean"] + stat["std"]) * 100, color="0.85")
-            continue
-        stats = [summary[method][_key(s)]["test_acc"] for s in sparsities]
-        ax.errorbar(
-            positions,
-            [s["mean"] * 100 for s in stats],
-            yerr=[s["std"] * 100 for s in stats],
-            marker="o",
-            capsize=3,
-            label=method,
-        )
-    ax.set_xticks(positions, [f"{s:g}" for s in sparsities])
-    ax.set_xlabel("target sparsity")
-    ax.set_ylabel("test accuracy %")
-    ax.set_title(f"{config.dataset}, {config.model}: accuracy vs sparsity ({len(config.seeds)} seeds)")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "accuracy.png"), dpi=120)
-    plt.close(fig)
+    with figure(run_dir, "accuracy.png", figsize=(7, 4.5)) as (_, ax):
+        for method in config.methods:
+            if method == "dense":
+                dense = summary["dense"][_key(0.0)]["test_acc"]
+                ax.axhline(dense["mean"] * 100, color="black", linestyle="--", label="dense")
+                ax.axhspan(
+                    (dense["mean"] - dense["std"]) * 100, (dense["mean"] + dense["std"]) * 100, color="0.85"
+                )
+                continue
+            stats = [summary[method][_key(s)]["test_acc"] for s in sparsities]
+            ax.errorbar(
+                positions,
+                [s["mean"] * 100 for s in stats],
+                yerr=[s["std"] * 100 for s in stats],
+                marker="o",
+                capsize=3,
+                label=method,
+            )
+        ax.set_xticks(positions, [f"{s:g}" for s in sparsities])
+        ax.set_xlabel("target sparsity")
+        ax.set_ylabel("test accuracy %")
+        ax.set_title(f"{config.dataset}, {config.model}: accuracy vs sparsity ({len(config.seeds)} seeds)")
+        ax.legend(fontsize="small")
 
-    shown = min(sparsities, key=lambda s: abs(s - config.plot_sparsity))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+
+def _plot_schedules(config, summary: dict[str, Any], schedule: dict[str, Any], run_dir: str) -> None:
+    shown = min(config.sparsities, key=lambda s: abs(s - config.plot_sparsity))
     steps_per_epoch = schedule["steps_per_epoch"]
     styles = ("-", "--", ":", "-.")  # some schedules coincide (static/SET/RigL; GMP/GraNet s_i = 0)
-    for i, method in enumerate(config.methods):
-        curve = summary[method][_key(0.0 if method == "dense" else shown)]["sparsity_curve"]
-        ax.plot(
-            np.arange(len(curve)),
-            np.asarray(curve) * 100,
-            marker="o.x+"[i % 4],
-            markersize=4,
-            linestyle=styles[i % len(styles)],
-            label=method,
-        )
-    for step, text in ((schedule["prune_end_step"], "t_f"), (schedule["dst_end_step"], "RigL/SET end")):
-        ax.axvline(step / steps_per_epoch, color="grey", linestyle=":")
-        ax.text(step / steps_per_epoch, 2, f" {text}", color="grey", fontsize="small")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mask sparsity of the kernels %")
-    ax.set_title(f"Sparsity over training, target {shown:g}")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "sparsity_schedule.png"), dpi=120)
-    plt.close(fig)
+    with figure(run_dir, "sparsity_schedule.png", figsize=(7, 4.5)) as (_, ax):
+        for i, method in enumerate(config.methods):
+            curve = summary[method][_key(0.0 if method == "dense" else shown)]["sparsity_curve"]
+            ax.plot(
+                np.arange(len(curve)),
+                np.asarray(curve) * 100,
+                marker="o.x+"[i % 4],
+                markersize=4,
+                linestyle=styles[i % len(styles)],
+                label=method,
+            )
+        for step, text in ((schedule["prune_end_step"], "t_f"), (schedule["dst_end_step"], "RigL/SET end")):
+            ax.axvline(step / steps_per_epoch, color="grey", linestyle=":")
+            ax.text(step / steps_per_epoch, 2, f" {text}", color="grey", fontsize="small")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mask sparsity of the kernels %")
+        ax.set_title(f"Sparsity over training, target {shown:g}")
+        ax.legend(fontsize="small")

@@ -35,7 +35,6 @@ import functools
 import json
 import os
 import shutil
-import sys
 import time
 from typing import Any
 
@@ -45,10 +44,18 @@ import optax
 
 from experiments import granet_report, runner
 from unlearnx import data, eval, sparse, train, tree
-from unlearnx.checkpoint import Checkpointer
 
 NAME = "granet_sparse"
-METHODS = granet_report.METHODS
+DESCRIPTIONS = {
+    "dense": "dense",
+    "static": "static sparse (fixed ERK mask)",
+    "set": "SET (ERK, random regrowth)",
+    "rigl": "RigL (ERK, gradient regrowth)",
+    "gmp": "GMP (global cubic pruning from dense, no regrowth)",
+    "granet_d2s": "GraNet dense-to-sparse (s_i = 0)",
+    "granet_s2s": "GraNet sparse-to-sparse (s_i = 0.5)",
+}
+METHODS = tuple(DESCRIPTIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +88,9 @@ class Config:
     dst_drop_fraction: float = 0.3  # RigL / SET α (cosine to 0 at T_end)
     distribution: str = "erk"
     plot_sparsity: float = 0.9  # the sparsity whose schedules the sparsity-over-training plot shows
-    checkpoint_seconds: float | None = None  # None: no mid-run checkpoints (finished runs are always kept)
+    # Least wall time between end-of-epoch checkpoints (0: every epoch). None: a run checkpoints only at its
+    # end and on a stop request (SIGTERM); a run killed outright then restarts. Finished runs are kept anyway.
+    checkpoint_seconds: float | None = None
     progress: bool = True
 
 
@@ -146,9 +155,9 @@ class Schedule:
 def _inner(config: Config, schedule: Schedule) -> optax.GradientTransformation:
     """SGD (momentum, Nesterov) with weight decay on every parameter; cached so dense compiles once."""
     learning_rate = optax.piecewise_constant_schedule(config.lr, dict.fromkeys(schedule.lr_boundaries, 0.1))
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay),
-        optax.sgd(learning_rate, momentum=config.momentum, nesterov=True),
+    return optax.named_chain(
+        ("weight_decay", optax.add_decayed_weights(config.weight_decay)),
+        ("sgd", optax.sgd(learning_rate, momentum=config.momentum, nesterov=True)),
     )
 
 
@@ -208,157 +217,171 @@ def run_label(method: str, sparsity: float, seed: int) -> str:
     return f"{method}-seed{seed}" if method == "dense" else f"{method}-s{sparsity:g}-seed{seed}"
 
 
-class _Study:
-    """Data, model and schedule shared by every run."""
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """What every run of one study shares: data, model, schedule, the sparsified paths and the log."""
 
-    def __init__(self, config: Config, run_dir: str):
-        self.config, self.run_dir = config, run_dir
-        train_set = data.load(config.dataset, config.train_split, data_dir=config.data_dir)
-        test_set = data.load(config.dataset, "test", data_dir=config.data_dir)
-        self.train, self.test = train_set.arrays(), test_set.arrays()
-        self.model = runner.build_model(
-            config.model, tuple(train_set.x.shape[1:]), train_set.num_classes, config.width, config.channels
-        )
-        self.schedule = Schedule.of(config, len(train_set))
-        self.paths = selected_paths(jax.eval_shape(self.model.init, jax.random.key(0))["params"])
-        self.logger = train.MetricLogger(os.path.join(run_dir, "train_log.jsonl"))
-
-    def run(self, method: str, sparsity: float, seed: int, interrupt=None) -> dict[str, Any]:
-        """Trains one (method, sparsity, seed) and measures it; the sparsity curve holds the mask sparsity
-        after each epoch, entry 0 being the initial mask."""
-        config, label = self.config, run_label(method, sparsity, seed)
-        init_key, step_key = jax.random.split(jax.random.key(seed))
-        variables = self.model.init(init_key)
-        paths = self.paths
-        optimizer = make_optimizer(config, self.schedule, method, sparsity, seed)
-        is_sparse = method != "dense"
-        initial = sparse.masks(optimizer.init(variables["params"])) if is_sparse else None
-        history = {"curve": [zero_stats(initial, paths)[0] if is_sparse else 0.0], "layers": {}, "zeros": 0}
-
-        checkpoint_dir = history_path = None
-        if config.checkpoint_seconds is not None:
-            checkpoint_dir = os.path.join(self.run_dir, "checkpoints", label)
-            history_path = checkpoint_dir + ".history.json"
-            checkpointer = Checkpointer(checkpoint_dir)
-            done = checkpointer.latest_step()
-            checkpointer.close()
-            if done is not None:
-                saved = _read_json(history_path)
-                if saved is None or len(saved["curve"]) < done + 1:
-                    print(f"{label}: checkpoint without its sparsity history; retraining", file=sys.stderr)
-                    shutil.rmtree(checkpoint_dir)
-                else:
-                    history = {**saved, "curve": saved["curve"][: done + 1]}
-
-        def on_epoch_end(epoch, state, saved):
-            if is_sparse:
-                masks = sparse.masks(state.opt_state)
-                overall, history["layers"], history["zeros"] = zero_stats(masks, paths)
-                history["curve"].append(overall)
-                if epoch == config.epochs:
-                    history.update(_mask_agreement(masks, state.variables["params"], paths))
-            else:
-                history["curve"].append(0.0)
-            if saved and history_path is not None:
-                _write_atomic(history_path, history)
-            if interrupt is not None and interrupt[0] == label and saved and epoch >= interrupt[1]:
-                raise KeyboardInterrupt(f"simulated interruption of {label!r} after epoch {epoch}")
-
-        final = train.fit(
-            self.model,
-            variables,
-            self.train,
-            optimizer=optimizer,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            rng=step_key,
-            seed=seed,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_seconds=config.checkpoint_seconds or 0.0,
-            logger=self.logger,
-            on_epoch_end=on_epoch_end,
-            augment=data.crop_and_flip if config.augment else None,
-            desc=label,
-            progress=config.progress,
-        )
-        if checkpoint_dir is not None:  # the run's results are kept instead
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
-            if os.path.exists(history_path):
-                os.remove(history_path)
-        param_sparsity, param_layers, param_zeros = zero_stats(final["params"], paths)
-        curve = history["curve"]
-        logits = train.predict(self.model, final, self.test["x"])
-        return {
-            "method": method,
-            "sparsity": sparsity,
-            "seed": seed,
-            "test_acc": eval.accuracy(logits, self.test["y"]),
-            "mask_sparsity": curve[-1],
-            "mask_zeros": history["zeros"],
-            "param_sparsity": param_sparsity,
-            "param_zeros": param_zeros,
-            # Must be 0: a weight outside the mask that is not exactly zero.
-            "inactive_nonzeros": history.get("inactive_nonzeros", 0),
-            # Active weights that are exactly 0 (regrown at zero and not moved since, e.g. zero gradient).
-            "active_zeros": history.get("active_zeros", 0),
-            "layer_mask_sparsity": history["layers"] if is_sparse else dict.fromkeys(paths, 0.0),
-            "layer_param_sparsity": param_layers,
-            "sparsity_curve": curve,
-            # Mean density over training, trapezoid over epochs: cost ∝ active weights.
-            "train_flops": float(
-                np.mean([1.0 - (a + b) / 2 for a, b in zip(curve[:-1], curve[1:], strict=True)])
-            ),
-        }
+    config: Config
+    run_dir: str
+    train_arrays: dict[str, np.ndarray]
+    test_arrays: dict[str, np.ndarray]
+    model: Any
+    schedule: Schedule
+    paths: dict[str, int]
+    logger: train.MetricLogger
 
 
-def _read_json(path: str) -> Any:
-    if not os.path.exists(path):
-        return None
-    with open(path) as handle:
-        return json.load(handle)
+def load_study(config: Config, run_dir: str) -> Study:
+    """Loads the data and builds the model, the schedule and the run's metric log."""
+    train_set = data.load(config.dataset, config.train_split, data_dir=config.data_dir)
+    test_set = data.load(config.dataset, "test", data_dir=config.data_dir)
+    model = runner.build_model(
+        config.model, tuple(train_set.x.shape[1:]), train_set.num_classes, config.width, config.channels
+    )
+    return Study(
+        config,
+        run_dir,
+        train_set.arrays(),
+        test_set.arrays(),
+        model,
+        Schedule.of(config, len(train_set)),
+        selected_paths(jax.eval_shape(model.init, jax.random.key(0))["params"]),
+        train.MetricLogger(os.path.join(run_dir, "train_log.jsonl")),
+    )
 
 
-def _write_atomic(path: str, value: Any) -> None:
-    temporary = path + ".tmp"
-    runner.write_json(temporary, value)
-    os.replace(temporary, path)
+def checkpoint_dir(run_dir: str, label: str) -> str:
+    """Where the training loop of run ``label`` checkpoints (removed once the run's results are kept)."""
+    return os.path.join(run_dir, "checkpoints", label)
 
 
-def main(config: Config, run_dir: str, *, interrupt: tuple[str, int] | None = None) -> dict[str, Any]:
+def train_run(study: Study, method: str, sparsity: float, seed: int) -> dict[str, Any]:
+    """Trains one (method, sparsity, seed) through :func:`unlearnx.train.fit` (loop name: its
+    :func:`run_label`) and measures it.
+
+    Each epoch's record carries the mask sparsity after that epoch; the last one also the per-layer mask
+    sparsity, the mask's zero count and the mask/parameter agreement. The records are checkpointed with the
+    state, so a resumed run ends with the same sparsity curve."""
+    config, paths, label = study.config, study.paths, run_label(method, sparsity, seed)
+    init_key, step_key = jax.random.split(jax.random.key(seed))
+    variables = study.model.init(init_key)
+    optimizer = make_optimizer(config, study.schedule, method, sparsity, seed)
+    is_sparse = method != "dense"
+    initial = zero_stats(sparse.masks(optimizer.init(variables["params"])), paths)[0] if is_sparse else 0.0
+
+    def on_epoch_end(epoch, state) -> dict[str, Any]:
+        if not is_sparse:
+            return {"mask_sparsity": 0.0}
+        masks = sparse.masks(state.opt_state)
+        overall, layers, zeros = zero_stats(masks, paths)
+        if epoch < config.epochs:
+            return {"mask_sparsity": overall}
+        agreement = _mask_agreement(masks, state.variables["params"], paths)
+        return {"mask_sparsity": overall, "layer_mask_sparsity": layers, "mask_zeros": zeros, **agreement}
+
+    final, history = train.fit(
+        study.model,
+        variables,
+        study.train_arrays,
+        optimizer=optimizer,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        rng=step_key,
+        seed=seed,
+        checkpoint_dir=checkpoint_dir(study.run_dir, label),
+        checkpoint_seconds=config.checkpoint_seconds,
+        logger=study.logger,
+        on_epoch_end=on_epoch_end,
+        augment=data.crop_and_flip if config.augment else None,
+        desc=label,
+        progress=config.progress,
+    )
+    curve = [initial, *(record["mask_sparsity"] for record in history)]
+    return _measure(study, method, sparsity, seed, final, curve, history[-1])
+
+
+def _measure(
+    study: Study, method: str, sparsity: float, seed: int, final, curve: list[float], last: dict[str, Any]
+) -> dict[str, Any]:
+    """One run's result from its final variables, its sparsity curve (the initial mask's sparsity, then
+    one entry per epoch) and its last epoch record."""
+    paths = study.paths
+    param_sparsity, param_layers, param_zeros = zero_stats(final["params"], paths)
+    logits = train.predict(study.model, final, study.test_arrays["x"])
+    return {
+        "method": method,
+        "sparsity": sparsity,
+        "seed": seed,
+        "test_acc": eval.accuracy(logits, study.test_arrays["y"]),
+        "mask_sparsity": curve[-1],
+        "mask_zeros": last.get("mask_zeros", 0),
+        "param_sparsity": param_sparsity,
+        "param_zeros": param_zeros,
+        # Must be 0: a weight outside the mask that is not exactly zero.
+        "inactive_nonzeros": last.get("inactive_nonzeros", 0),
+        # Active weights that are exactly 0 (regrown at zero and not moved since, e.g. zero gradient).
+        "active_zeros": last.get("active_zeros", 0),
+        "layer_mask_sparsity": last.get("layer_mask_sparsity", dict.fromkeys(paths, 0.0)),
+        "layer_param_sparsity": param_layers,
+        "sparsity_curve": curve,
+        # Mean density over training, trapezoid over epochs: cost ∝ active weights.
+        "train_flops": float(
+            np.mean([1.0 - (a + b) / 2 for a, b in zip(curve[:-1], curve[1:], strict=True)])
+        ),
+    }
+
+
+def cached_run(study: Study, method: str, sparsity: float, seed: int) -> tuple[dict[str, Any], float, bool]:
+    """``(result, seconds, resumed)`` of one run: read from ``results/<label>.json`` if a previous attempt
+    finished it, else trained (resuming its checkpoint, if any), stored there atomically, and its
+    checkpoints removed."""
+    label = run_label(method, sparsity, seed)
+    path = os.path.join(study.run_dir, "results", f"{label}.json")
+    if os.path.exists(path):
+        with open(path) as handle:
+            stored = json.load(handle)
+        return stored["result"], stored["seconds"], True
+    started = time.perf_counter()
+    result = train_run(study, method, sparsity, seed)
+    seconds = time.perf_counter() - started
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    runner.write_json(path + ".tmp", {"result": result, "seconds": seconds})
+    os.replace(path + ".tmp", path)
+    shutil.rmtree(checkpoint_dir(study.run_dir, label), ignore_errors=True)
+    return result, seconds, False
+
+
+def main(config: Config, run_dir: str) -> dict[str, Any]:
     """Trains every (method, sparsity, seed) — dense once per seed — then writes ``metrics.json``,
     ``timing.json``, ``report.md`` and the plots, and prints the report.
 
-    Each finished run is kept in ``results/<label>.json``, so ``--resume`` skips it; with
-    ``checkpoint_seconds`` set, an unfinished run resumes from its last checkpoint. ``metrics.json`` holds
-    only what the seeds determine; wall times (compilation included) go to ``timing.json``.
-    ``interrupt=(label, epoch)`` (e.g. ``("gmp-s0.9-seed0", 2)``) simulates a crash after that run's
-    checkpoint of ``epoch``, for testing ``--resume``.
+    Each finished run is kept in ``results/<label>.json``, so ``--resume`` skips it; an unfinished run
+    resumes from its last checkpoint (``checkpoints/<label>``: every ``checkpoint_seconds``, at the end,
+    and on a stop request such as SIGTERM). ``metrics.json`` holds only what the seeds determine; wall
+    times (compilation included) go to ``timing.json``.
     """
     unknown = set(config.methods) - set(METHODS)
-    if unknown or not config.methods or not config.sparsities or not config.seeds:
+    if unknown or not config.methods or not config.sparsities or not config.seeds or config.epochs < 1:
         raise ValueError(
-            f"need methods from {METHODS} and at least one sparsity and seed; got methods {config.methods}, "
-            f"sparsities {config.sparsities}, seeds {config.seeds}"
+            f"need methods from {METHODS}, at least one sparsity and seed, and epochs >= 1; got methods "
+            f"{config.methods}, sparsities {config.sparsities}, seeds {config.seeds}, epochs {config.epochs}"
         )
-    study = _Study(config, run_dir)
-    os.makedirs(os.path.join(run_dir, "results"), exist_ok=True)
+    study = load_study(config, run_dir)
     runs, seconds, resumed = {}, {}, []
-    for seed in config.seeds:
-        for method in config.methods:
-            for sparsity in (0.0,) if method == "dense" else config.sparsities:
-                label = run_label(method, sparsity, seed)
-                path = os.path.join(run_dir, "results", f"{label}.json")
-                stored = _read_json(path)
-                if stored is not None:
-                    runs[label], seconds[label] = stored["result"], stored["seconds"]
-                    resumed.append(label)
-                    continue
-                started = time.perf_counter()
-                runs[label] = study.run(method, sparsity, seed, interrupt)
-                seconds[label] = time.perf_counter() - started
-                _write_atomic(path, {"result": runs[label], "seconds": seconds[label]})
+    try:
+        for seed in config.seeds:
+            for method in config.methods:
+                for sparsity in (0.0,) if method == "dense" else config.sparsities:
+                    label = run_label(method, sparsity, seed)
+                    runs[label], seconds[label], was_stored = cached_run(study, method, sparsity, seed)
+                    if was_stored:
+                        resumed.append(label)
+    finally:
+        study.logger.close()
     metrics = granet_report.summarise(config, runs, study.schedule, study.paths)
     timing = {"per_run": seconds, "total": float(sum(seconds.values())), "resumed_runs": resumed}
-    runner.write_outputs(run_dir, metrics, timing, granet_report.report(config, metrics, timing))
+    runner.write_outputs(
+        run_dir, metrics, timing, granet_report.report(config, metrics, timing, DESCRIPTIONS)
+    )
     granet_report.plot(config, metrics, run_dir)
     return metrics

@@ -9,6 +9,7 @@ import pytest
 from experiments import __main__ as cli
 from experiments import granet_sparse, runner
 from unlearnx import sparse, tree
+from unlearnx.checkpoint import Checkpointer
 
 
 def _target_zeros(params, method: str, sparsity: float, distribution: str) -> int:
@@ -86,8 +87,9 @@ def test_smoke_run_writes_the_report_and_ends_at_exactly_the_target_sparsity(tmp
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_metrics(tmp_path):
-    overrides = ["--methods", "dense,gmp", "--sparsities", "0.9", "--checkpoint-seconds", "0"]
+    overrides = ["--methods", "dense,gmp", "--sparsities", "0.9"]
     straight = cli.run_one("granet_sparse", "smoke", overrides, out=str(tmp_path / "a"), resume=False)
+    # Step 30 of 3 × 22: inside epoch 2, so the resumed loop also restores an unfinished epoch's metrics.
     with pytest.raises(SystemExit, match="rerun with --resume"):
         cli.run_one(
             "granet_sparse",
@@ -95,11 +97,19 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path):
             overrides,
             out=str(tmp_path / "b"),
             resume=False,
-            interrupt=("gmp-s0.9-seed0", 2),
+            interrupt=("gmp-s0.9-seed0", 30),
         )
+    (interrupted,) = (tmp_path / "b" / "granet_sparse").iterdir()
+    with Checkpointer(granet_sparse.checkpoint_dir(str(interrupted), "gmp-s0.9-seed0")) as checkpointer:
+        assert checkpointer.all_steps() == [30]  # the stop request saved the unfinished run
+    assert os.listdir(interrupted / "results") == ["dense-seed0.json"]
     resumed = cli.run_one("granet_sparse", "smoke", overrides, out=str(tmp_path / "b"), resume=True)
-    assert len(os.listdir(tmp_path / "b" / "granet_sparse")) == 1
+    assert resumed == str(interrupted)
+    assert not os.path.exists(granet_sparse.checkpoint_dir(resumed, "gmp-s0.9-seed0"))  # results kept instead
     with open(os.path.join(resumed, "timing.json")) as handle:
         assert json.load(handle)["resumed_runs"] == ["dense-seed0"]  # finished runs are not rerun
-    with open(os.path.join(straight, "metrics.json")) as a, open(os.path.join(resumed, "metrics.json")) as b:
-        assert json.load(a) == json.load(b)
+    with (
+        open(os.path.join(straight, "metrics.json"), "rb") as a,
+        open(os.path.join(resumed, "metrics.json"), "rb") as b,
+    ):
+        assert a.read() == b.read()
