@@ -129,11 +129,8 @@ PRESETS: dict[str, Config] = {
 def _optimizer(name: str, lr: float, *, steps_per_epoch: int = 1, milestones=(), weight_decay=0.0):
     """Adam, or SGD with momentum 0.9 and weight decay; LR × 0.2 at each milestone epoch. Cached so
     phases with the same settings share one compiled step."""
-    schedule = (
-        optax.piecewise_constant_schedule(lr, {m * steps_per_epoch: 0.2 for m in milestones})
-        if milestones
-        else lr
-    )
+    boundaries = {m * steps_per_epoch: 0.2 for m in milestones}
+    schedule = optax.piecewise_constant_schedule(lr, boundaries) if milestones else lr
     if name == "adam":
         return optax.adam(schedule)
     if name == "sgd":
@@ -210,12 +207,14 @@ def _fit(run: _Seed, phase: str, variables, arrays, cls: int | None = None) -> t
     config = run.config
     epochs_field, lr_field, optimizer, batch_field = PHASES[phase]
     epochs, batch_size = getattr(config, epochs_field), getattr(config, batch_field)
+    # fit drops the short last batch (unless the set is smaller than one batch).
+    steps = max(len(arrays["x"]) // batch_size, 1)
+    milestones = config.lr_milestones if optimizer is None else ()
     optimizer = _optimizer(
         optimizer or config.optimizer,
         getattr(config, lr_field),
-        # fit drops the short last batch (unless the set is smaller than one batch).
-        steps_per_epoch=max(len(arrays["x"]) // batch_size, 1),
-        milestones=config.lr_milestones if optimizer is None else (),
+        steps_per_epoch=steps,
+        milestones=milestones,
         weight_decay=config.weight_decay,
     )
     loop = f"seed{run.seed}/{phase}" if cls is None else f"seed{run.seed}/class{cls}/{phase}"
@@ -332,28 +331,25 @@ def _ssd_edits(run: _Seed, original, split: _Split, importances, methods=tuple(S
 def _baselines(run: _Seed, original, split: _Split) -> dict[str, tuple[Any, float, int]]:
     """The trained baselines forgetting ``split.cls``: ``{phase: (variables, seconds, passes)}``; the bad
     teacher's seconds include building its distillation set."""
-    config = run.config
+    config, retain, forget, classes = run.config, split.retain, split.forget, run.train_set.num_classes
     sets = {
-        "retrain": split.retain,
-        "finetune": split.retain,
-        "neggrad+": unlearn.ascent_mixture(
-            split.retain, split.forget, forget_weight=config.neggrad_forget_weight
-        ),
-        "amnesiac": unlearn.relabel_mixture(
-            split.retain, split.forget, num_classes=run.train_set.num_classes, seed=run.seed
-        ),
+        "retrain": retain,
+        "finetune": retain,
+        "neggrad+": unlearn.ascent_mixture(retain, forget, forget_weight=config.neggrad_forget_weight),
+        "amnesiac": unlearn.relabel_mixture(retain, forget, num_classes=classes, seed=run.seed),
     }
     started = time.perf_counter()
-    n_retain = len(split.retain["y"])
+    n_retain = len(retain["y"])
     chosen = np.random.default_rng(run.seed).permutation(n_retain)[
         : int(config.bad_teacher_fraction * n_retain)
     ]
-    retain_x = split.retain["x"][np.sort(chosen)]
+    retain_x = retain["x"][np.sort(chosen)]
+    incompetent = run.model.init(run.keys["teacher"])
     sets["bad_teacher"] = unlearn.bad_teacher_set(
         retain_x,
-        split.forget["x"],
+        forget["x"],
         train.predict(run.model, original, retain_x),
-        train.predict(run.model, run.model.init(run.keys["teacher"]), split.forget["x"]),
+        train.predict(run.model, incompetent, forget["x"]),
     )
     teacher_seconds = time.perf_counter() - started
     trained = {}
@@ -412,9 +408,8 @@ def class_sweep(run: _Seed, original) -> dict[str, dict[str, list[float]]]:
             estimator: _importances(run, original, split, estimator)
             for estimator in ("batch_sq", "empirical")
         }
-        for method, (edited, _, _) in _ssd_edits(
-            run, original, split, importances, CLASS_SWEEP_METHODS
-        ).items():
+        edits = _ssd_edits(run, original, split, importances, CLASS_SWEEP_METHODS)
+        for method, (edited, _, _) in edits.items():
             correct = np.argmax(train.predict(run.model, edited, test["x"]), 1) == test["y"]
             in_class = test["y"] == cls
             out[method]["forget_test_acc"].append(float(correct[in_class].mean()))
