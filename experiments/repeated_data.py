@@ -12,14 +12,15 @@ and seed the runs are
 
 All runs of one size are trained together as one ``jax.vmap`` over stacked parameters (the same
 initialisation per seed for every (f, E), so runs differ only in data), data-parallel over the devices
-along the batch axis. At log-spaced steps the held-out test loss (on ``eval_sequences`` test-split
-sequences) and the loss on the run's repeated subset are recorded. At the end: test loss on
-``final_eval_sequences`` test sequences, copying loss (``probe_batch`` held-out segments of seq_len / 2
-bytes repeated twice), the ICL score (mean loss over the ``icl_late`` window minus over the ``icl_early``
-window), the per-head prefix-matching score on ``probe_batch`` rows of seq_len / 2 uniformly random bytes
-repeated twice and, for the attention-only sizes, the OV copying score. N_eff comes from the f = 0 fit
-(``unlearnx.eval.scaling``); the duplicated-row linear regression (``experiments.repeated_linear``) runs
-alongside. Sizes are ``"d_model x layers x heads"`` strings.
+along the batch axis, in one checkpointed, resumable :func:`unlearnx.train.loop` named ``train_lm_<size>``
+(``train_attn_<size>`` for attention-only sizes). At log-spaced steps the held-out test loss (on
+``eval_sequences`` test-split sequences) and the loss on the run's repeated subset are recorded. At the
+end: test loss on ``final_eval_sequences`` test sequences, copying loss (``probe_batch`` held-out segments
+of seq_len / 2 bytes repeated twice), the ICL score (mean loss over the ``icl_late`` window minus over the
+``icl_early`` window), the per-head prefix-matching score on ``probe_batch`` rows of seq_len / 2 uniformly
+random bytes repeated twice and, for the attention-only sizes, the OV copying score. N_eff comes from the
+f = 0 fit (``unlearnx.eval.scaling``); the duplicated-row linear regression (``experiments.repeated_linear``)
+runs alongside. Sizes are ``"d_model x layers x heads"`` strings.
 
 Presets:
 
@@ -44,17 +45,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from experiments import repeated_linear, repeated_report, runner
 from unlearnx import parallel, train
-from unlearnx.checkpoint import Checkpointer
+from unlearnx.checkpoint import interval_policy
 from unlearnx.data import repeated_mixture, text
 from unlearnx.eval import induction
 from unlearnx.models.decoder import decoder_lm, non_embedding_params
 
 NAME = "repeated_data"
+BATCH_AXIS = 1  # training batches are [runs, examples, seq_len]; the examples are split over the devices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,11 +219,11 @@ def eval_steps(config: Config) -> list[int]:
 
 
 class Family:
-    """One size: the stacked runs' model, optimizer, jitted vmapped step and measurements."""
+    """One size: the stacked runs' model, optimizer and jitted vmapped step, evaluation and probes."""
 
-    def __init__(self, config: Config, size: str, mlp_ratio: int, mesh):
+    def __init__(self, config: Config, size: str, mlp_ratio: int):
         width, layers, heads = parse_size(size)
-        self.config, self.heads, self.mesh = config, heads, mesh
+        self.config, self.heads = config, heads
         kwargs = dict(max_len=config.seq_len, d_model=width, num_layers=layers, num_heads=heads)
         self.model = decoder_lm(256, mlp_ratio=mlp_ratio, **kwargs)
         self.attention_model = decoder_lm(256, mlp_ratio=mlp_ratio, return_attention=True, **kwargs)
@@ -230,8 +231,10 @@ class Family:
             0.0, config.lr, config.warmup_steps, max(config.steps, config.warmup_steps + 1), config.lr * 0.1
         )
         self.optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
-        step = train.make_train_step(self.model, self.optimizer, loss=train.next_token_losses)
-        self.step = jax.jit(jax.vmap(step))
+        # per run: step(state, batch) with the run's own key, fold_in(state.rng, state.step)
+        self.step = jax.jit(
+            jax.vmap(train.make_train_step(self.model, self.optimizer, loss=train.next_token_losses))
+        )
         self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, None, 0)))
         self.probes = jax.jit(jax.vmap(self._probes, in_axes=(0, None)))
 
@@ -258,22 +261,29 @@ class Family:
             ),
         }
 
-    def place(self, batch: np.ndarray, axis: int = 0):
-        """``batch`` with its batch ``axis`` split over the mesh (replicated if it does not divide)."""
-        split = batch.shape[axis] % self.mesh.devices.size == 0
-        spec = PartitionSpec(*([None] * axis), parallel.DATA_AXIS) if split else PartitionSpec()
-        return jax.device_put(batch, NamedSharding(self.mesh, spec))
-
-    def init(self, seeds: list[int], width: int):
-        """Stacked initial state, the same initialisation for every run of a seed; and the step keys."""
+    def init(self, seeds: list[int], width: int) -> train.TrainState:
+        """The stacked step-0 state: per run the initialisation of its seed (shared by every (f, E)) and
+        that seed's key as ``rng``."""
         keys = {seed: jax.random.fold_in(jax.random.key(seed), width) for seed in dict.fromkeys(seeds)}
         init = jax.jit(self.model.init)  # one compilation instead of one per random op
         per_seed = {seed: init(key) for seed, key in keys.items()}
         variables = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(per_seed[seed] for seed in seeds))
-        state = train.TrainState(
-            jnp.zeros(len(seeds), jnp.int32), variables, jax.vmap(self.optimizer.init)(variables["params"])
-        )
-        return parallel.replicate(state, self.mesh), jnp.stack([keys[seed] for seed in seeds])
+        rngs = jnp.stack([keys[seed] for seed in seeds])
+        return jax.vmap(lambda v, rng: train.TrainState.create(v, self.optimizer, rng))(variables, rngs)
+
+
+@functools.lru_cache(maxsize=16)
+def family_for(config: Config, size: str, mlp_ratio: int) -> Family:
+    """One :class:`Family` per setting, so a rerun in the same process reuses its compiled functions."""
+    return Family(config, size, mlp_ratio)
+
+
+def place(array: np.ndarray, mesh: Mesh, axis: int = 0) -> jax.Array:
+    """An evaluation set (identical on every process) with ``axis`` split over ``mesh`` (replicated if the
+    device count does not divide it)."""
+    split = array.shape[axis] % mesh.devices.size == 0
+    spec = PartitionSpec(*([None] * axis), parallel.DATA_AXIS) if split else PartitionSpec()
+    return jax.device_put(array, NamedSharding(mesh, spec))
 
 
 def _mean_loss(losses: jax.Array, weights: np.ndarray | None = None) -> np.ndarray:
@@ -284,75 +294,78 @@ def _mean_loss(losses: jax.Array, weights: np.ndarray | None = None) -> np.ndarr
     return np.where(total > 0, (losses * weights).sum(axis=-1) / np.maximum(total, 1), np.nan)
 
 
-@functools.lru_cache(maxsize=16)
-def family_for(config: Config, size: str, mlp_ratio: int, mesh) -> Family:
-    """One :class:`Family` per setting, so a rerun in the same process reuses its compiled functions."""
-    return Family(config, size, mlp_ratio, mesh)
+def loop_name(size: str, mlp_ratio: int) -> str:
+    """The training loop's name (progress bar, records, ``--interrupt NAME:STEP``, checkpoint folder)."""
+    return f"train_{'attn' if mlp_ratio == 0 else 'lm'}_{size}"
 
 
-def train_family(config: Config, data: Data, size: str, mlp_ratio: int, run_dir: str, mesh, interrupt=None):
-    """Trains every run of one size; returns its curves and final measurements (all per run)."""
-    family = family_for(config, size, mlp_ratio, mesh)
-    width = parse_size(size)[0]
-    state, keys = family.init([run["seed"] for run in data.runs], width)
+def train_family(config: Config, data: Data, size: str, mlp_ratio: int, run_dir: str, mesh: Mesh):
+    """Trains every run of one size on :func:`unlearnx.train.loop`; returns its curves and final
+    measurements (all per run).
+
+    The loop closes a record after every step (``interval=1``) because the log-spaced evaluation steps are
+    not evenly spaced; at the evaluation steps the record also holds each run's held-out and repeated-subset
+    loss. The curves are read back from the returned history, which the loop checkpoints with the state, so
+    a resumed family has the same curves as an uninterrupted one.
+    """
+    family = family_for(config, size, mlp_ratio)
     points = eval_steps(config)
-    curves = {
-        "test": np.full((len(points), len(data.runs)), np.nan),
-        "repeated": np.full((len(points), len(data.runs)), np.nan),
+    test, repeated = place(data.test, mesh), place(data.repeated, mesh, axis=1)
+
+    def evaluate(step: int, state: train.TrainState, step_metrics) -> dict[str, list[float]] | None:
+        if step not in points:
+            return None
+        test_losses, repeated_losses = family.evaluate(state.variables, test, repeated)
+        return {
+            "test_loss": _mean_loss(test_losses).tolist(),
+            "repeated_loss": _mean_loss(repeated_losses, data.repeated_weights).tolist(),
+        }
+
+    name = loop_name(size, mlp_ratio)
+    logger = train.MetricLogger(os.path.join(run_dir, "train_log.jsonl"), tensorboard_dir=False)
+    state, history = train.loop(
+        family.step,
+        family.init([run["seed"] for run in data.runs], parse_size(size)[0]),
+        lambda step: {"x": data.batch(step, config.batch_size)},
+        config.steps,
+        name=name,
+        interval=1,
+        on_interval=evaluate,
+        checkpoint_dir=os.path.join(run_dir, "checkpoints", name),
+        checkpoint_policy=interval_policy(seconds=config.checkpoint_seconds),
+        logger=logger,
+        mesh=mesh,
+        batch_axis=BATCH_AXIS,
+        progress=config.progress,
+    )
+    logger.close()
+    evaluated = [record for record in history if record["step"] in points]
+    result = {
+        key: np.asarray(value, np.float64)
+        for key, value in family.probes(state.variables, place(data.probes, mesh)).items()
     }
-    phase = f"train_{'attn' if mlp_ratio == 0 else 'lm'}_{size}"
-    checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints", phase))
-    start = 0
-    if checkpointer.latest_step() is not None:
-        restored = checkpointer.restore({"state": state, **curves})
-        start = checkpointer.latest_step()
-        state = restored["state"]
-        curves = {k: np.asarray(restored[k]) for k in curves}
-    test, repeated = family.place(data.test), family.place(data.repeated, axis=1)
-    last_save = time.perf_counter()
-    bar = tqdm(range(start, config.steps), desc=phase, disable=None if config.progress else True, leave=False)
-    for step in bar:
-        batch = {"x": family.place(data.batch(step, config.batch_size), axis=1)}
-        state, metrics = family.step(state, batch, jax.vmap(jax.random.fold_in)(keys, state.step))
-        if step + 1 in points:
-            row = points.index(step + 1)
-            test_losses, repeated_losses = family.evaluate(state.variables, test, repeated)
-            curves["test"][row] = _mean_loss(test_losses)
-            curves["repeated"][row] = _mean_loss(repeated_losses, data.repeated_weights)
-            bar.set_postfix(test=f"{np.mean(curves['test'][row]):.3f}")
-            if step + 1 == config.steps or time.perf_counter() - last_save >= config.checkpoint_seconds:
-                checkpointer.save(step + 1, {"state": state, **curves})
-                last_save = time.perf_counter()
-                if interrupt is not None and interrupt[0] == phase and step + 1 >= interrupt[1]:
-                    checkpointer.close()
-                    raise KeyboardInterrupt(f"simulated interruption of {phase!r} after step {step + 1}")
-    checkpointer.close()
-    probes = family.probes(state.variables, family.place(data.probes))
-    result = {key: np.asarray(value, np.float64) for key, value in probes.items()}
-    params = jax.tree.map(lambda leaf: leaf[0], state.variables)
     result.update(
         size=size,
         attention_only=mlp_ratio == 0,
-        non_embedding_params=non_embedding_params(params),
+        non_embedding_params=non_embedding_params(jax.tree.map(lambda leaf: leaf[0], state.variables)),
         eval_steps=points,
-        test_curve=curves["test"].T,
-        repeated_curve=curves["repeated"].T,
+        test_curve=np.asarray([record["test_loss"] for record in evaluated], np.float64).T,
+        repeated_curve=np.asarray([record["repeated_loss"] for record in evaluated], np.float64).T,
     )
     if mlp_ratio == 0:
-        result["ov_copying"] = np.stack(
-            [
-                induction.decoder_ov_scores(
-                    jax.tree.map(lambda leaf, i=i: leaf[i], state.variables), family.heads
-                )
-                for i in range(len(data.runs))
-            ]
-        )
+        per_run = [jax.tree.map(lambda leaf, i=i: leaf[i], state.variables) for i in range(len(data.runs))]
+        result["ov_copying"] = np.stack([induction.decoder_ov_scores(v, family.heads) for v in per_run])
     return result
 
 
-def main(config: Config, run_dir: str, *, interrupt: tuple[str, int] | None = None) -> dict[str, Any]:
+def main(config: Config, run_dir: str) -> dict[str, Any]:
     """Trains every size (and the attention-only ones) on every run, fits the scaling law, runs the linear
-    companion, then writes ``metrics.json``, ``timing.json``, ``report.md`` and the plots."""
+    companion, then writes ``metrics.json``, ``timing.json``, ``report.md`` and the plots.
+
+    Each family's loop checkpoints under ``run_dir/checkpoints/<loop name>``; everything after training
+    (probes, fit, linear sweep) is a deterministic function of the config and the trained states, so a
+    rerun after an interruption writes the same ``metrics.json``.
+    """
     for size in (*config.sizes, *config.attention_only_sizes):
         parse_size(size)
     if len(config.sizes) < 3:
@@ -369,15 +382,13 @@ def main(config: Config, run_dir: str, *, interrupt: tuple[str, int] | None = No
     for sizes, mlp_ratio in ((config.sizes, config.mlp_ratio), (config.attention_only_sizes, 0)):
         for size in sizes:
             began = time.perf_counter()
-            families.append(train_family(config, data, size, mlp_ratio, run_dir, mesh, interrupt))
+            families.append(train_family(config, data, size, mlp_ratio, run_dir, mesh))
             seconds[f"{'attn' if mlp_ratio == 0 else 'lm'}_{size}"] = time.perf_counter() - began
             if config.progress:
                 print(f"  {size} (mlp_ratio {mlp_ratio}): {seconds[list(seconds)[-1]]:.1f} s", flush=True)
     began = time.perf_counter()
     linear = repeated_linear.sweep(
-        dataclasses.replace(
-            repeated_linear.LinearConfig(), seeds=config.linear_seeds, epochs=config.linear_epochs
-        )
+        repeated_linear.LinearConfig(seeds=config.linear_seeds, epochs=config.linear_epochs)
     )
     seconds["linear"] = time.perf_counter() - began
     metrics = repeated_report.summarise(config, data.runs, families, linear, data.metadata)

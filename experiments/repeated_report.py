@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
 
-from experiments import runner
+from experiments.report import figure, fmt, markdown_table, stat
 from unlearnx.eval import scaling
 
 PER_RUN = ("test_loss", "icl", "copying_loss")
@@ -16,11 +15,6 @@ PER_RUN = ("test_loss", "icl", "copying_loss")
 
 def _label(family: dict[str, Any]) -> str:
     return f"attn-only {family['size']}" if family["attention_only"] else family["size"]
-
-
-def _stat(values) -> dict[str, float]:
-    mean, std = runner.mean_std(values)
-    return {"mean": mean, "std": std}
 
 
 def max_rise(curve: np.ndarray) -> float:
@@ -37,40 +31,42 @@ def settings(runs: list[dict[str, Any]]) -> list[tuple[float, int]]:
     return list(dict.fromkeys((run["fraction"], run["epochs"]) for run in runs))
 
 
-def summarise(config, runs, families, linear, corpus) -> dict[str, Any]:
-    """``metrics.json``: per size the per-run values and per-(f, E) mean ± std over seeds, the f = 0 power-law
-    fit with N_eff / N per setting, the measured peak per size, and the linear-regression sweep."""
-    sizes: dict[str, Any] = {}
-    for family in families:
-        per_setting = []
-        for fraction, epochs in settings(runs):
-            index = [i for i, r in enumerate(runs) if (r["fraction"], r["epochs"]) == (fraction, epochs)]
-            entry = {"fraction": fraction, "epochs": epochs}
-            entry.update({key: _stat(family[key][index]) for key in PER_RUN})
-            entry["repeated_loss"] = _stat(family["repeated_curve"][index, -1])
-            entry["bump"] = _stat(max_rise(family["test_curve"][i]) for i in index)
-            entry["prefix_matching"] = family["prefix_matching"][index].mean(axis=0)
-            entry["prefix_matching_max"] = _stat(family["prefix_matching"][index].max(axis=(1, 2)))
-            entry["test_curve"] = np.nanmean(family["test_curve"][index], axis=0)
-            entry["repeated_curve"] = (
-                np.nanmean(family["repeated_curve"][index], axis=0) if fraction > 0 else None
-            )
-            if "ov_copying" in family:
-                entry["ov_copying"] = family["ov_copying"][index].mean(axis=0)
-                entry["ov_copying_max"] = _stat(family["ov_copying"][index].max(axis=(1, 2)))
-            per_setting.append(entry)
-        sizes[_label(family)] = {
-            "non_embedding_params": family["non_embedding_params"],
-            "attention_only": family["attention_only"],
-            "eval_steps": family["eval_steps"],
-            "settings": per_setting,
-            "per_run": {
-                key: family[key]
-                for key in (*PER_RUN, "prefix_matching", "test_curve", "repeated_curve", "ov_copying")
-                if key in family
-            },
-        }
-    lm = {label: size for label, size in sizes.items() if not size["attention_only"]}
+def _setting_entry(family: dict[str, Any], index: list[int], fraction: float, epochs: int) -> dict[str, Any]:
+    """One (f, E) of one size: mean ± std over its seeds' runs ``index``."""
+    entry = {"fraction": fraction, "epochs": epochs}
+    entry.update({key: stat(family[key][index]) for key in PER_RUN})
+    entry["repeated_loss"] = stat(family["repeated_curve"][index, -1])
+    entry["bump"] = stat(max_rise(family["test_curve"][i]) for i in index)
+    entry["prefix_matching"] = family["prefix_matching"][index].mean(axis=0)
+    entry["prefix_matching_max"] = stat(family["prefix_matching"][index].max(axis=(1, 2)))
+    entry["test_curve"] = np.nanmean(family["test_curve"][index], axis=0)
+    entry["repeated_curve"] = np.nanmean(family["repeated_curve"][index], axis=0) if fraction > 0 else None
+    if "ov_copying" in family:
+        entry["ov_copying"] = family["ov_copying"][index].mean(axis=0)
+        entry["ov_copying_max"] = stat(family["ov_copying"][index].max(axis=(1, 2)))
+    return entry
+
+
+def _size_summary(family: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    per_setting = []
+    for fraction, epochs in settings(runs):
+        index = [i for i, r in enumerate(runs) if (r["fraction"], r["epochs"]) == (fraction, epochs)]
+        per_setting.append(_setting_entry(family, index, fraction, epochs))
+    return {
+        "non_embedding_params": family["non_embedding_params"],
+        "attention_only": family["attention_only"],
+        "eval_steps": family["eval_steps"],
+        "settings": per_setting,
+        "per_run": {
+            key: family[key]
+            for key in (*PER_RUN, "prefix_matching", "test_curve", "repeated_curve", "ov_copying")
+            if key in family
+        },
+    }
+
+
+def _fit_and_peaks(config, lm: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The f = 0 power-law fit (adds N_eff to every setting of ``lm`` in place) and the worst E per size."""
     fit_entry: dict[str, Any]
     try:
         fit = scaling.fit_power_law(
@@ -99,6 +95,16 @@ def summarise(config, runs, families, linear, corpus) -> dict[str, Any]:
                 "unique_std": reference["std"],
                 "worst_std": worst["test_loss"]["std"],
             }
+    return fit_entry, peaks
+
+
+def summarise(config, runs, families, linear, corpus) -> dict[str, Any]:
+    """``metrics.json``: per size the per-run values and per-(f, E) mean ± std over seeds, the f = 0 power-law
+    fit with N_eff / N per setting, the measured peak per size, and the linear-regression sweep."""
+    sizes = {_label(family): _size_summary(family, runs) for family in families}
+    fit_entry, peaks = _fit_and_peaks(
+        config, {label: size for label, size in sizes.items() if not size["attention_only"]}
+    )
     mse = linear["test_mse"]
     linear_summary = {
         "epochs": linear["epochs"],
@@ -120,14 +126,6 @@ def summarise(config, runs, families, linear, corpus) -> dict[str, Any]:
     }
 
 
-def _fmt(stat: dict[str, float], digits: int = 3) -> str:
-    if stat["mean"] is None or not np.isfinite(stat["mean"]):
-        return "n/a"
-    if not np.isfinite(stat["std"]) or stat["std"] == 0:
-        return f"{stat['mean']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-
-
 def _ratio(entry: dict[str, Any]) -> str:
     if "n_eff_ratio" not in entry:
         return "n/a"
@@ -138,7 +136,12 @@ def _ratio(entry: dict[str, Any]) -> str:
     return f"{entry['n_eff_ratio']:.2f}{mark}"
 
 
-def _table(metrics, config, value, *, main_only: bool = True, attention_only: bool = False) -> str:
+def _table(
+    metrics, config, value, *, digits: int = 3, main_only: bool = True, attention_only: bool = False
+) -> str:
+    """Sizes × settings (f = 0 and the E sweep, or the f sweep); ``value`` is a setting entry's key (shown
+    as mean ± std) or a function of the entry."""
+    cell = value if callable(value) else (lambda entry: fmt(entry[value], digits=digits))
     chosen = [(0.0, 1)] + (
         [(config.fraction, e) for e in config.repeat_epochs]
         if main_only
@@ -150,15 +153,14 @@ def _table(metrics, config, value, *, main_only: bool = True, attention_only: bo
         if size["attention_only"] != attention_only:
             continue
         by_key = {(e["fraction"], e["epochs"]): e for e in size["settings"]}
-        rows.append([label, f"{size['non_embedding_params']:,}", *(value(by_key[key]) for key in chosen)])
-    return runner.markdown_table(header, rows)
+        rows.append([label, f"{size['non_embedding_params']:,}", *(cell(by_key[key]) for key in chosen)])
+    return markdown_table(header, rows)
 
 
-def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
+def _intro(config, metrics: dict[str, Any]) -> list[str]:
     corpus = metrics["corpus"]
-    fit = metrics["fit"]
     budget = config.steps * config.batch_size * config.seq_len
-    lines = [
+    return [
         "# Repeated data: test loss, effective size and induction heads vs repeat epochs",
         "",
         f"Corpus `{config.dataset}` (Python {corpus.get('python_version')}, sha256 "
@@ -172,13 +174,17 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
         "",
         f"## Final held-out test loss, f = {config.fraction:g} (f = 0: unique-data reference)",
         "",
-        _table(metrics, config, lambda e: _fmt(e["test_loss"])),
+        _table(metrics, config, "test_loss"),
         "",
     ]
+
+
+def _fit_and_peak_lines(config, metrics: dict[str, Any]) -> list[str]:
+    fit = metrics["fit"]
     if "error" in fit:
-        lines += [f"Scaling fit failed: {fit['error']}", ""]
+        lines = [f"Scaling fit failed: {fit['error']}", ""]
     else:
-        lines += [
+        lines = [
             f"Unique-data fit L(N) = {fit['a']:.4g}·N^(−{fit['alpha']:.4g}) + {fit['l_inf']:.4g} "
             f"(rss {fit['rss']:.2g}; sizes {fit['n_min']:,.0f}–{fit['n_max']:,.0f}).",
             "",
@@ -195,193 +201,195 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
             f"test loss {peak['excess_over_unique']:+.4f} vs f = 0 (seed std {peak['unique_std']:.4f} / "
             f"{peak['worst_std']:.4f})"
         )
-    lines += [
-        "",
-        "## Repeated-subset loss at the end",
-        "",
-        _table(metrics, config, lambda e: _fmt(e["repeated_loss"])),
-        "",
-        "## Mid-training bump: largest rise of the test-loss curve above its running minimum",
-        "",
-        _table(metrics, config, lambda e: _fmt(e["bump"], 4)),
-        "",
-        f"## Fraction sweep at E = {config.sweep_epochs}: final test loss",
-        "",
-        _table(metrics, config, lambda e: _fmt(e["test_loss"]), main_only=False),
-        "",
-        f"## Copying loss (second copy of {config.seq_len // 2}-byte held-out segments)",
-        "",
-        _table(metrics, config, lambda e: _fmt(e["copying_loss"])),
-        "",
-        f"## ICL score (loss over positions {list(config.icl_late)} − over {list(config.icl_early)})",
-        "",
-        _table(metrics, config, lambda e: _fmt(e["icl"])),
-        "",
-        f"## Max prefix-matching score over heads (random bytes, ℓ = {config.seq_len // 2}, twice)",
-        "",
-        _table(metrics, config, lambda e: _fmt(e["prefix_matching_max"])),
-        "",
+    return lines
+
+
+def _measurement_lines(config, metrics: dict[str, Any]) -> list[str]:
+    half = config.seq_len // 2
+    sections = [
+        ("## Repeated-subset loss at the end", "repeated_loss", {}),
+        (
+            "## Mid-training bump: largest rise of the test-loss curve above its running minimum",
+            "bump",
+            {"digits": 4},
+        ),
+        (
+            f"## Fraction sweep at E = {config.sweep_epochs}: final test loss",
+            "test_loss",
+            {"main_only": False},
+        ),
+        (f"## Copying loss (second copy of {half}-byte held-out segments)", "copying_loss", {}),
+        (
+            f"## ICL score (loss over positions {list(config.icl_late)} − over {list(config.icl_early)})",
+            "icl",
+            {},
+        ),
+        (
+            f"## Max prefix-matching score over heads (random bytes, ℓ = {half}, twice)",
+            "prefix_matching_max",
+            {},
+        ),
     ]
     if any(size["attention_only"] for size in metrics["sizes"].values()):
-        lines += [
-            "## Attention-only models",
-            "",
-            "Final test loss:",
-            "",
-            _table(metrics, config, lambda e: _fmt(e["test_loss"]), attention_only=True),
-            "",
-            "Max prefix-matching score:",
-            "",
-            _table(metrics, config, lambda e: _fmt(e["prefix_matching_max"]), attention_only=True),
-            "",
-            "Max OV copying score Σλ/Σ|λ| over heads:",
-            "",
-            _table(metrics, config, lambda e: _fmt(e["ov_copying_max"]), attention_only=True),
-            "",
+        sections += [
+            ("## Attention-only models\n\nFinal test loss:", "test_loss", {"attention_only": True}),
+            ("Max prefix-matching score:", "prefix_matching_max", {"attention_only": True}),
+            ("Max OV copying score Σλ/Σ|λ| over heads:", "ov_copying_max", {"attention_only": True}),
         ]
+    lines = [""]
+    for title, key, options in sections:
+        lines += [title, "", _table(metrics, config, key, **options), ""]
+    return lines
+
+
+def _linear_lines(metrics: dict[str, Any], timing: dict[str, Any]) -> list[str]:
     linear = metrics["linear"]
-    lines += [
+    columns = (linear[key] for key in ("epochs", "repeated_rows", "test_mse_mean", "test_mse_sem"))
+    rows = [[int(e), int(m), f"{mean:.4f} ± {sem:.4f}"] for e, m, mean, sem in zip(*columns, strict=True)]
+    return [
         f"## Duplicated-row linear regression (test MSE, mean ± s.e.m. over {linear['seeds']} seeds)",
         "",
-        runner.markdown_table(
-            ["E", "repeated rows m", "test MSE"],
-            [
-                [int(e), int(m), f"{mean:.4f} ± {sem:.4f}"]
-                for e, m, mean, sem in zip(
-                    linear["epochs"],
-                    linear["repeated_rows"],
-                    linear["test_mse_mean"],
-                    linear["test_mse_sem"],
-                    strict=True,
-                )
-            ],
-        ),
+        markdown_table(["E", "repeated rows m", "test MSE"], rows),
         "",
         f"Wall time: {timing['total']:.1f} s on {timing['devices']} device(s).",
         "",
     ]
+
+
+def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
+    """``report.md``: the paper's tables (test loss, N_eff / N, peaks, probes) and the linear companion."""
+    lines = _intro(config, metrics) + _fit_and_peak_lines(config, metrics)
+    lines += _measurement_lines(config, metrics) + _linear_lines(metrics, timing)
     return "\n".join(lines)
 
 
-def plot(config, metrics: dict[str, Any], run_dir: str) -> None:
-    """``test_loss_vs_epochs.png``, ``training_curves.png``, ``effective_size.png``, ``prefix_matching.png``,
-    ``copying_icl.png`` and ``linear_regression.png``."""
-    import matplotlib
+def _main_entries(config, size: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in size["settings"] if e["fraction"] == config.fraction]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    sizes = metrics["sizes"]
-    lm = {k: v for k, v in sizes.items() if not v["attention_only"]}
-
-    def main_entries(size):
-        return [e for e in size["settings"] if e["fraction"] == config.fraction]
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for i, (label, size) in enumerate(sizes.items()):
-        entries = main_entries(size)
-        color = f"C{i}"
-        ax.errorbar(
-            [e["epochs"] for e in entries],
-            [e["test_loss"]["mean"] for e in entries],
-            yerr=[e["test_loss"]["std"] for e in entries],
-            marker="o",
-            capsize=3,
-            color=color,
-            label=label,
-        )
-        ax.axhline(size["settings"][0]["test_loss"]["mean"], color=color, linestyle="--", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlabel(f"repeat epochs E (f = {config.fraction:g})")
-    ax.set_ylabel("final test loss (nats/byte); dashed: f = 0")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "test_loss_vs_epochs.png"), dpi=120)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 4), squeeze=False)
-    for ax, (label, size) in zip(axes[0], sizes.items(), strict=True):
-        steps = size["eval_steps"]
-        for i, entry in enumerate([size["settings"][0], *main_entries(size)]):
-            name = "f = 0" if entry["fraction"] == 0 else f"E = {entry['epochs']}"
-            ax.plot(steps, entry["test_curve"], color=f"C{i}", marker=".", label=f"{name} test")
-            if entry["repeated_curve"] is not None:
-                ax.plot(
-                    steps, entry["repeated_curve"], color=f"C{i}", linestyle=":", label=f"{name} repeated"
-                )
-        ax.set_xscale("log")
-        ax.set_title(label, fontsize="small")
-        ax.set_xlabel("step")
-    axes[0][0].set_ylabel("loss (solid: held-out test, dotted: repeated subset)")
-    axes[0][0].legend(fontsize="x-small", ncol=2)
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "training_curves.png"), dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for label, size in lm.items():
-        entries = [e for e in main_entries(size) if e.get("n_eff_status") not in (None, "undefined")]
-        ax.plot([e["epochs"] for e in entries], [e["n_eff_ratio"] for e in entries], marker="o", label=label)
-    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(f"repeat epochs E (f = {config.fraction:g})")
-    ax.set_ylabel("N_eff / N (from the f = 0 fit)")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "effective_size.png"), dpi=120)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(len(sizes), 2, figsize=(7, 2.2 * len(sizes) + 0.8), squeeze=False)
-    for row, (label, size) in enumerate(sizes.items()):
-        unique = size["settings"][0]
-        worst = max(main_entries(size), key=lambda e: e["test_loss"]["mean"])
-        for col, (entry, name) in enumerate(((unique, "f = 0"), (worst, f"E = {worst['epochs']} (worst)"))):
-            image = axes[row][col].imshow(np.asarray(entry["prefix_matching"]), vmin=0, vmax=1, cmap="magma")
-            axes[row][col].set_title(f"{label}: {name}", fontsize="small")
-            axes[row][col].set_xlabel("head")
-            axes[row][col].set_ylabel("layer")
-    fig.colorbar(image, ax=axes, shrink=0.8, label="prefix-matching score")
-    fig.savefig(os.path.join(run_dir, "prefix_matching.png"), dpi=110)
-    plt.close(fig)
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for i, (label, size) in enumerate(sizes.items()):
-        entries = main_entries(size)
-        for ax, key in ((left, "copying_loss"), (right, "icl")):
+def _plot_test_loss(config, sizes: dict[str, Any], run_dir: str) -> None:
+    with figure(run_dir, "test_loss_vs_epochs.png", figsize=(6.5, 4.5)) as (fig, ax):
+        for i, (label, size) in enumerate(sizes.items()):
+            entries = _main_entries(config, size)
             ax.errorbar(
                 [e["epochs"] for e in entries],
-                [e[key]["mean"] for e in entries],
-                yerr=[e[key]["std"] for e in entries],
+                [e["test_loss"]["mean"] for e in entries],
+                yerr=[e["test_loss"]["std"] for e in entries],
                 marker="o",
                 capsize=3,
                 color=f"C{i}",
                 label=label,
             )
-            ax.axhline(size["settings"][0][key]["mean"], color=f"C{i}", linestyle="--", linewidth=1)
-    for ax, name in ((left, "copying loss (second copy)"), (right, "ICL score (late − early loss)")):
+            ax.axhline(size["settings"][0]["test_loss"]["mean"], color=f"C{i}", linestyle="--", linewidth=1)
         ax.set_xscale("log")
-        ax.set_xlabel(f"repeat epochs E (f = {config.fraction:g}); dashed: f = 0")
-        ax.set_ylabel(name)
-    left.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "copying_icl.png"), dpi=120)
-    plt.close(fig)
+        ax.set_xlabel(f"repeat epochs E (f = {config.fraction:g})")
+        ax.set_ylabel("final test loss (nats/byte); dashed: f = 0")
+        ax.legend(fontsize="small")
 
-    linear = metrics["linear"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.errorbar(
-        linear["epochs"], linear["test_mse_mean"], yerr=linear["test_mse_sem"], marker="o", capsize=3
-    )
-    left.set_xscale("log")
-    left.set_xlabel("repeat epochs E")
-    left.set_ylabel(f"test MSE (mean ± s.e.m., {linear['seeds']} seeds)")
-    for epochs_value, curve in zip(linear["curve_epochs"], linear["curves_mean"], strict=True):
-        right.plot(linear["curve_steps"], curve, label=f"E = {int(epochs_value)}")
-    right.set_xscale("log")
-    right.set_xlabel("gradient-descent step")
-    right.set_ylabel("test MSE")
-    right.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "linear_regression.png"), dpi=120)
-    plt.close(fig)
+
+def _plot_training_curves(config, sizes: dict[str, Any], run_dir: str) -> None:
+    shape = dict(ncols=len(sizes), figsize=(4.5 * len(sizes), 4), squeeze=False)
+    with figure(run_dir, "training_curves.png", dpi=110, **shape) as (fig, axes):
+        for ax, (label, size) in zip(axes[0], sizes.items(), strict=True):
+            steps = size["eval_steps"]
+            for i, entry in enumerate([size["settings"][0], *_main_entries(config, size)]):
+                name = "f = 0" if entry["fraction"] == 0 else f"E = {entry['epochs']}"
+                ax.plot(steps, entry["test_curve"], color=f"C{i}", marker=".", label=f"{name} test")
+                if entry["repeated_curve"] is not None:
+                    ax.plot(
+                        steps, entry["repeated_curve"], color=f"C{i}", linestyle=":", label=f"{name} repeated"
+                    )
+            ax.set_xscale("log")
+            ax.set_title(label, fontsize="small")
+            ax.set_xlabel("step")
+        axes[0][0].set_ylabel("loss (solid: held-out test, dotted: repeated subset)")
+        axes[0][0].legend(fontsize="x-small", ncol=2)
+
+
+def _plot_effective_size(config, sizes: dict[str, Any], run_dir: str) -> None:
+    with figure(run_dir, "effective_size.png", figsize=(6.5, 4.5)) as (fig, ax):
+        for label, size in sizes.items():
+            if size["attention_only"]:
+                continue
+            entries = [
+                e for e in _main_entries(config, size) if e.get("n_eff_status") not in (None, "undefined")
+            ]
+            ax.plot(
+                [e["epochs"] for e in entries], [e["n_eff_ratio"] for e in entries], marker="o", label=label
+            )
+        ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"repeat epochs E (f = {config.fraction:g})")
+        ax.set_ylabel("N_eff / N (from the f = 0 fit)")
+        ax.legend(fontsize="small")
+
+
+def _plot_prefix_matching(config, sizes: dict[str, Any], run_dir: str) -> None:
+    # a colour-bar column of the grid per row, so that tight_layout can place it
+    shape = dict(nrows=len(sizes), ncols=3, figsize=(7.4, 2.2 * len(sizes) + 0.8), squeeze=False)
+    with figure(
+        run_dir, "prefix_matching.png", dpi=110, gridspec_kw={"width_ratios": [1, 1, 0.05]}, **shape
+    ) as (fig, axes):
+        for row, (label, size) in enumerate(sizes.items()):
+            unique = size["settings"][0]
+            worst = max(_main_entries(config, size), key=lambda e: e["test_loss"]["mean"])
+            for ax, entry, name in (
+                (axes[row][0], unique, "f = 0"),
+                (axes[row][1], worst, f"E = {worst['epochs']} (worst)"),
+            ):
+                image = ax.imshow(np.asarray(entry["prefix_matching"]), vmin=0, vmax=1, cmap="magma")
+                ax.set_title(f"{label}: {name}", fontsize="small")
+                ax.set_xlabel("head")
+                ax.set_ylabel("layer")
+            fig.colorbar(image, cax=axes[row][2], label="prefix-matching score")
+
+
+def _plot_copying_icl(config, sizes: dict[str, Any], run_dir: str) -> None:
+    with figure(run_dir, "copying_icl.png", ncols=2, figsize=(11, 4.2)) as (fig, (left, right)):
+        for i, (label, size) in enumerate(sizes.items()):
+            entries = _main_entries(config, size)
+            for ax, key in ((left, "copying_loss"), (right, "icl")):
+                ax.errorbar(
+                    [e["epochs"] for e in entries],
+                    [e[key]["mean"] for e in entries],
+                    yerr=[e[key]["std"] for e in entries],
+                    marker="o",
+                    capsize=3,
+                    color=f"C{i}",
+                    label=label,
+                )
+                ax.axhline(size["settings"][0][key]["mean"], color=f"C{i}", linestyle="--", linewidth=1)
+        for ax, name in ((left, "copying loss (second copy)"), (right, "ICL score (late − early loss)")):
+            ax.set_xscale("log")
+            ax.set_xlabel(f"repeat epochs E (f = {config.fraction:g}); dashed: f = 0")
+            ax.set_ylabel(name)
+        left.legend(fontsize="small")
+
+
+def _plot_linear(linear: dict[str, Any], run_dir: str) -> None:
+    with figure(run_dir, "linear_regression.png", ncols=2, figsize=(11, 4.2)) as (fig, (left, right)):
+        left.errorbar(
+            linear["epochs"], linear["test_mse_mean"], yerr=linear["test_mse_sem"], marker="o", capsize=3
+        )
+        left.set_xscale("log")
+        left.set_xlabel("repeat epochs E")
+        left.set_ylabel(f"test MSE (mean ± s.e.m., {linear['seeds']} seeds)")
+        for epochs_value, curve in zip(linear["curve_epochs"], linear["curves_mean"], strict=True):
+            right.plot(linear["curve_steps"], curve, label=f"E = {int(epochs_value)}")
+        right.set_xscale("log")
+        right.set_xlabel("gradient-descent step")
+        right.set_ylabel("test MSE")
+        right.legend(fontsize="small")
+
+
+def plot(config, metrics: dict[str, Any], run_dir: str) -> None:
+    """``test_loss_vs_epochs.png``, ``training_curves.png``, ``effective_size.png``, ``prefix_matching.png``,
+    ``copying_icl.png`` and ``linear_regression.png``."""
+    sizes = metrics["sizes"]
+    _plot_test_loss(config, sizes, run_dir)
+    _plot_training_curves(config, sizes, run_dir)
+    _plot_effective_size(config, sizes, run_dir)
+    _plot_prefix_matching(config, sizes, run_dir)
+    _plot_copying_icl(config, sizes, run_dir)
+    _plot_linear(metrics["linear"], run_dir)

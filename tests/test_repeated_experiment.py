@@ -47,9 +47,10 @@ SCRIPT = textwrap.dedent(
     from unlearnx import parallel
 
     assert jax.device_count() == 8, jax.devices()
-    family = repeated_data.family_for(TINY, "16x1x2", 4, parallel.data_mesh())
-    placed = family.place(np.zeros((2, TINY.batch_size, TINY.seq_len), np.int32), axis=1)
-    assert len(placed.sharding.device_set) == 8 and placed.sharding.spec[1] == "data"
+    # the loop splits the examples (axis 1 of [runs, examples, seq_len]) over the devices, not the runs
+    batch = repeated_data.Data(TINY).batch(0, TINY.batch_size)
+    placed = parallel.shard_batch(batch, parallel.data_mesh(), repeated_data.BATCH_AXIS)
+    assert batch.shape[0] % 8 and len(placed.sharding.device_set) == 8 and placed.sharding.spec[1] == "data"
     np.savez(sys.argv[1], **family_results(sys.argv[3]))
     """
 )
@@ -76,7 +77,7 @@ def test_eight_devices_train_and_measure_like_one(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_run_then_interrupted_and_resumed_run_give_the_same_metrics(tmp_path, capsys):
-    args = ["--checkpoint-seconds", "0"]
+    args = []  # default checkpoint_seconds: the interrupted loop saves only at its stop and final steps
     straight = cli.run_one("repeated_data", "smoke", args, out=str(tmp_path / "a"), resume=False)
     for name in (
         "config.json",
@@ -122,12 +123,19 @@ def test_smoke_run_then_interrupted_and_resumed_run_give_the_same_metrics(tmp_pa
             args,
             out=str(tmp_path / "b"),
             resume=False,
-            interrupt=("train_lm_24x1x2", 3),
+            interrupt=("train_lm_24x1x2", 5),  # between the evaluation steps 3 and 8
         )
+    (interrupted,) = os.listdir(tmp_path / "b" / "repeated_data")
+    saved = os.listdir(tmp_path / "b" / "repeated_data" / interrupted / "checkpoints" / "train_lm_24x1x2")
+    assert "5" in saved and str(config.steps) not in saved
     resumed = cli.run_one("repeated_data", "smoke", args, out=str(tmp_path / "b"), resume=True)
-    assert len(os.listdir(tmp_path / "b" / "repeated_data")) == 1
+    assert os.listdir(tmp_path / "b" / "repeated_data") == [interrupted]
+    with open(os.path.join(resumed, "train_log.jsonl")) as handle:
+        logged = [json.loads(line) for line in handle]
+    for phase in ("train_lm_16x1x2", "train_lm_24x1x2", "train_lm_32x1x2", "train_attn_16x2x2"):
+        assert [r["step"] for r in logged if r["phase"] == phase] == list(range(1, config.steps + 1)), phase
     with open(os.path.join(straight, "metrics.json")) as a, open(os.path.join(resumed, "metrics.json")) as b:
-        assert json.load(a) == json.load(b)
+        assert a.read() == b.read()
 
 
 def test_runs_eval_steps_and_max_rise():
