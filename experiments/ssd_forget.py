@@ -28,8 +28,9 @@ import jax
 import numpy as np
 import optax
 
-from experiments import runner
-from unlearnx import data, eval, fisher, models, parallel, train, unlearn
+from experiments import runner, ssd_importance
+from experiments.ssd_importance import dampen, timed
+from unlearnx import data, eval, models, train, unlearn
 
 NAME = "ssd_forget"
 
@@ -180,21 +181,8 @@ class _Split:
 def _split(run: _Seed, cls: int) -> _Split:
     forget, retain = (s.arrays() for s in data.forget_retain_split(run.train_set, cls))
     forget_test, retain_test = (s.arrays() for s in data.forget_retain_split(run.test_set, cls))
-    full = _importance_data(run.train, retain, forget, run.config.importance_order)
+    full = ssd_importance.importance_data(run.train, retain, forget, run.config.importance_order)
     return _Split(cls, forget, retain, run.test_set.arrays(), forget_test, retain_test, full)
-
-
-def _importance_data(train_set, retain, forget, order: str) -> dict[str, np.ndarray]:
-    """D for I_D. ``"reference"``: the SSD reference's unshuffled ConcatDataset(retain, forget), with the
-    retain set grouped class by class, so batches are nearly single-class; ``"dataset"``: the data set's
-    own order. The order matters for ``batch_sq``/``batch_abs``: mixed-class batch gradients cancel,
-    which shrinks I_D and makes more parameters pass the α test."""
-    if order == "dataset":
-        return train_set
-    if order != "reference":
-        raise ValueError(f"importance_order must be 'reference' or 'dataset', got {order!r}")
-    by_class = np.argsort(retain["y"], kind="stable")
-    return {key: np.concatenate([retain[key][by_class], forget[key]]) for key in ("x", "y")}
 
 
 def _fit(run: _Seed, phase: str, variables, arrays, cls: int | None = None) -> tuple[Any, float, int]:
@@ -259,54 +247,16 @@ def _evaluate(run: _Seed, variables, split: _Split) -> dict[str, float]:
 
 
 def _importances(run: _Seed, variables, split: _Split, estimator: str):
-    """(I_f, I_D, seconds for I_f, seconds for I_D) over all ``variables``: eval mode, unshuffled,
-    data-parallel over all devices; ``batch_abs`` is LFSSD's label-free estimator.
-
-    Importances cover the batch statistics too (SSD's default selector never touches them), so the
-    loss depends on the model alone and compiles once per model and estimator, not once per seed.
-    A warm-up pass over D_f (untimed) compiles before the timed passes.
-    """
-    loss_fn = _importance_loss(run.model, label_free=estimator == "batch_abs")
-    chunk = run.config.empirical_chunk_size if estimator == "empirical" else None
-    mesh = parallel.data_mesh()
-
-    def importance(arrays):
-        batches = (
-            parallel.shard_batch(parallel.process_share(batch), mesh)
-            for batch in data.batches(arrays, run.config.importance_batch_size)
-        )
-        return _timed(fisher.diagonal, loss_fn, variables, batches, estimator=estimator, chunk_size=chunk)
-
-    importance(split.forget)
-    (forget_importance, forget_seconds), (full_importance, full_seconds) = map(
-        importance, (split.forget, split.importance_data)
+    config = run.config
+    return ssd_importance.importances(
+        run.model,
+        variables,
+        split.forget,
+        split.importance_data,
+        estimator,
+        batch_size=config.importance_batch_size,
+        chunk_size=config.empirical_chunk_size,
     )
-    return forget_importance, full_importance, forget_seconds, full_seconds
-
-
-@functools.cache
-def _importance_loss(model: models.Model, label_free: bool):
-    """Per-example loss over full variables: cross-entropy, or LFSSD's ‖f(x)‖² when ``label_free``."""
-
-    def logits_fn(variables, batch):
-        return model.apply(variables, batch["x"])
-
-    if label_free:
-        return fisher.output_norm_loss(logits_fn)
-    return lambda variables, batch: train.example_losses(logits_fn(variables, batch), batch)
-
-
-def _timed(fn, *args, **kwargs):
-    started = time.perf_counter()
-    result = jax.block_until_ready(fn(*args, **kwargs))
-    return result, time.perf_counter() - started
-
-
-@jax.jit
-def dampen(variables, forget_importance, full_importance, alpha, lam):
-    """SSD on model variables (batch statistics untouched) with traced α and λ: one compilation serves
-    every method, class, seed and sweep point."""
-    return unlearn.ssd(variables, forget_importance, full_importance, alpha=alpha, lam=lam)
 
 
 def _ssd_edits(run: _Seed, original, split: _Split, importances, methods=tuple(SSD_METHODS)) -> dict:
@@ -322,8 +272,8 @@ def _ssd_edits(run: _Seed, original, split: _Split, importances, methods=tuple(S
         if alpha is None:  # ASSD: the percentile of I_f / I_D over the trainable parameters
             alpha = float(unlearn.assd_alpha(forget_imp, full_imp, fraction))
         lam = config.lam if lam is None else lam
-        dampen(original, forget_imp, full_imp, alpha, lam)  # compile outside the timing
-        edited, seconds = _timed(dampen, original, forget_imp, full_imp, alpha, lam)
+        dampen(original, forget_imp, full_imp, alpha=alpha, lam=lam)  # compile outside the timing
+        edited, seconds = timed(dampen, original, forget_imp, full_imp, alpha=alpha, lam=lam)
         edits[method] = (edited, alpha, seconds)
     return edits
 
@@ -365,7 +315,7 @@ def _alpha_sweep(run: _Seed, original, split: _Split, forget_imp, full_imp) -> d
     """Forget/retain test accuracy of SSD at each α of ``config.alpha_sweep`` (λ from the config)."""
     sweep = {"forget_test_acc": [], "retain_test_acc": []}
     for alpha in run.config.alpha_sweep:
-        swept = dampen(original, forget_imp, full_imp, alpha, run.config.lam)
+        swept = dampen(original, forget_imp, full_imp, alpha=alpha, lam=run.config.lam)
         for key, arrays in (("forget_test_acc", split.forget_test), ("retain_test_acc", split.retain_test)):
             sweep[key].append(eval.accuracy(train.predict(run.model, swept, arrays["x"]), arrays["y"]))
     return sweep

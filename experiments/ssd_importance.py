@@ -1,0 +1,87 @@
+"""SSD's importances and dampening for the ``ssd_forget`` experiment: the data D for I_D in the reference's
+order, the per-example losses (cross-entropy, or LFSSD's label-free output norm), data-parallel importance
+passes, and the dampening itself, each timed."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import numpy as np
+
+from unlearnx import data, fisher, models, parallel, train, unlearn
+
+__all__ = ["dampen", "importance_data", "importances", "timed"]
+
+
+def timed(fn, *args, **kwargs):
+    """``(fn(*args, **kwargs), wall seconds)``, waiting for the result's device work to finish."""
+    started = time.perf_counter()
+    result = jax.block_until_ready(fn(*args, **kwargs))
+    return result, time.perf_counter() - started
+
+
+def importance_data(train_set, retain, forget, order: str) -> dict[str, np.ndarray]:
+    """D for I_D. ``"reference"``: the SSD reference's unshuffled ConcatDataset(retain, forget), with the
+    retain set grouped class by class, so batches are nearly single-class; ``"dataset"``: the data set's
+    own order. The order matters for ``batch_sq``/``batch_abs``: mixed-class batch gradients cancel,
+    which shrinks I_D and makes more parameters pass the α test."""
+    if order == "dataset":
+        return train_set
+    if order != "reference":
+        raise ValueError(f"importance_order must be 'reference' or 'dataset', got {order!r}")
+    by_class = np.argsort(retain["y"], kind="stable")
+    return {key: np.concatenate([retain[key][by_class], forget[key]]) for key in ("x", "y")}
+
+
+def importances(
+    model: models.Model,
+    variables,
+    forget: dict,
+    full: dict,
+    estimator: str,
+    *,
+    batch_size: int,
+    chunk_size: int | None,
+):
+    """(I_f, I_D, seconds for I_f, seconds for I_D) over all ``variables``: eval mode, unshuffled,
+    data-parallel over all devices; ``batch_abs`` is LFSSD's label-free estimator.
+
+    Importances cover the batch statistics too (SSD's default selector never touches them), so the
+    loss depends on the model alone and compiles once per model and estimator, not once per seed.
+    A warm-up pass over D_f (untimed) compiles before the timed passes.
+    """
+    loss_fn = _importance_loss(model, label_free=estimator == "batch_abs")
+    chunk = chunk_size if estimator == "empirical" else None
+    mesh = parallel.data_mesh()
+
+    def importance(arrays):
+        batches = (
+            parallel.shard_batch(parallel.process_share(batch), mesh)
+            for batch in data.batches(arrays, batch_size)
+        )
+        return timed(fisher.diagonal, loss_fn, variables, batches, estimator=estimator, chunk_size=chunk)
+
+    importance(forget)
+    (forget_importance, forget_seconds), (full_importance, full_seconds) = map(importance, (forget, full))
+    return forget_importance, full_importance, forget_seconds, full_seconds
+
+
+@functools.cache
+def _importance_loss(model: models.Model, label_free: bool):
+    """Per-example loss over full variables: cross-entropy, or LFSSD's ‖f(x)‖² when ``label_free``."""
+
+    def logits_fn(variables, batch):
+        return model.apply(variables, batch["x"])
+
+    if label_free:
+        return fisher.output_norm_loss(logits_fn)
+    return lambda variables, batch: train.example_losses(logits_fn(variables, batch), batch)
+
+
+@functools.partial(jax.jit, static_argnames=("alpha", "lam"))
+def dampen(variables, forget_importance, full_importance, *, alpha: float, lam: float):
+    """SSD on model variables (batch statistics untouched). α and λ are static (the library validates them
+    at call time), so each distinct (α, λ) compiles once and is reused across methods, classes and seeds."""
+    return unlearn.ssd(variables, forget_importance, full_importance, alpha=alpha, lam=lam)
