@@ -24,12 +24,21 @@ Methods:
 - ``si``: c = ``si_strength``, ξ = ``si_damping``.
 - ``power_law_1+ewc``: power-law rehearsal (d = 1) plus the EWC penalty.
 
-Optimizer: ``optax.chain(penalty, adam(lr))``; Adam's moments are re-initialised at every phase, the penalty
-state (Fisher lists, running Fisher, SI path integrals and importances) is carried across phases.
+Optimizer: ``optax.named_chain(("penalty", penalty), ("adam", adam(lr)))``; Adam's moments are re-initialised
+at every phase, the penalty state (Fisher lists, running Fisher, SI path integrals and importances) is carried
+across phases.
 
 Forward facilitation: during each phase the accuracy on ``probe_size`` training examples of the new task is
 measured after every step; we record the steps to reach ``threshold``, the area under that curve (its
 mean) and the test accuracy on the new task after the first epoch.
+
+Resuming: each phase trains through ``unlearnx.train.loop`` named ``{tag}-task{phase}`` (tag
+``{method}-seed{seed}``, or ``sweep-{axis}={value}-{method}-seed{seed}`` in a sweep cell), checkpointed
+under ``checkpoints/{tag}/task{phase}``; the state carried between phases (variables, step, replay buffer,
+penalty state) and the phase logs (rows of R, counts, curves) are checkpointed in ``checkpoints/{tag}/carry``
+(``powerlaw_sequence.run_sequence``); a finished sequence's results are kept in ``results/{tag}.json`` and
+its checkpoints deleted. So ``--resume`` after any stop or kill continues where the run was and writes the
+same ``metrics.json``.
 
 Presets:
 
@@ -49,19 +58,18 @@ Presets:
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import shutil
 import time
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from experiments import powerlaw_report, runner
-from unlearnx import continual, data, eval, fisher, train
+from experiments import powerlaw_report, powerlaw_sequence, runner
+from unlearnx import data
 
 NAME = "powerlaw_rehearsal"
-METHODS = powerlaw_report.METHODS
 SWEEP_METHODS = ("naive", "uniform", "exponential", "power_law_1")
 
 #: method -> (rehearsal kind, exponent, penalty)
@@ -76,6 +84,7 @@ SPECS: dict[str, tuple[str, float, str | None]] = {
     "si": ("none", 0.0, "si"),
     "power_law_1+ewc": ("power_law", 1.0, "ewc"),
 }
+METHODS = tuple(SPECS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +120,7 @@ class Config:
     sweep_budgets: tuple[int, ...] = (100, 1000)
     sweep_methods: tuple[str, ...] = SWEEP_METHODS
     progress: bool = False
+    checkpoint_seconds: float | None = None  # within a phase (None: only at its end and when stopped)
 
 
 PRESETS: dict[str, Config] = {
@@ -143,6 +153,7 @@ PRESETS: dict[str, Config] = {
         memory_size=1000,
         fisher_examples=1000,
         progress=True,
+        checkpoint_seconds=60.0,
     ),
     "paper": Config(
         dataset="tfds:mnist",
@@ -156,6 +167,7 @@ PRESETS: dict[str, Config] = {
         fisher_examples=2000,
         probe_size=1024,
         progress=True,
+        checkpoint_seconds=60.0,
     ),
 }
 PRESETS["sweeps"] = dataclasses.replace(PRESETS["quick"], sweeps=True)
@@ -205,198 +217,6 @@ class Tasks:
         return {"x": self._get("test", task), "y": self.test_y}
 
 
-# --------------------------------------------------------------------------- training
-
-_OPTIMIZERS: dict[tuple, Any] = {}
-
-
-def make_optimizer(config: Config, penalty: str | None):
-    """``chain(penalty, adam)`` (or plain Adam); one object per setting so compiled steps are reused."""
-    key = (
-        penalty,
-        config.lr,
-        config.ewc_strength,
-        config.online_decay,
-        config.si_strength,
-        config.si_damping,
-    )
-    if key not in _OPTIMIZERS:
-        adam = optax.adam(config.lr)
-        if penalty is None:
-            _OPTIMIZERS[key] = adam
-        elif penalty == "ewc":
-            _OPTIMIZERS[key] = optax.chain(continual.ewc([], [], config.ewc_strength), adam)
-        elif penalty == "online_ewc":
-            _OPTIMIZERS[key] = optax.chain(
-                continual.online_ewc(config.ewc_strength, config.online_decay), adam
-            )
-        elif penalty == "si":
-            _OPTIMIZERS[key] = optax.chain(
-                continual.synaptic_intelligence(config.si_strength, config.si_damping), adam
-            )
-        else:
-            raise ValueError(f"unknown penalty {penalty!r}")
-    return _OPTIMIZERS[key]
-
-
-_PROBES: dict[Any, Any] = {}
-
-
-def _probe_fn(model):
-    if model not in _PROBES:
-
-        def probe(variables, x, y):
-            logits = model.apply(variables, x, train=False)
-            return jnp.mean((jnp.argmax(logits, axis=-1) == y).astype(jnp.float32))
-
-        _PROBES[model] = jax.jit(probe)
-    return _PROBES[model]
-
-
-_buffer_add = jax.jit(continual.buffer_add)
-
-
-def evaluate_all(model, variables, tasks: Tasks, num_tasks: int) -> np.ndarray:
-    """Test accuracy on every task, one row of R."""
-    row = []
-    for task in range(num_tasks):
-        test = tasks.test(task)
-        row.append(eval.accuracy(train.predict(model, variables, test["x"]), test["y"]))
-    return np.asarray(row)
-
-
-_LOSSES: dict[Any, Any] = {}
-
-
-def _fisher(model, params, arrays: dict[str, np.ndarray], examples: int) -> Any:
-    """The empirical Fisher diagonal (labels from the data) on the task's first ``examples`` examples."""
-    if model not in _LOSSES:  # one loss function per model, so fisher.diagonal compiles once
-
-        def loss_fn(p, batch):
-            return train.example_losses(model.apply({"params": p}, batch["x"], train=False), batch)
-
-        _LOSSES[model] = loss_fn
-    subset = {k: v[:examples] for k, v in arrays.items()}
-    return fisher.diagonal(_LOSSES[model], params, data.batches(subset, 256), estimator="empirical")
-
-
-def _rehearsal_set(buffer, counts: np.ndarray, seed: int, phase: int) -> dict[str, np.ndarray]:
-    """``counts[i]`` examples from task i's memory (uniform without replacement while they fit)."""
-    stored = np.asarray(buffer.stored)
-    memory = jax.tree.map(np.asarray, buffer.data)
-    xs, ys = [], []
-    for task, count in enumerate(counts):
-        count = int(count)
-        if count == 0:
-            continue
-        rng = np.random.default_rng((seed, phase, task, 104729))
-        index = rng.choice(int(stored[task]), count, replace=count > stored[task])
-        xs.append(memory["x"][task, index])
-        ys.append(memory["y"][task, index])
-    return {"x": np.concatenate(xs), "y": np.concatenate(ys)}
-
-
-def run_sequence(
-    config: Config, method: str, seed: int, tasks: Tasks, *, num_tasks: int, width: int, budget: int
-) -> dict[str, Any]:
-    """Trains ``method`` through ``num_tasks`` tasks; R, b̄, the per-phase rehearsal counts and the forward
-    facilitation measurements."""
-    kind, exponent, penalty = SPECS[method]
-    model = runner.build_model(config.model, tasks.input_shape, tasks.num_classes, width, ())
-    init_key = jax.random.key(seed)
-    variables = model.init(init_key)
-    random_acc = evaluate_all(model, variables, tasks, num_tasks)
-    optimizer = make_optimizer(config, penalty)
-    step_fn = train.make_train_step(model, optimizer)
-    probe = _probe_fn(model)
-    rng = jax.random.fold_in(init_key, 1)
-
-    example = {"x": tasks.train(0)["x"][0], "y": tasks.train(0)["y"][0]}
-    buffer = continual.buffer_init(num_tasks, config.memory_size, example) if kind != "none" else None
-    penalty_state = None
-    # EWC keeps one (F, θ*) per task in a fixed-length list: tasks not yet learned have F = 0, which adds
-    # nothing to the gradient and keeps the optimizer state's structure (so the step compiles once).
-    zeros = jax.tree.map(jnp.zeros_like, variables["params"])
-    fishers, anchors = [zeros] * num_tasks, [zeros] * num_tasks
-    step = jnp.asarray(0, jnp.int32)
-    matrix = np.zeros((num_tasks, num_tasks))
-    counts_log, replayed_log, to_threshold, aulc, first_epoch = [], [], [], [], []
-
-    for phase in range(num_tasks):
-        arrays = tasks.train(phase)
-        counts = np.zeros(phase, np.int64)
-        replayed = 0
-        if kind != "none" and phase > 0:
-            counts = np.asarray(
-                continual.rehearsal_counts(
-                    kind,
-                    current_task=phase,
-                    last_seen=np.arange(phase),
-                    budget=budget,
-                    exponent=exponent,
-                    rate=config.rate,
-                )
-            )
-            extra = _rehearsal_set(buffer, counts, seed, phase)
-            replayed = len(extra["y"])
-            arrays = {k: np.concatenate([arrays[k], extra[k]]) for k in arrays}
-        counts_log.append([int(c) for c in counts])
-        replayed_log.append(int(replayed))
-
-        params = variables["params"]
-        opt_state = optimizer.init(params)
-        if penalty == "ewc":
-            opt_state = (continual.EwcState(tuple(fishers), tuple(anchors)), opt_state[1])
-        elif penalty is not None and penalty_state is not None:
-            opt_state = (penalty_state, opt_state[1])
-        state = train.TrainState(step, variables, opt_state)
-
-        probe_x = jnp.asarray(tasks.train(phase)["x"][: config.probe_size])
-        probe_y = jnp.asarray(tasks.train(phase)["y"][: config.probe_size])
-        curve = []
-        for epoch in range(config.epochs):
-            for batch in data.batches(
-                arrays, config.batch_size, seed=seed, epoch=phase * config.epochs + epoch, drop_remainder=True
-            ):
-                state, _ = step_fn(state, batch, jax.random.fold_in(rng, state.step))
-                curve.append(probe(state.variables, probe_x, probe_y))
-            if epoch == 0:
-                test = tasks.test(phase)
-                first_epoch.append(eval.accuracy(train.predict(model, state.variables, test["x"]), test["y"]))
-        curve = np.asarray(jnp.stack(curve))
-        reached = np.nonzero(curve >= config.threshold)[0]
-        to_threshold.append(int(reached[0]) + 1 if reached.size else None)
-        aulc.append(float(curve.mean()))
-
-        variables, step = state.variables, state.step
-        params = variables["params"]
-        if penalty in ("ewc", "online_ewc"):
-            task_fisher = _fisher(model, params, tasks.train(phase), config.fisher_examples)
-            if penalty == "ewc":
-                fishers[phase], anchors[phase] = task_fisher, params
-            else:
-                penalty_state = continual.consolidate_online_ewc(state.opt_state, task_fisher, params)[0]
-        elif penalty == "si":
-            penalty_state = continual.consolidate_si(state.opt_state, params)[0]
-        if buffer is not None:
-            own = tasks.train(phase)
-            buffer = _buffer_add(
-                buffer, phase, {"x": own["x"], "y": own["y"]}, jax.random.fold_in(init_key, 1000 + phase)
-            )
-        matrix[phase] = evaluate_all(model, variables, tasks, num_tasks)
-
-    return {
-        "R": matrix,
-        "random_acc": random_acc,
-        "metrics": continual.cl_metrics(matrix, random_acc),
-        "counts": counts_log,
-        "replayed": replayed_log,
-        "steps_to_threshold": to_threshold,
-        "aulc": aulc,
-        "first_epoch_acc": first_epoch,
-    }
-
-
 def sweep_cells(config: Config) -> list[tuple[str, Any, dict[str, int]]]:
     """``(axis, value, {num_tasks, width, budget})`` of every sweep cell, the default one excluded."""
     base = {"num_tasks": config.num_tasks, "width": config.width, "budget": config.budget}
@@ -412,17 +232,47 @@ def sweep_cells(config: Config) -> list[tuple[str, Any, dict[str, int]]]:
     return cells
 
 
-def main(config: Config, run_dir: str, *, interrupt: tuple[str, int] | None = None) -> dict[str, Any]:
-    """Runs every (method, seed) — and the sweep cells if ``config.sweeps`` — then writes ``metrics.json``
-    (seed-determined values only), ``timing.json``, ``report.md`` and the plots, and prints the report.
-    Runs take seconds to minutes, so there are no checkpoints and ``interrupt`` is ignored."""
-    del interrupt
+def finished_sequence(
+    config: Config, run_dir: str, tag: str, method: str, seed: int, tasks: Tasks, setting: dict[str, int]
+) -> tuple[dict[str, Any], float]:
+    """``(results, seconds)`` of one sequence, from ``results/{tag}.json`` if an earlier run finished it,
+    else trained (resuming from ``checkpoints/{tag}``) and kept there, written atomically."""
+    path = os.path.join(run_dir, "results", f"{tag}.json")
+    if not os.path.exists(path):
+        directory = os.path.join(run_dir, "checkpoints", tag)
+        started = time.perf_counter()
+        result = powerlaw_sequence.run_sequence(
+            config, SPECS[method], seed, tasks, **setting, directory=directory, name=tag
+        )
+        seconds = time.perf_counter() - started
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        runner.write_json(path + ".tmp", {"result": result, "seconds": seconds})
+        os.replace(path + ".tmp", path)
+        shutil.rmtree(directory, ignore_errors=True)
+        if config.progress:
+            print(f"  {tag}: {seconds:.1f} s", flush=True)
+    with open(path) as handle:  # fresh and resumed runs both read the stored JSON: same values, same types
+        stored = json.load(handle)
+    return stored["result"], stored["seconds"]
+
+
+def _check(config: Config) -> None:
     unknown = set(config.methods) - set(SPECS)
     if unknown or not config.methods or not config.seeds or config.num_tasks < 2:
         raise ValueError(
             f"need methods from {tuple(SPECS)}, at least one seed and two tasks; got methods "
             f"{config.methods}, seeds {config.seeds}, num_tasks {config.num_tasks}"
         )
+    if config.checkpoint_seconds is not None and not config.checkpoint_seconds >= 0:
+        raise ValueError(f"checkpoint_seconds must be None or >= 0, got {config.checkpoint_seconds!r}")
+
+
+def main(config: Config, run_dir: str) -> dict[str, Any]:
+    """Runs every (method, seed) — and the sweep cells if ``config.sweeps`` — then writes ``metrics.json``
+    (seed-determined values only), ``timing.json``, ``report.md`` and the plots, and prints the report.
+    Finished sequences are kept in ``results/``, unfinished ones resume from ``checkpoints/`` (module
+    docstring)."""
+    _check(config)
     base = {"num_tasks": config.num_tasks, "width": config.width, "budget": config.budget}
     runs: dict[str, dict[str, Any]] = {method: {} for method in config.methods}
     sweeps: dict[str, dict[str, dict[str, Any]]] = {}
@@ -430,19 +280,18 @@ def main(config: Config, run_dir: str, *, interrupt: tuple[str, int] | None = No
     for seed in config.seeds:
         tasks = Tasks(config, seed)
         for method in config.methods:
-            started = time.perf_counter()
-            runs[method][str(seed)] = run_sequence(config, method, seed, tasks, **base)
-            seconds[f"{method}-seed{seed}"] = time.perf_counter() - started
-            if config.progress:
-                print(f"  {method} seed {seed}: {seconds[f'{method}-seed{seed}']:.1f} s", flush=True)
-        if config.sweeps:
-            for axis, value, setting in sweep_cells(config):
-                for method in config.sweep_methods:
-                    started = time.perf_counter()
-                    result = run_sequence(config, method, seed, tasks, **setting)
-                    cell = sweeps.setdefault(axis, {}).setdefault(str(value), {}).setdefault(method, {})
-                    cell[str(seed)] = result["metrics"]
-                    seconds[f"sweep-{axis}={value}-{method}-seed{seed}"] = time.perf_counter() - started
+            tag = f"{method}-seed{seed}"
+            runs[method][str(seed)], seconds[tag] = finished_sequence(
+                config, run_dir, tag, method, seed, tasks, base
+            )
+        if not config.sweeps:
+            continue
+        for axis, value, setting in sweep_cells(config):
+            for method in config.sweep_methods:
+                tag = f"sweep-{axis}={value}-{method}-seed{seed}"
+                result, seconds[tag] = finished_sequence(config, run_dir, tag, method, seed, tasks, setting)
+                cell = sweeps.setdefault(axis, {}).setdefault(str(value), {}).setdefault(method, {})
+                cell[str(seed)] = result["metrics"]
     metrics = powerlaw_report.summarise(config, runs, sweeps)
     timing = {"per_run": seconds, "total": float(sum(seconds.values()))}
     runner.write_outputs(run_dir, metrics, timing, powerlaw_report.report(config, metrics, timing))

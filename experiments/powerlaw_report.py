@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
-from experiments import runner
+from experiments.report import figure, fmt, markdown_table, stat
 
-METHODS = (
-    "naive",
-    "uniform",
-    "exponential",
-    "power_law_0.5",
-    "power_law_1",
-    "ewc",
-    "online_ewc",
-    "si",
-    "power_law_1+ewc",
-)
 METRICS = ("acc", "bwt", "fwt", "forgetting")
-
-
-def _stat(values) -> dict[str, float]:
-    mean, std = runner.mean_std(values)
-    return {"mean": mean, "std": std}
-
-
-def _nan(value) -> float:
-    return float("nan") if value is None else float(value)
 
 
 def summarise(config, runs: dict[str, dict[str, Any]], sweeps: dict[str, Any]) -> dict[str, Any]:
@@ -39,20 +18,20 @@ def summarise(config, runs: dict[str, dict[str, Any]], sweeps: dict[str, Any]) -
     for method, by_seed in runs.items():
         seeds = list(by_seed.values())
         summary[method] = {
-            **{name: _stat(run["metrics"][name] for run in seeds) for name in METRICS},
+            **{name: stat(run["metrics"][name] for run in seeds) for name in METRICS},
             "R_mean": np.mean([run["R"] for run in seeds], axis=0),
             "steps_to_threshold": [
-                _stat(_nan(run["steps_to_threshold"][t]) for run in seeds) for t in range(config.num_tasks)
+                stat(run["steps_to_threshold"][t] for run in seeds) for t in range(config.num_tasks)
             ],
             "first_epoch_acc": [
-                _stat(run["first_epoch_acc"][t] for run in seeds) for t in range(config.num_tasks)
+                stat(run["first_epoch_acc"][t] for run in seeds) for t in range(config.num_tasks)
             ],
-            "aulc": [_stat(run["aulc"][t] for run in seeds) for t in range(config.num_tasks)],
+            "aulc": [stat(run["aulc"][t] for run in seeds) for t in range(config.num_tasks)],
         }
     sweep_summary = {
         axis: {
             value: {
-                method: {name: _stat(m[name] for m in by_seed.values()) for name in METRICS}
+                method: {name: stat(m[name] for m in by_seed.values()) for name in METRICS}
                 for method, by_seed in cell.items()
             }
             for value, cell in cells.items()
@@ -60,12 +39,6 @@ def summarise(config, runs: dict[str, dict[str, Any]], sweeps: dict[str, Any]) -
         for axis, cells in sweeps.items()
     }
     return {"summary": summary, "runs": runs, "sweeps": sweep_summary}
-
-
-def _fmt(stat: dict[str, float], scale: float = 100.0) -> str:
-    if stat["mean"] is None or not np.isfinite(stat["mean"]):
-        return "n/a"
-    return f"{stat['mean'] * scale:.1f} ± {stat['std'] * scale:.1f}"
 
 
 def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
@@ -83,22 +56,19 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
         "",
         "## ACC / BWT / FWT / forgetting, % (mean ± std over seeds)",
         "",
-        runner.markdown_table(
+        markdown_table(
             ("method", "ACC", "BWT", "FWT", "forgetting"),
-            [[method, *(_fmt(summary[method][name]) for name in METRICS)] for method in summary],
+            [[method, *(fmt(summary[method][name], scale=100) for name in METRICS)] for method in summary],
         ),
         "",
         f"## Forward facilitation: steps to {config.threshold:.0%} probe accuracy on each new task (mean)",
         "",
-        runner.markdown_table(
+        markdown_table(
             ("method", *(f"t{t}" for t in range(config.num_tasks))),
             [
                 [
                     method,
-                    *(
-                        "n/a" if not np.isfinite(s["mean"]) else f"{s['mean']:.0f}"
-                        for s in summary[method]["steps_to_threshold"]
-                    ),
+                    *(fmt(s["mean"], digits=0) for s in summary[method]["steps_to_threshold"]),
                 ]
                 for method in summary
             ],
@@ -109,8 +79,9 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
         values = list(cells)
         methods = list(next(iter(cells.values())))
         lines.append(
-            runner.markdown_table(
-                ("method", *values), [[m, *(_fmt(cells[v][m]["acc"]) for v in values)] for m in methods]
+            markdown_table(
+                ("method", *values),
+                [[m, *(fmt(cells[v][m]["acc"], scale=100) for v in values)] for m in methods],
             )
         )
     lines += ["", f"Wall time: {timing['total']:.1f} s over {len(timing['per_run'])} runs.", ""]
@@ -120,74 +91,71 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
 def plot(config, metrics: dict[str, Any], run_dir: str) -> None:
     """``accuracy_matrix.png`` (mean R per method), ``task0_accuracy.png``, ``facilitation.png`` and, if
     run, ``sweeps.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     summary = metrics["summary"]
     methods = list(summary)
+    markers = "o.x+"
     columns = min(3, len(methods))
     rows = -(-len(methods) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.6 * rows), squeeze=False)
-    for ax, method in zip(axes.flat, methods, strict=False):
-        image = ax.imshow(np.asarray(summary[method]["R_mean"]) * 100, vmin=0, vmax=100, cmap="viridis")
-        ax.set_title(method, fontsize="small")
-        ax.set_xlabel("evaluated task j")
-        ax.set_ylabel("trained through task i")
-    for ax in list(axes.flat)[len(methods) :]:
-        ax.axis("off")
-    fig.colorbar(image, ax=axes, shrink=0.8, label="test accuracy %")
-    fig.savefig(os.path.join(run_dir, "accuracy_matrix.png"), dpi=100)
-    plt.close(fig)
+    # A narrow last column holds the colour bar (so the grid stays compatible with tight_layout).
+    grid = {
+        "nrows": rows,
+        "ncols": columns + 1,
+        "figsize": (4 * columns + 0.8, 3.6 * rows),
+        "squeeze": False,
+        "gridspec_kw": {"width_ratios": [1.0] * columns + [0.06]},
+    }
+    with figure(run_dir, "accuracy_matrix.png", dpi=100, **grid) as (fig, axes):
+        panels = list(axes[:, :columns].flat)
+        for ax, method in zip(panels, methods, strict=False):
+            image = ax.imshow(np.asarray(summary[method]["R_mean"]) * 100, vmin=0, vmax=100, cmap="viridis")
+            ax.set_title(method, fontsize="small")
+            ax.set_xlabel("evaluated task j")
+            ax.set_ylabel("trained through task i")
+        for ax in [*panels[len(methods) :], *axes[1:, columns]]:
+            ax.axis("off")
+        fig.colorbar(image, cax=axes[0, columns], label="test accuracy %")
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, method in enumerate(methods):
-        ax.plot(np.asarray(summary[method]["R_mean"])[:, 0] * 100, marker="o.x+"[i % 4], label=method)
-    ax.set_xlabel("phase (trained through task i)")
-    ax.set_ylabel("test accuracy on task 0 %")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "task0_accuracy.png"), dpi=120)
-    plt.close(fig)
+    with figure(run_dir, "task0_accuracy.png", figsize=(7, 4.5)) as (fig, ax):
+        for i, method in enumerate(methods):
+            ax.plot(np.asarray(summary[method]["R_mean"])[:, 0] * 100, marker=markers[i % 4], label=method)
+        ax.set_xlabel("phase (trained through task i)")
+        ax.set_ylabel("test accuracy on task 0 %")
+        ax.legend(fontsize="small")
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, method in enumerate(methods):
-        steps = [s["mean"] for s in summary[method]["steps_to_threshold"]]
-        first = [s["mean"] * 100 for s in summary[method]["first_epoch_acc"]]
-        left.plot(steps, marker="o.x+"[i % 4], label=method)
-        right.plot(first, marker="o.x+"[i % 4], label=method)
-    left.set_xlabel("task")
-    left.set_ylabel(f"steps to {config.threshold:.0%} probe accuracy")
-    right.set_xlabel("task")
-    right.set_ylabel("new-task test accuracy after epoch 1 %")
-    left.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "facilitation.png"), dpi=120)
-    plt.close(fig)
+    with figure(run_dir, "facilitation.png", ncols=2, figsize=(12, 4.5)) as (fig, (left, right)):
+        for i, method in enumerate(methods):
+            steps = [s["mean"] for s in summary[method]["steps_to_threshold"]]
+            first = [s["mean"] * 100 for s in summary[method]["first_epoch_acc"]]
+            left.plot(steps, marker=markers[i % 4], label=method)
+            right.plot(first, marker=markers[i % 4], label=method)
+        left.set_xlabel("task")
+        left.set_ylabel(f"steps to {config.threshold:.0%} probe accuracy")
+        right.set_xlabel("task")
+        right.set_ylabel("new-task test accuracy after epoch 1 %")
+        left.legend(fontsize="small")
+    if metrics["sweeps"]:
+        _plot_sweeps(config, summary, metrics["sweeps"], run_dir)
 
-    sweeps = metrics["sweeps"]
-    if not sweeps:
-        return
+
+def _plot_sweeps(config, summary: dict[str, Any], sweeps: dict[str, Any], run_dir: str) -> None:
+    """``sweeps.png``: ACC against each swept axis (the default setting's point from the main runs)."""
     defaults = {"num_tasks": config.num_tasks, "width": config.width, "budget": config.budget}
-    fig, axes = plt.subplots(1, len(sweeps), figsize=(5 * len(sweeps), 4), squeeze=False)
-    for ax, (axis, cells) in zip(axes[0], sweeps.items(), strict=True):
-        for method in config.sweep_methods:
-            points = {float(v): cell[method]["acc"] for v, cell in cells.items()}
-            if method in summary:
-                points[float(defaults[axis])] = summary[method]["acc"]
-            xs = sorted(points)
-            ax.errorbar(
-                xs,
-                [points[x]["mean"] * 100 for x in xs],
-                yerr=[points[x]["std"] * 100 for x in xs],
-                marker="o",
-                capsize=3,
-                label=method,
-            )
-        ax.set_xlabel(axis)
-        ax.set_ylabel("ACC %")
-    axes[0][0].legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "sweeps.png"), dpi=120)
-    plt.close(fig)
+    shape = {"ncols": len(sweeps), "figsize": (5 * len(sweeps), 4), "squeeze": False}
+    with figure(run_dir, "sweeps.png", **shape) as (fig, axes):
+        for ax, (axis, cells) in zip(axes[0], sweeps.items(), strict=True):
+            for method in config.sweep_methods:
+                points = {float(v): cell[method]["acc"] for v, cell in cells.items()}
+                if method in summary:
+                    points[float(defaults[axis])] = summary[method]["acc"]
+                xs = sorted(points)
+                ax.errorbar(
+                    xs,
+                    [points[x]["mean"] * 100 for x in xs],
+                    yerr=[points[x]["std"] * 100 for x in xs],
+                    marker="o",
+                    capsize=3,
+                    label=method,
+                )
+            ax.set_xlabel(axis)
+            ax.set_ylabel("ACC %")
+        axes[0][0].legend(fontsize="small")
