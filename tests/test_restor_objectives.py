@@ -186,11 +186,11 @@ def test_task_vector_flavours(flavour):
     w_s, b_s = rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=2).astype(np.float32)
     theta_c, unpack = tree_flavours(jnp.asarray(w_c), jnp.asarray(b_c))[flavour]
     theta_star, _ = tree_flavours(jnp.asarray(w_s), jnp.asarray(b_s))[flavour]
-    same = jax.jit(obj.task_vector)(theta_c, theta_star, 0.0)
+    same = jax.jit(obj.task_vector, static_argnums=2)(theta_c, theta_star, 0.0)
     assert jax.tree.structure(same) == jax.tree.structure(theta_c)
     for got, want in zip(unpack(same), (w_c, b_c), strict=True):
         np.testing.assert_array_equal(got, want)
-    edited = jax.jit(obj.task_vector)(theta_c, theta_star, 0.5)
+    edited = jax.jit(obj.task_vector, static_argnums=2)(theta_c, theta_star, 0.5)
     for got, c, s in zip(unpack(edited), (w_c, b_c), (w_s, b_s), strict=True):
         np.testing.assert_allclose(got, c.astype(np.float64) - 0.5 * (s.astype(np.float64) - c), rtol=1e-6)
 

@@ -54,10 +54,23 @@ def test_jitted_matches_eager():
     theta, forget, full = _problem(seed=3, shape=(50, 20))
     params = {"w": jnp.asarray(theta)}
     eager = unlearn.ssd(params, {"w": forget}, {"w": full}, alpha=2.0, lam=1.0)
-    jitted = jax.jit(lambda p, f, d, a: unlearn.ssd(p, f, d, alpha=a, lam=1.0))(
+    jitted = jax.jit(lambda p, f, d, a: unlearn.ssd(p, f, d, alpha=a, lam=1.0), static_argnums=3)(
         params, {"w": forget}, {"w": full}, 2.0
     )
     np.testing.assert_array_equal(eager["w"], jitted["w"])
+    # importances closed over by an outer jit are concrete: checked at trace time, no ConcretizationTypeError
+    closed = jax.jit(lambda p: unlearn.ssd(p, {"w": forget}, {"w": full}, alpha=2.0))(params)
+    np.testing.assert_array_equal(eager["w"], closed["w"])
+
+
+def test_traced_hyperparameters_raise_a_clear_type_error():
+    theta, forget, full = _problem(seed=3)
+    with pytest.raises(TypeError, match="alpha is a traced value.*static_argnames"):
+        jax.jit(lambda a: unlearn.ssd({"w": theta}, {"w": forget}, {"w": full}, alpha=a))(2.0)
+    with pytest.raises(TypeError, match="lam is a traced value"):
+        jax.jit(lambda a: unlearn.dampening_factors({"w": forget}, {"w": full}, lam=a))(2.0)
+    with pytest.raises(TypeError, match="forget_fraction is a traced value"):
+        jax.jit(lambda s: unlearn.assd_alpha({"w": forget}, {"w": full}, s))(0.1)
 
 
 # XLA flushes float32 subnormals (< 1.2e-38) to zero, as documented on ssd(); the invariants are
@@ -155,15 +168,15 @@ class TestErrors:
     @pytest.mark.parametrize("name", ["alpha", "lam"])
     @pytest.mark.parametrize("value", [-1.0, math.nan, math.inf])
     def test_bad_hyperparameters(self, name, value):
-        with pytest.raises(ValueError, match=f"{name} must be a finite non-negative number"):
+        with pytest.raises(ValueError, match=f"{name} must be (a finite number|>= 0.0), got"):
             unlearn.ssd(self.params, self.good, self.good, **{name: value})
 
     def test_negative_importance_names_the_path(self):
-        with pytest.raises(ValueError, match="full_importance: leaf 'w' must be finite and non-negative"):
+        with pytest.raises(ValueError, match=r"full_importance\['w'\] must be finite and non-negative, found -2.0"):
             unlearn.ssd(self.params, self.good, {"w": jnp.asarray([1.0, -2.0, 1.0])})
 
     def test_nan_importance(self):
-        with pytest.raises(ValueError, match="forget_importance: leaf 'w'"):
+        with pytest.raises(ValueError, match=r"forget_importance\['w'\] must be finite and non-negative, found nan"):
             unlearn.ssd(self.params, {"w": jnp.asarray([1.0, jnp.nan, 1.0])}, self.good)
 
     def test_assd_bad_fraction(self):

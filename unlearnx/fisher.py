@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
 
 PyTree = Any
@@ -60,22 +61,26 @@ def diagonal(
       A float32 tree with ``params``' exact structure.
 
     Raises:
-      ValueError: unknown estimator, bad ``chunk_size``, no batches, empty or ragged batches, or a loss that
-        is not per-example.
+      ValueError: unknown estimator, bad ``chunk_size``, no batches, empty or ragged batches, a loss that is
+        not per-example; and, when the values are concrete (not inside an outer ``jit``/``shard_map``):
+        NaN/inf parameters, a non-finite loss of a real example (e.g. a label outside [0, C), which
+        ``take_along_axis`` turns into NaN with a zero gradient, i.e. a silently all-zero importance), or a
+        non-finite importance (float32 overflow of the squared gradients), each naming the batch or path.
       TypeError: a non-floating parameter leaf.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    checks.choice("estimator", estimator, ESTIMATORS)
+    if chunk_size is not None:
+        checks.static_int("chunk_size", chunk_size, low=1)
     for path, leaf in tree_lib.leaves_with_paths(params):
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
             raise TypeError(f"params: leaf {path!r} has non-floating dtype {jnp.result_type(leaf)}")
+    checks.check_tree("params", params)
 
     contribution = _cached(_contribution_fn, loss_fn, estimator, chunk_size, axis_name)
     total = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
     count = 0
     padded_size = None
+    bad_losses = []
     for index, batch in enumerate(batches):
         size = _batch_size(batch, index)
         # A short (last) batch is padded to the first batch's size with zero-weight copies of its first
@@ -86,11 +91,32 @@ def diagonal(
         if pad:
             batch = jax.tree.map(lambda a, pad=pad: _pad_rows(a, pad), batch)
         _check_loss_shape(loss_fn, params, batch, index)
-        total, n = contribution(total, params, batch, weights)
+        total, n, bad = contribution(total, params, batch, weights)
         count = count + n
+        bad_losses.append(bad)
     if padded_size is None:
         raise ValueError("batches is empty: importance needs at least one batch")
-    return jax.tree.map(lambda t: t / jnp.asarray(count, jnp.float32), total)
+    _check_losses(bad_losses)
+    importance = jax.tree.map(lambda t: t / jnp.asarray(count, jnp.float32), total)
+    reduce = "absolute" if estimator == "batch_abs" else "squared"
+    checks.check_output(
+        "fisher.diagonal: the importance",
+        importance,
+        f"the {reduce} gradients overflowed float32 (|∂ℓ/∂θ| beyond ≈1.8e19 when squared); rescale the loss",
+    )
+    return importance
+
+
+def _check_losses(bad_losses: list) -> None:
+    """Raises naming the first batch with a non-finite per-example loss (skipped when traced)."""
+    if checks.is_traced(bad_losses):
+        return
+    for index, bad in enumerate(np.asarray(jnp.stack(bad_losses)).tolist()):
+        if bad:
+            raise ValueError(
+                f"loss_fn returned {bad} non-finite per-example losses in batch {index}: a label outside "
+                "[0, C) (take_along_axis fills NaN, with a zero gradient), non-finite inputs or an overflow"
+            )
 
 
 def _cached(builder: Callable, loss_fn: LossFn, *args: Any) -> Any:
@@ -159,7 +185,8 @@ def _check_loss_shape(loss_fn: LossFn, params: PyTree, batch: PyTree, index: int
 def _contribution_fn(
     loss_fn: LossFn, estimator: str, chunk_size: int | None, axis_name: str | None
 ) -> Callable:
-    """Builds the jitted ``(total, params, batch, weights) -> (total + contribution, count)`` update.
+    """Builds the jitted ``(total, params, batch, weights) -> (total + contribution, count, bad)`` update,
+    ``bad`` counting the real examples whose loss is not finite.
 
     ``weights`` is 1 for real examples and 0 for padding.
     """
@@ -170,22 +197,33 @@ def _contribution_fn(
         # below is the only reduction and per-example gradients stay per example.
         return params if axis_name is None else jax.tree.map(lambda p: _varying(p, axis_name), params)
 
+    def nonfinite(losses, weights):  # real examples (weight > 0) whose loss is NaN/inf
+        return jnp.sum((weights > 0) & ~jnp.isfinite(losses), dtype=jnp.int32)
+
     def batch_mean_gradient(params, batch, weights):
-        grads = jax.grad(lambda p: jnp.sum(weights * loss_fn(p, batch)))(local(params))
+        def total(p):
+            losses = loss_fn(p, batch)
+            return jnp.sum(weights * losses), losses
+
+        grads, losses = jax.grad(total, has_aux=True)(local(params))
         grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
         size = jnp.sum(weights)
         if axis_name is not None:
             grads, size = jax.lax.psum((grads, size), axis_name)
-        return jax.tree.map(lambda g: g / size, grads)
+        return jax.tree.map(lambda g: g / size, grads), nonfinite(losses, weights)
 
     def per_example_squares(params, batch, weights):
         def example_loss(p, example):
-            return loss_fn(p, jax.tree.map(lambda a: a[None], example))[0]
+            loss = loss_fn(p, jax.tree.map(lambda a: a[None], example))[0]
+            return loss, loss
 
-        grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0))(local(params), batch)
-        return jax.tree.map(
+        grads, losses = jax.vmap(jax.grad(example_loss, has_aux=True), in_axes=(None, 0))(
+            local(params), batch
+        )
+        squares = jax.tree.map(
             lambda g: jnp.tensordot(weights, jnp.square(g.astype(jnp.float32)), axes=1), grads
         )
+        return squares, nonfinite(losses, weights)
 
     def empirical(total, params, batch, weights):
         size = weights.shape[0]
@@ -200,19 +238,19 @@ def _contribution_fn(
 
         def body(acc, xs):
             chunk_batch, w = xs
-            squares = per_example_squares(params, chunk_batch, w)
-            return jax.tree.map(jnp.add, acc, squares), None
+            squares, bad = per_example_squares(params, chunk_batch, w)
+            return jax.tree.map(jnp.add, acc, squares), bad
 
-        summed, _ = jax.lax.scan(body, local(jax.tree.map(jnp.zeros_like, total)), (chunks, chunk_weights))
+        summed, bad = jax.lax.scan(body, local(jax.tree.map(jnp.zeros_like, total)), (chunks, chunk_weights))
         count = jnp.sum(weights)
         if axis_name is not None:
             summed, count = jax.lax.psum((summed, count), axis_name)
-        return jax.tree.map(jnp.add, total, summed), count
+        return jax.tree.map(jnp.add, total, summed), count, jnp.sum(bad)
 
     def batch_accumulate(total, params, batch, weights):
-        grads = batch_mean_gradient(params, batch, weights)
+        grads, bad = batch_mean_gradient(params, batch, weights)
         reduce = jnp.square if estimator == "batch_sq" else jnp.abs
-        return jax.tree.map(lambda t, g: t + reduce(g), total, grads), jnp.asarray(1.0, jnp.float32)
+        return jax.tree.map(lambda t, g: t + reduce(g), total, grads), jnp.asarray(1.0, jnp.float32), bad
 
     return jax.jit(empirical if estimator == "empirical" else batch_accumulate)
 
@@ -259,6 +297,10 @@ def sampled_label_loss(logits_fn: Callable[[PyTree, PyTree], jax.Array], rng: ja
 
     def loss_fn(params: PyTree, batch: PyTree) -> jax.Array:
         logits = logits_fn(params, batch)
+        if jnp.ndim(logits) != 2:
+            raise ValueError(
+                f"sampled_label_loss: logits_fn must return [B, C] logits, got {jnp.shape(logits)}"
+            )
         keys = jax.vmap(lambda h: jax.random.fold_in(rng, h))(_example_fingerprints(batch))
         labels = jax.vmap(jax.random.categorical)(keys, jax.lax.stop_gradient(logits))
         log_probs = jax.nn.log_softmax(logits)

@@ -35,6 +35,7 @@ __all__ = [
     "leaves_with_paths",
     "path_tree",
     "select",
+    "trainable",
     "tree_stats",
 ]
 
@@ -137,8 +138,18 @@ def select(tree: PyTree, where: Where = None) -> PyTree:
     return jax.tree.map(bool, where)
 
 
-def check_same_structure(a: PyTree, b: PyTree, *, names: tuple[str, str] = ("a", "b")) -> None:
-    """Raises ``ValueError`` naming the first path where two trees' structures or leaf shapes differ."""
+def trainable(tree: PyTree, where: Where = None) -> PyTree:
+    """:func:`select`, then minus batch statistics whatever ``where`` says: a tree of Python bools."""
+    return jax.tree.map(
+        lambda chosen, stat: bool(chosen) and not stat, select(tree, where), is_batch_stat(tree)
+    )
+
+
+def check_same_structure(
+    a: PyTree, b: PyTree, *, names: tuple[str, str] = ("a", "b"), shapes: bool = True
+) -> None:
+    """Raises ``ValueError`` naming the paths where two trees' structures (or, with ``shapes``, leaf shapes)
+    differ: the paths of ``a`` missing from ``b`` and those of ``b`` missing from ``a``."""
     paths_a = {p: leaf for p, leaf in leaves_with_paths(a)}
     paths_b = {p: leaf for p, leaf in leaves_with_paths(b)}
     missing = [p for p in paths_a if p not in paths_b]
@@ -150,7 +161,7 @@ def check_same_structure(a: PyTree, b: PyTree, *, names: tuple[str, str] = ("a",
         if extra:
             detail.append(f"{names[1]} has extra {extra[:3]}")
         raise ValueError(f"{names[0]} and {names[1]} have different structures: " + "; ".join(detail))
-    for path, leaf in paths_a.items():
+    for path, leaf in paths_a.items() if shapes else ():
         shape_a, shape_b = np.shape(leaf), np.shape(paths_b[path])
         if shape_a != shape_b:
             raise ValueError(f"{names[0]} and {names[1]} differ in shape at {path!r}: {shape_a} vs {shape_b}")

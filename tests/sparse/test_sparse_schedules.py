@@ -55,7 +55,7 @@ def test_uniform_and_where():
     assert got == {"conv1": None, "conv2": None, "fc1": 0.7, "head": None, "bias": None}
     with pytest.raises(ValueError, match="selects no parameter"):
         sparse.uniform_sparsities(_params(), 0.7, where="nothing*")
-    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"sparsity must be a finite number in \[0, 1\), got 1.0"):
         sparse.erk_sparsities(_params(), 1.0)
 
 
@@ -96,8 +96,8 @@ def test_cosine_drop_fraction_by_hand():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(initial=0.0, final=1.0, begin_step=0, end_step=10, frequency=1), "final sparsity"),
-        (dict(initial=-0.1, final=0.5, begin_step=0, end_step=10, frequency=1), "initial sparsity"),
+        (dict(initial=0.0, final=1.0, begin_step=0, end_step=10, frequency=1), "final must be"),
+        (dict(initial=-0.1, final=0.5, begin_step=0, end_step=10, frequency=1), "initial must be"),
         (dict(initial=0.0, final=0.5, begin_step=10, end_step=10, frequency=1), "end_step"),
         (dict(initial=0.0, final=0.5, begin_step=0, end_step=10, frequency=0), "frequency"),
         (dict(initial=0.0, final=0.5, begin_step=0, end_step=5, frequency=10), "no pruning event"),

@@ -227,7 +227,7 @@ class TestErrors:
     params = _problem()[0]
 
     def test_bad_sparsity(self):
-        with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)"):
+        with pytest.raises(ValueError, match=r"final_sparsity must be a finite number in \[0, 1\), got 1.0"):
             sparse.granet(
                 optax.sgd(0.1), final_sparsity=1.0, begin_step=0, end_step=10, frequency=1, total_steps=10
             )

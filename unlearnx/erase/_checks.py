@@ -1,51 +1,48 @@
-"""Input validation shared by the erasure transforms (private).
+"""Shape helpers and overflow diagnosis shared by the erasure transforms (private).
 
-Checks run on concrete values only: under ``jax.jit`` the arguments are tracers, whose shapes are still
-checked but whose values (finiteness, sign) are not.
+Values are validated through :mod:`unlearnx._validation`: scales are static hyper-parameters (a traced one
+raises ``TypeError``); the finiteness of keys and kernels is checked when they are concrete (under ``jax.jit``
+with traced arrays only their shapes are checked); outputs are checked for float32 overflow when concrete.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["as_kernel", "as_rows", "check_finite", "check_scale", "flat32"]
+from unlearnx import _validation as checks
+
+__all__ = ["as_kernel", "as_rows", "check_scale", "flat32", "host64", "overflow_cause"]
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def check_scale(name: str, value: Any, *, positive: bool = False) -> None:
-    """Raises ``ValueError`` unless ``value`` is a finite scalar ≥ 0 (> 0 when ``positive``)."""
-    if isinstance(value, jax.core.Tracer):
-        return
-    array = np.asarray(value)
-    if array.shape != ():
-        raise ValueError(f"{name} must be a scalar, got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    scalar = float(array)
-    if not math.isfinite(scalar) or scalar < 0 or (positive and scalar == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    """A static finite scale ≥ 0 (> 0 when ``positive``); see :func:`unlearnx._validation.static_number`."""
+    checks.static_number(name, value, low=0.0, low_open=positive)
 
 
-@jax.jit
-def _count_nonfinite(array: jax.Array) -> jax.Array:
-    return jnp.sum(~jnp.isfinite(array))
+def overflow_cause(quantities: dict[str, Callable[[], Any]]) -> str:
+    """Names the first quantity whose float64 value exceeds float32's range (each computed on the host only
+    when asked, after a non-finite output was found)."""
+    for name, compute in quantities.items():
+        with np.errstate(all="ignore"):
+            peak = float(np.max(np.abs(np.asarray(compute(), np.float64)), initial=0.0))
+        if not peak <= _FLOAT32_MAX:
+            limit = f"{_FLOAT32_MAX:.3g}"
+            return f"float32 overflowed in {name} (magnitude {peak:.3g} > {limit}); rescale the inputs"
+    return "an intermediate of the float32 solve overflowed or the system is singular; rescale the inputs"
 
 
-def check_finite(name: str, array: Any) -> None:
-    """Raises ``ValueError`` naming ``name``, the count and one bad value when ``array`` has NaN/inf."""
-    if isinstance(array, jax.core.Tracer):
-        return
-    with jax.ensure_compile_time_eval():  # a concrete array closed over by an outer jit is still checked
-        bad = int(_count_nonfinite(jnp.asarray(array)))
-    if bad:
-        values = np.asarray(array, dtype=np.float64).ravel()
-        example = values[~np.isfinite(values)][0]
-        raise ValueError(f"{name} must be finite, found {float(example)} ({bad} non-finite entries)")
+def host64(array: Any) -> np.ndarray:
+    """A ``(d_in, *out)`` kernel or row matrix as a float64 NumPy matrix."""
+    array = np.asarray(jnp.asarray(array, jnp.float32), np.float64)
+    return array.reshape(array.shape[0], -1)
 
 
 def _as_float(name: str, array: Any) -> jax.Array:
@@ -71,7 +68,7 @@ def as_rows(name: str, keys: Any, d_in: int, *, allow_empty: bool) -> jax.Array:
         )
     if keys.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name} is empty (shape {keys.shape}); there is nothing to erase")
-    check_finite(name, keys)
+    checks.check_tree(name, keys)
     return keys
 
 
@@ -84,7 +81,7 @@ def as_kernel(name: str, kernel: Any) -> jax.Array:
         raise ValueError(f"{name} must be a kernel of shape (d_in, d_out, ...), got shape {kernel.shape}")
     if kernel.shape[0] == 0 or math.prod(kernel.shape[1:]) == 0:
         raise ValueError(f"{name} has an empty dimension: shape {kernel.shape}")
-    check_finite(name, kernel)
+    checks.check_tree(name, kernel)
     return kernel
 
 

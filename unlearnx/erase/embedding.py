@@ -17,9 +17,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
-from unlearnx.erase._checks import as_kernel, as_rows, check_scale, flat32
+from unlearnx.erase._checks import as_kernel, as_rows, check_scale, flat32, host64, overflow_cause
 from unlearnx.erase._linalg import hi_matmul, solve_refined
 
 __all__ = ["derive_embedding", "mapped_embedding"]
@@ -62,7 +64,9 @@ def derive_embedding(
 
     Raises:
       ValueError: differing structures or shapes (naming the kernel), kernels with different d_in, no
-        kernel, a key/kernel dimension mismatch, reg ≤ 0 or non-finite, non-finite values.
+        kernel, a key/kernel dimension mismatch, reg ≤ 0 or non-finite, non-finite values, or a non-finite
+        C′ from finite inputs (float32 overflow, naming the quantity; all checked when not traced).
+      TypeError: a traced ``reg`` (hyper-parameters are static).
     """
     check_scale("reg", reg, positive=True)
     tree_lib.check_same_structure(
@@ -86,7 +90,33 @@ def derive_embedding(
         news.append(new)
         olds.append(old)
     keys = as_rows("concept_keys", concept_keys, d_in, allow_empty=False)
-    return _derive(news, olds, keys, reg)
+    embedding = _derive(news, olds, keys, reg)
+    if not checks.is_traced(embedding):
+        checks.check_output(
+            "derive_embedding: the embedding C′", embedding, _EmbeddingPeaks(news, olds, keys)
+        )
+    return embedding
+
+
+class _EmbeddingPeaks:
+    """The overflow diagnosis of :func:`derive_embedding`, computed on the host only when formatted."""
+
+    def __init__(self, edited, original, keys):
+        self.args = (edited, original, keys)
+
+    def __str__(self) -> str:
+        edited = [host64(k) for k in self.args[0]]
+        original = [host64(k) for k in self.args[1]]
+        keys = host64(self.args[2])
+        return overflow_cause(
+            {
+                "the edited kernels' Gram matrix Σ K′K′ᵀ": lambda: sum(k @ k.T for k in edited),
+                "the original outputs K_lᵀ Cᵀ": lambda: np.concatenate([o.T @ keys.T for o in original]),
+                "the right-hand side Σ K′ K_lᵀ Cᵀ": lambda: sum(
+                    e @ (o.T @ keys.T) for e, o in zip(edited, original, strict=True)
+                ),
+            }
+        )
 
 
 @jax.jit

@@ -24,9 +24,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
-from unlearnx.erase._checks import as_kernel, as_rows, check_scale, flat32
+from unlearnx.erase._checks import as_kernel, as_rows, check_scale, flat32, host64, overflow_cause
 from unlearnx.erase._linalg import hi_matmul
 from unlearnx.erase.embedding import mapped_embedding
 from unlearnx.erase.selectors import cross_attention_kv
@@ -112,8 +114,10 @@ def rece(
     Raises:
       ValueError: ``where`` selecting nothing, kernels of different d_in or fewer than 2 dimensions, key
         shapes not ``[rows, d_in]`` or differing between concept and guide, empty concept keys, negative
-        or non-finite scales, λ, λ_reg ≤ 0, negative ``epochs``, non-finite values (when not traced).
-      TypeError: non-integer ``epochs``, non-floating kernels.
+        or non-finite scales, λ, λ_reg ≤ 0, negative ``epochs``, non-finite values (when not traced), or
+        non-finite edited kernels or history from finite inputs (float32 overflow, checked when not traced;
+        the message names the quantity that overflowed).
+      TypeError: non-integer ``epochs``, non-floating kernels, traced scales (hyper-parameters are static).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int):
         try:
@@ -153,10 +157,39 @@ def rece(
     edited, history = _rece(
         [jnp.asarray(leaves[i]) for i in chosen], concept, guide, preserve, hyper, epochs=epochs
     )
+    if not checks.is_traced((edited, history)):
+        cause = _RecePeaks([leaves[i] for i in chosen], concept, guide, preserve, hyper)
+        paths = [checks.path_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        kernels = {paths[i]: kernel for i, kernel in zip(chosen, edited, strict=True)}
+        checks.check_output("rece: the edited kernels", kernels, cause)
+        checks.check_output("rece: the history", history, cause)
     new_leaves = list(leaves)
     for i, kernel in zip(chosen, edited, strict=True):
         new_leaves[i] = kernel
     return jax.tree_util.tree_unflatten(treedef, new_leaves), history
+
+
+class _RecePeaks:
+    """The overflow diagnosis of :func:`rece`, computed on the host only when its message is formatted."""
+
+    def __init__(self, kernels, concept, guide, preserve, hyper):
+        self.args = (kernels, concept, guide, preserve, hyper)
+
+    def __str__(self) -> str:
+        kernels, concept, guide, preserve, hyper = self.args
+        flat = [host64(k) for k in kernels]
+        c, g = host64(concept), host64(guide)
+        p = host64(preserve) if preserve.shape[0] else np.zeros((0, c.shape[1]))
+        alpha = max(float(hyper["erase_scale"]), float(hyper["round_erase_scale"]))
+        beta = max(float(hyper["preserve_scale"]), float(hyper["round_preserve_scale"]))
+        return overflow_cause(
+            {
+                "the kernels' Gram matrix Σ K Kᵀ": lambda: sum(k @ k.T for k in flat),
+                "the Gram matrix α C_E C_Eᵀ": lambda: alpha * (c @ c.T),
+                "the Gram matrix α C_G C_Eᵀ": lambda: alpha * (g @ c.T),
+                "the Gram matrix β C_P C_Pᵀ": lambda: beta * (p @ p.T),
+            }
+        )
 
 
 @functools.partial(jax.jit, static_argnames="epochs")

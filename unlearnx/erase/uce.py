@@ -29,8 +29,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from unlearnx.erase._checks import as_kernel, as_rows, check_finite, check_scale, flat32
+from unlearnx import _validation as checks
+from unlearnx.erase._checks import as_kernel, as_rows, check_scale, flat32, host64, overflow_cause
 from unlearnx.erase._linalg import hi_matmul, solve_refined
 
 __all__ = ["uce", "uce_change"]
@@ -100,8 +102,10 @@ def uce(
 
     Raises:
       ValueError: shapes that do not fit the kernel (naming the argument and shapes), empty erase keys,
-        negative or non-finite scales, λ = 0, non-finite values (checked when not traced).
-      TypeError: non-numeric inputs.
+        negative or non-finite scales, λ = 0, non-finite values (checked when not traced), or a non-finite
+        edited kernel from finite inputs (float32 overflow, checked when not traced: the message names the
+        quantity that overflowed, e.g. the Gram matrix α C_E C_Eᵀ of keys near 1e20).
+      TypeError: non-numeric inputs; traced scales (hyper-parameters are static).
     """
     check_scale("erase_scale", erase_scale)
     check_scale("preserve_scale", preserve_scale)
@@ -117,8 +121,34 @@ def uce(
             f"erase_targets must have shape {(keys.shape[0], *out_shape)} or {(keys.shape[0], d_out)} "
             f"(one row per erase key, in the kernel's output space), got {targets.shape}"
         )
-    check_finite("erase_targets", targets)
-    return _uce(kernel, keys, targets, preserve, erase_scale, preserve_scale, lamb)
+    checks.check_tree("erase_targets", targets)
+    edited = _uce(kernel, keys, targets, preserve, erase_scale, preserve_scale, lamb)
+    if not checks.is_traced(edited):
+        checks.check_output(
+            "uce: the edited kernel",
+            edited,
+            _UceOverflow(kernel, keys, targets, preserve, erase_scale, preserve_scale),
+        )
+    return edited
+
+
+class _UceOverflow:
+    """The overflow diagnosis of :func:`uce`, computed on the host only when its message is formatted."""
+
+    def __init__(self, kernel, keys, targets, preserve, erase_scale, preserve_scale):
+        self.args = (kernel, keys, targets, preserve, float(erase_scale), float(preserve_scale))
+
+    def __str__(self) -> str:
+        kernel, keys, targets, preserve, alpha, beta = self.args
+        k, c, p = host64(kernel), host64(keys), host64(preserve) if preserve.shape[0] else np.zeros((0, 1))
+        return overflow_cause(
+            {
+                "the erase keys' outputs C_E K": lambda: c @ k,
+                "the residual V* − C_E K": lambda: host64(targets) - c @ k,
+                "the Gram matrix α C_E C_Eᵀ": lambda: alpha * (c @ c.T),
+                "the Gram matrix β C_P C_Pᵀ": lambda: beta * (p @ p.T),
+            }
+        )
 
 
 @jax.jit

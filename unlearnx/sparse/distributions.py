@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
 
 PyTree = Any
@@ -21,11 +22,8 @@ PyTree = Any
 __all__ = ["erk_sparsities", "uniform_sparsities"]
 
 
-def _check_sparsity(sparsity: float) -> float:
-    value = float(sparsity)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
-    return value
+def _check_sparsity(sparsity: float, name: str = "sparsity") -> float:
+    return checks.static_number(name, sparsity, low=0.0, high=1.0, high_open=True)
 
 
 def _selected_paths(params: PyTree, where: tree_lib.Where) -> dict[str, tuple[int, ...]]:
@@ -39,6 +37,12 @@ def _selected_paths(params: PyTree, where: tree_lib.Where) -> dict[str, tuple[in
     }
     if not chosen:
         raise ValueError(f"where={where!r} selects no parameter tensor to sparsify")
+    for path, shape in chosen.items():
+        if math.prod(shape) == 0:
+            raise ValueError(
+                f"params[{path!r}] has shape {shape}: an empty tensor cannot be sparsified; "
+                "exclude it with where="
+            )
     return chosen
 
 
@@ -65,9 +69,15 @@ def erk_sparsities(
       params: parameter tree.
       sparsity: overall target s ∈ [0, 1) over the selected tensors.
       where: selector (default: every tensor of rank ≥ 2).
-      power_scale: exponent on the ERK raw density (1 is ERK, 0 is uniform).
+      power_scale: exponent ≥ 0 on the ERK raw density (1 is ERK, 0 is uniform); static.
+
+    Raises:
+      ValueError: ``sparsity`` outside [0, 1), a negative or non-finite ``power_scale`` (or one so large that
+        every raw density underflows), a selector matching nothing, an empty selected tensor.
+      TypeError: traced hyper-parameters.
     """
     value = _check_sparsity(sparsity)
+    checks.static_number("power_scale", power_scale, low=0.0)
     shapes = _selected_paths(params, where)
     sizes = {path: math.prod(shape) for path, shape in shapes.items()}
     raw = {path: (sum(shape) / sizes[path]) ** power_scale for path, shape in shapes.items()}
@@ -75,6 +85,11 @@ def erk_sparsities(
     while True:
         budget = (1.0 - value) * sum(sizes.values()) - sum(sizes[p] for p in dense)
         weight = sum(raw[p] * sizes[p] for p in shapes if p not in dense)
+        if not dense and not 0.0 < weight < math.inf:
+            raise ValueError(
+                f"power_scale={power_scale!r} makes every raw ERK density {'0' if weight == 0 else 'inf'}; "
+                "use a smaller power_scale"
+            )
         epsilon = budget / weight if weight > 0 else 0.0
         overflow = [p for p in shapes if p not in dense and epsilon * raw[p] > 1.0]
         if not overflow:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
 
 PyTree = Any
@@ -22,8 +23,11 @@ __all__ = ["drop_and_grow", "keep_top", "magnitude_masks", "prune_globally"]
 def keep_top(scores: jax.Array, count) -> jax.Array:
     """A bool mask of ``scores``' shape keeping the ``count`` largest entries (ties: lower index first).
 
-    ``count`` may be traced; it is clipped to [0, scores.size].
+    ``count`` is step-dependent data and may be traced; a concrete count must be a non-negative integer
+    (``ValueError`` otherwise). A count above ``scores.size`` keeps every entry.
     """
+    if not checks.is_traced(count):
+        checks.static_int("count", count, low=0)
     flat = jnp.ravel(scores)
     order = jnp.argsort(-flat, stable=True)
     ranks = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
@@ -38,7 +42,15 @@ def prune_globally(
     weights: dict[str, jax.Array], masks: dict[str, jax.Array], sparsity
 ) -> dict[str, jax.Array]:
     """Global magnitude pruning over flat ``{path: tensor}`` dicts: keeps round((1 − s)·N) entries with the
-    largest raw |w| across all tensors, inactive entries ranked below every active one."""
+    largest raw |w| across all tensors, inactive entries ranked below every active one. ``sparsity`` may be
+    traced (a schedule's value at a traced step); a concrete one must lie in [0, 1]."""
+    if set(weights) != set(masks):
+        raise ValueError(
+            f"weights and masks must have the same paths: weights only {sorted(set(weights) - set(masks))}, "
+            f"masks only {sorted(set(masks) - set(weights))}"
+        )
+    if not checks.is_traced(sparsity):
+        checks.static_number("sparsity", sparsity, low=0.0, high=1.0)
     paths = sorted(weights)
     scores = jnp.concatenate(
         [jnp.where(masks[p], jnp.abs(weights[p]), -1.0).ravel().astype(jnp.float32) for p in paths]
@@ -57,8 +69,16 @@ def drop_and_grow(weights: jax.Array, mask: jax.Array, grow_scores: jax.Array, f
 
     With n active entries, drops r = ⌈fraction·n⌉ more of them (smallest |w| first; inactive entries rank
     lowest), then activates exactly r of the entries not kept (just-dropped ones included) with the largest
-    ``grow_scores``. The active count stays n.
+    ``grow_scores``. The active count stays n. ``fraction`` may be traced (a schedule's value at a traced
+    step); a concrete one must lie in [0, 1].
     """
+    if not (jnp.shape(weights) == jnp.shape(mask) == jnp.shape(grow_scores)):
+        raise ValueError(
+            f"weights {jnp.shape(weights)}, mask {jnp.shape(mask)} and grow_scores {jnp.shape(grow_scores)} "
+            "must have one shape"
+        )
+    if not checks.is_traced(fraction):
+        checks.static_number("fraction", fraction, low=0.0, high=1.0)
     active = jnp.sum(mask.astype(jnp.int32))
     drop = jnp.ceil(jnp.asarray(fraction, jnp.float32) * active).astype(jnp.int32)
     kept = keep_top(jnp.where(mask, jnp.abs(weights).astype(jnp.float32), -1.0), active - drop)
@@ -85,22 +105,28 @@ def magnitude_masks(
 
     Returns:
       Bool arrays with each parameter's shape; unselected tensors are all True.
+
+    Raises:
+      ValueError: an unknown scope, a sparsity outside [0, 1) (naming the tensor), a sparsity tree with paths
+        that ``params`` lacks, a selector matching nothing.
+      TypeError: a traced sparsity (static), or a tree of sparsities with ``scope="global"``.
     """
     from unlearnx.sparse.distributions import _check_sparsity, _selected_paths
 
-    if scope not in ("global", "layer"):
-        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    checks.choice("scope", scope, ("global", "layer"))
     selected = _selected_paths(params, where)
     flat = dict(tree_lib.leaves_with_paths(params))
-    if isinstance(sparsity, int | float | np.floating):
+    if jax.tree_util.treedef_is_leaf(jax.tree.structure(sparsity)) and sparsity is not None:
         _check_sparsity(sparsity)
         per_tensor = {p: float(sparsity) for p in selected}
     elif scope == "layer":
-        per_tensor = {
-            p: s for p, s in tree_lib.leaves_with_paths(sparsity) if p in selected and s is not None
-        }
-        for value in per_tensor.values():
-            _check_sparsity(value)
+        given = dict(tree_lib.leaves_with_paths(sparsity))
+        unknown = sorted(set(given) - set(flat))
+        if unknown:
+            raise ValueError(f"sparsity has paths that params lacks: {unknown[:3]}")
+        per_tensor = {p: s for p, s in given.items() if p in selected}
+        for path, value in per_tensor.items():
+            _check_sparsity(value, f"sparsity[{path!r}]")
     else:
         raise TypeError("scope='global' takes one float sparsity")
     weights = {p: jnp.asarray(flat[p]) for p in per_tensor}

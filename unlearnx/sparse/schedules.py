@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from unlearnx import _validation as checks
+
 __all__ = ["cosine_drop_fraction", "cubic_sparsity"]
 
 
@@ -16,15 +18,18 @@ def cubic_sparsity(step, *, initial: float, final: float, begin_step: int, end_s
         s(step) = s_f + (s_i − s_f)·(1 − (k − k₀)/K)³   for k₀ ≤ k ≤ k_f − 1,
         s(step) = s_f                                   for k ≥ k_f.
 
+    ``step`` may be traced; the other arguments are static hyper-parameters.
+
     Raises:
-      ValueError: a sparsity outside [0, 1), ``end_step <= begin_step``, a non-positive frequency, or
-        fewer than one pruning event between begin and end.
+      ValueError: a sparsity outside [0, 1), a negative ``begin_step``, ``end_step <= begin_step``, a
+        non-positive frequency, or fewer than one pruning event between begin and end.
+      TypeError: a traced or non-numeric hyper-parameter, or non-integer steps.
     """
     for name, value in (("initial", initial), ("final", final)):
-        if not 0.0 <= float(value) < 1.0:
-            raise ValueError(f"{name} sparsity must be in [0, 1), got {value!r}")
-    if frequency < 1:
-        raise ValueError(f"frequency must be a positive number of steps, got {frequency}")
+        checks.static_number(name, value, low=0.0, high=1.0, high_open=True)
+    checks.static_int("frequency", frequency, low=1)
+    checks.static_int("begin_step", begin_step, low=0)
+    checks.static_int("end_step", end_step, low=0)
     if end_step <= begin_step:
         raise ValueError(f"end_step ({end_step}) must be greater than begin_step ({begin_step})")
     first, last = begin_step // frequency, end_step // frequency
@@ -40,9 +45,14 @@ def cubic_sparsity(step, *, initial: float, final: float, begin_step: int, end_s
 
 
 def cosine_drop_fraction(step, *, initial: float = 0.5, minimum: float = 0.005, total_steps: int):
-    """GraNet's death rate p_t = η_min + ½(p₀ − η_min)(1 + cos(π t / T)), t clipped to [0, T]."""
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    """GraNet's death rate p_t = η_min + ½(p₀ − η_min)(1 + cos(π t / T)), t clipped to [0, T].
+
+    ``step`` may be traced; ``initial``, ``minimum`` (in [0, 1], minimum ≤ initial) and ``total_steps`` ≥ 1
+    are static hyper-parameters (``ValueError`` out of range, ``TypeError`` when traced).
+    """
+    checks.static_int("total_steps", total_steps, low=1)
+    checks.static_number("initial", initial, low=0.0, high=1.0)
+    checks.static_number("minimum", minimum, low=0.0, high=1.0)
     if not 0.0 <= minimum <= initial <= 1.0:
         raise ValueError(f"need 0 <= minimum <= initial <= 1, got minimum={minimum}, initial={initial}")
     t = jnp.clip(jnp.asarray(step, jnp.float32), 0.0, total_steps)

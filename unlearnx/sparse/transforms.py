@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
 from unlearnx.sparse import distributions, schedules
 from unlearnx.sparse.masks import drop_and_grow, keep_top, prune_globally
@@ -96,8 +97,7 @@ def _initial_masks(params: PyTree, sparsities: PyTree, seed: int) -> PyTree:
 
 
 def _check_momentum_policy(inner: optax.GradientTransformation, params: PyTree, policy: str) -> None:
-    if policy not in MOMENTUM_POLICIES:
-        raise ValueError(f"momentum_policy must be one of {MOMENTUM_POLICIES}, got {policy!r}")
+    checks.choice("momentum_policy", policy, MOMENTUM_POLICIES)
     if policy == "none":
         return
     state = jax.eval_shape(inner.init, params)
@@ -167,6 +167,8 @@ def _sparse_transform(
     def update(grads, state, params=None, **extra_args):
         if params is None:
             raise ValueError("sparse transforms need params: call update(grads, state, params)")
+        tree_lib.check_same_structure(params, grads, names=("params", "grads"))
+        tree_lib.check_same_structure(params, state.masks, names=("params", "state.masks"))
         updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
         step = state.count + 1
         candidate = jax.tree.map(
@@ -196,6 +198,10 @@ def _every(frequency: int, begin: int, end: int) -> Callable[[jax.Array], jax.Ar
 
 
 def _check_window(begin_step: int, end_step: int, total_steps: int | None = None) -> None:
+    checks.static_int("begin_step", begin_step, low=0)
+    checks.static_int("end_step", end_step, low=0)
+    if total_steps is not None:
+        checks.static_int("total_steps", total_steps, low=1)
     if end_step <= begin_step:
         raise ValueError(f"end_step ({end_step}) must be greater than begin_step ({begin_step})")
     if total_steps is not None and total_steps < end_step:
@@ -204,6 +210,8 @@ def _check_window(begin_step: int, end_step: int, total_steps: int | None = None
 
 def _cubic(initial: float, final: float, begin_step: int, end_step: int, frequency: int) -> Callable:
     """The validated Zhu–Gupta schedule ``step -> s(step)`` shared by GraNet and GMP."""
+    distributions._check_sparsity(initial, "initial_sparsity")
+    distributions._check_sparsity(final, "final_sparsity")
     kwargs = dict(initial=initial, final=final, begin_step=begin_step, end_step=end_step, frequency=frequency)
     schedules.cubic_sparsity(0, **kwargs)  # validates sparsities and the window now, not at trace time
     return lambda step: schedules.cubic_sparsity(step, **kwargs)
@@ -211,9 +219,7 @@ def _cubic(initial: float, final: float, begin_step: int, end_step: int, frequen
 
 def _distribution(name: str) -> Callable[..., PyTree]:
     table = {"erk": distributions.erk_sparsities, "uniform": distributions.uniform_sparsities}
-    if name not in table:
-        raise ValueError(f"distribution must be 'erk' or 'uniform', got {name!r}")
-    return table[name]
+    return table[checks.choice("distribution", name, tuple(table))]
 
 
 def _regrow_all(weights, masks_, scores, fraction) -> dict[str, jax.Array]:
@@ -251,6 +257,9 @@ def granet(
     _check_window(begin_step, end_step, total_steps)
     sparsity_at = _cubic(initial_sparsity, final_sparsity, begin_step, end_step, frequency)
     spread = _distribution(distribution)
+    schedules.cosine_drop_fraction(  # validates the drop fractions now, not at trace time
+        0, initial=drop_fraction, minimum=minimum_drop_fraction, total_steps=total_steps
+    )
 
     def update_masks(weights, masks_, grads, step):
         sparsity = sparsity_at(step)
@@ -326,10 +335,9 @@ def rigl(
     (SET). Regrown weights start at 0 with zero momentum."""
     distributions._check_sparsity(sparsity)
     _check_window(0, end_step)
-    if frequency < 1:
-        raise ValueError(f"frequency must be a positive number of steps, got {frequency}")
-    if growth not in ("gradient", "random"):
-        raise ValueError(f"growth must be 'gradient' or 'random', got {growth!r}")
+    checks.static_int("frequency", frequency, low=1)
+    checks.choice("growth", growth, ("gradient", "random"))
+    schedules.cosine_drop_fraction(0, initial=drop_fraction, minimum=0.0, total_steps=end_step)
     spread = _distribution(distribution)
     key = jax.random.key(seed)
 

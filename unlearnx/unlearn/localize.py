@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from unlearnx import _validation as checks
 from unlearnx import fisher
 from unlearnx import tree as tree_lib
-from unlearnx.unlearn.ssd import _check_hyperparameter, _check_importances, _trainable, dampening_factors
+from unlearnx.unlearn.ssd import dampening_factors
 
 PyTree = Any
 
@@ -56,11 +57,11 @@ def selection(
       A tree of bool arrays with ``forget_importance``'s structure and shapes.
 
     Raises:
-      ValueError: mismatched trees, negative/non-finite importances or α.
+      ValueError: mismatched trees, negative/non-finite importances (checked when concrete, also when closed
+        over by an outer ``jit``) or a negative/non-finite α.
+      TypeError: a traced α (hyper-parameters are static: ``jax.jit(selection, static_argnames="alpha")``).
     """
-    _check_hyperparameter("alpha", alpha)
-    _check_importances(forget_importance, forget_importance, full_importance)
-    allowed = _trainable(forget_importance, where)
+    allowed = tree_lib.trainable(forget_importance, where)
     # λ = 0 maps every selected parameter to β = 0 and every other one to β = 1.
     factors = dampening_factors(forget_importance, full_importance, alpha=alpha, lam=0.0, selected=allowed)
     return jax.tree.map(lambda beta: beta < 0.5, factors)
@@ -91,7 +92,14 @@ def masked_updates(mask_tree: PyTree) -> optax.GradientTransformationExtraArgs:
     Returns:
       A ``GradientTransformationExtraArgs``; ``init(params)`` checks the structure and raises ``ValueError``
       naming the first mismatching path, and ``update`` checks the updates the same way.
+
+    Raises:
+      ValueError: a concrete mask leaf holding anything but 0 and 1 (a 0.5 mask is not a selection), naming
+        the path and the value.
+      TypeError: a mask leaf that is neither boolean nor numeric.
     """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(mask_tree)[0]:
+        checks.check_binary(f"mask_tree[{checks.path_str(path)!r}]", leaf)
 
     def init_fn(params):
         tree_lib.check_same_structure(params, mask_tree, names=("params", "mask_tree"))

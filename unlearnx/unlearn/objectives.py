@@ -29,20 +29,22 @@ at β/T divided by T, since both are (2/β)·softplus(β(S − S_ref)/T); and at
 ∂ npo / ∂ logp = 2σ(0)·mask = mask per sequence, i.e. the NPO gradient is ∇ℓ_θ, the sequence-summed
 gradient-ascent direction (``gradient_ascent``'s gradient divided by |y| on one sequence).
 
-Bad input (shape mismatches, β ≤ 0, a mask that is not 0/1 or selects no token at all) raises ``ValueError``
-when the values are concrete; under ``jit`` only the shape checks run, and an all-zero mask gives a loss of 0
-with zero gradient rather than NaN.
+Hyper-parameters (β, δ, γ_f, γ_r, the task-vector α) are static Python numbers, validated at call time; a
+traced one raises ``TypeError`` (see :mod:`unlearnx._validation`). Data checks -- shapes, a mask that is not
+0/1 or selects no token at all, positive "log-probabilities" (P or a loss passed instead of log P), token ids
+outside [0, V) -- raise ``ValueError`` when the arrays are concrete; under ``jit`` with traced data only the
+shape checks run, and an all-zero mask gives a loss of 0 with zero gradient rather than NaN.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
 
 PyTree = Any
@@ -64,44 +66,30 @@ __all__ = [
 ]
 
 
-def _concrete(value: Any) -> bool:
-    return not isinstance(value, jax.core.Tracer)
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if not _concrete(value):
-        return
-    array = np.asarray(value)
-    if array.shape != ():
-        raise ValueError(f"{name} must be a scalar, got shape {array.shape}")
-    if not math.isfinite(float(array)) or float(array) <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
-def _check_finite(name: str, value: Any) -> None:
-    if not _concrete(value):
-        return
-    array = np.asarray(value)
-    if array.shape != () or not math.isfinite(float(array)):
-        raise ValueError(f"{name} must be a finite scalar, got {value!r}")
-
-
 def _check_pair(
     logp: jax.Array, mask: jax.Array, *, logp_name: str = "logp", mask_name: str = "mask"
 ) -> None:
-    """Shapes ``[B, T]`` that agree; a concrete mask must be 0/1 and select at least one token."""
+    """Shapes ``[B, T]`` that agree; when concrete, log-probabilities ≤ 0 and a 0/1 mask selecting a token."""
     if jnp.ndim(logp) != 2:
         raise ValueError(f"{logp_name} must have shape [B, T], got {jnp.shape(logp)}")
     if jnp.shape(mask) != jnp.shape(logp):
         raise ValueError(
             f"{mask_name} shape {jnp.shape(mask)} does not match {logp_name} shape {jnp.shape(logp)}"
         )
-    if _concrete(mask):
-        values = np.asarray(mask)
-        bad = values[(values != 0) & (values != 1)]
-        if bad.size:
-            raise ValueError(f"{mask_name} must be 0/1, found {bad.ravel()[0]!r}")
-        if not values.any():
+    if not checks.is_traced(logp):
+        with jax.ensure_compile_time_eval():
+            positive = int(jnp.sum(jnp.asarray(logp) > 0))
+        if positive:
+            values = np.asarray(logp, np.float64)
+            raise ValueError(
+                f"{logp_name} must hold log-probabilities (<= 0), found {float(values[values > 0][0])!r} "
+                f"({positive} positive entries): pass log P, not P or a loss"
+            )
+    checks.check_binary(mask_name, mask)
+    if not checks.is_traced(mask):
+        with jax.ensure_compile_time_eval():
+            empty = not bool(jnp.any(jnp.asarray(mask)))
+        if empty:
             raise ValueError(f"{mask_name} selects no token: the forget set is empty")
 
 
@@ -138,14 +126,9 @@ def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """
     if jnp.shape(logits)[:-1] != jnp.shape(targets):
         raise ValueError(f"targets shape {jnp.shape(targets)} does not match logits {jnp.shape(logits)}[:-1]")
-    if not jnp.issubdtype(jnp.asarray(targets).dtype, jnp.integer):
-        raise TypeError(f"targets must be integer token ids, got dtype {jnp.asarray(targets).dtype}")
-    if not isinstance(targets, jax.core.Tracer) and jnp.size(targets):
-        vocab = jnp.shape(logits)[-1]
-        with jax.ensure_compile_time_eval():  # concrete targets closed over by an outer jit are checked too
-            low, high = int(jnp.min(targets)), int(jnp.max(targets))
-        if low < 0 or high >= vocab:  # take_along_axis would give NaN or wrap around silently
-            raise ValueError(f"targets must be token ids in [0, {vocab}), found {low if low < 0 else high}")
+    # take_along_axis would give NaN (zero gradient) or wrap around silently; concrete ids are checked, also
+    # when closed over by an outer jit
+    checks.check_ids("targets", targets, jnp.shape(logits)[-1], what="token ids")
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
@@ -197,7 +180,7 @@ def npo(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array, *, beta: float = 
     Returns:
       A float32 scalar.
     """
-    _check_positive("beta", beta)
+    checks.static_number("beta", beta, low=0.0, low_open=True)
     _check_pair(logp, mask)
     _check_pair(ref_logp, mask, logp_name="ref_logp")
     sums, lengths = _sequence_sums(logp, mask)
@@ -220,7 +203,7 @@ def npo_batch_mean(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array, *, bet
     Returns:
       A float32 scalar.
     """
-    _check_positive("beta", beta)
+    checks.static_number("beta", beta, low=0.0, low_open=True)
     _check_pair(logp, mask)
     _check_pair(ref_logp, mask, logp_name="ref_logp")
     loss = -_token_mean(logp, mask)
@@ -240,8 +223,8 @@ def simnpo(logp: jax.Array, mask: jax.Array, *, beta: float = 4.5, delta: float 
     Returns:
       A float32 scalar.
     """
-    _check_positive("beta", beta)
-    _check_finite("delta", delta)
+    checks.static_number("beta", beta, low=0.0, low_open=True)
+    checks.static_number("delta", delta)
     _check_pair(logp, mask)
     sums, lengths = _sequence_sums(logp, mask)
     mean_nll = -sums / jnp.maximum(lengths, 1.0)
@@ -270,10 +253,7 @@ def grad_diff(
     Returns:
       A float32 scalar.
     """
-    for name, value in (("forget_weight", forget_weight), ("retain_weight", retain_weight)):
-        _check_finite(name, value)
-        if _concrete(value) and float(value) < 0:
-            raise ValueError(f"{name} must be >= 0, got {value!r}")
+    checks.static_numbers((("forget_weight", forget_weight), ("retain_weight", retain_weight)), low=0.0)
     _check_pair(forget_logp, forget_mask, logp_name="forget_logp", mask_name="forget_mask")
     _check_pair(retain_logp, retain_mask, logp_name="retain_logp", mask_name="retain_mask")
     return forget_weight * _token_mean(forget_logp, forget_mask) - retain_weight * _token_mean(
@@ -302,8 +282,7 @@ def kl(
     Returns:
       A float32 scalar.
     """
-    if form not in KL_FORMS:
-        raise ValueError(f"form must be one of {KL_FORMS}, got {form!r}")
+    checks.choice("form", form, KL_FORMS)
     if jnp.ndim(logits) != 3 or jnp.shape(ref_logits) != jnp.shape(logits):
         raise ValueError(
             f"logits {jnp.shape(logits)} and ref_logits {jnp.shape(ref_logits)} must be equal [B, T, V]"
@@ -332,7 +311,7 @@ def task_vector(theta_c: PyTree, theta_star: PyTree, alpha: float = 1.0) -> PyTr
     Returns:
       A tree with ``theta_c``'s structure and dtypes.
     """
-    _check_finite("alpha", alpha)
+    checks.static_number("alpha", alpha)
     tree_lib.check_same_structure(theta_c, theta_star, names=("theta_c", "theta_star"))
 
     def edit(c, star):

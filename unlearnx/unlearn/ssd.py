@@ -18,8 +18,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
 
 PyTree = Any
@@ -27,47 +27,40 @@ PyTree = Any
 __all__ = ["assd_alpha", "dampening_factors", "ssd"]
 
 
-def _check_hyperparameter(name: str, value: Any) -> None:
-    if isinstance(value, jax.core.Tracer):
-        return
-    value_array = np.asarray(value)
-    if value_array.shape != ():
-        raise ValueError(f"{name} must be a scalar, got shape {value_array.shape}")
-    scalar = float(value_array)
-    if not math.isfinite(scalar) or scalar < 0:
-        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+def _check_importances(like: PyTree, forget_importance: PyTree, full_importance: PyTree) -> None:
+    """Structures match ``like``; concrete importances are finite and non-negative (counted on device, at
+    trace time for concrete trees closed over by an outer ``jit``)."""
+    tree_lib.check_same_structure(like, forget_importance, names=("params", "forget_importance"))
+    tree_lib.check_same_structure(like, full_importance, names=("params", "full_importance"))
+    checks.check_tree("forget_importance", forget_importance, nonnegative=True)
+    checks.check_tree("full_importance", full_importance, nonnegative=True)
 
 
-@jax.jit
-def _count_invalid(leaf: jax.Array) -> jax.Array:
-    return jnp.sum(~jnp.isfinite(leaf) | (leaf < 0))
+def _check_params(params: PyTree, selected: PyTree) -> None:
+    """The selected leaves SSD rescales must be floating point and (when concrete) finite."""
+    chosen = {}
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    for (path, leaf), keep in zip(flat, jax.tree.leaves(selected), strict=True):
+        if not keep:
+            continue
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(
+                f"params[{checks.path_str(path)!r}] has dtype {jnp.result_type(leaf)}: SSD rescales "
+                "parameters, which would truncate integers; exclude the leaf with where="
+            )
+        chosen[checks.path_str(path)] = leaf
+    checks.check_tree("params", chosen)
 
 
-def _check_importances(params: PyTree, forget_importance: PyTree, full_importance: PyTree) -> None:
-    """Structure check, then a device-side count of negative or non-finite entries (no host copy)."""
-    tree_lib.check_same_structure(params, forget_importance, names=("params", "forget_importance"))
-    tree_lib.check_same_structure(params, full_importance, names=("params", "full_importance"))
-    for name, importance in (("forget_importance", forget_importance), ("full_importance", full_importance)):
-        for path, leaf in tree_lib.leaves_with_paths(importance):
-            if isinstance(leaf, jax.core.Tracer):
-                continue
-            invalid = int(_count_invalid(jnp.asarray(leaf)))
-            if invalid:
-                values = np.asarray(leaf).ravel()
-                example = values[~np.isfinite(values) | (values < 0)][0]
-                raise ValueError(
-                    f"{name}: leaf {path!r} must be finite and non-negative, found {example!r} "
-                    f"({invalid} bad entries)"
-                )
+def _factors(forget_importance: PyTree, full_importance: PyTree, alpha, lam, selected: PyTree) -> PyTree:
+    def factor(forget, full, keep):
+        forget = forget.astype(jnp.float32)
+        full = full.astype(jnp.float32)
+        chosen = (forget > alpha * full) & keep
+        safe_forget = jnp.where(chosen, forget, 1.0)
+        return jnp.where(chosen, jnp.minimum(lam * full / safe_forget, 1.0), 1.0)
 
-
-def _trainable(tree: PyTree, where: tree_lib.Where) -> PyTree:
-    """The selector's leaves minus batch statistics, which SSD never touches whatever ``where`` says."""
-    return jax.tree.map(
-        lambda chosen, stat: bool(chosen) and not stat,
-        tree_lib.select(tree, where),
-        tree_lib.is_batch_stat(tree),
-    )
+    return jax.tree.map(factor, forget_importance, full_importance, selected)
 
 
 def dampening_factors(
@@ -81,26 +74,34 @@ def dampening_factors(
     """The per-parameter SSD multipliers β (1 where a parameter is not selected).
 
     Args:
-      forget_importance: I_f tree.
-      full_importance: I_D tree of the same structure.
-      alpha: selection threshold α ≥ 0.
-      lam: dampening constant λ ≥ 0.
+      forget_importance: I_f tree (non-negative, finite).
+      full_importance: I_D tree of the same structure (non-negative, finite).
+      alpha: selection threshold α ≥ 0 (static).
+      lam: dampening constant λ ≥ 0 (static).
       selected: optional bool tree; ``False`` leaves are never dampened.
 
     Returns:
       A float32 tree of β ∈ [0, 1].
+
+    Raises:
+      ValueError: mismatched structures, negative/non-finite importances (checked when concrete), negative or
+        non-finite α or λ.
+      TypeError: a traced α or λ (hyper-parameters are static; see :mod:`unlearnx._validation`).
     """
-
-    def factor(forget, full, keep):
-        forget = forget.astype(jnp.float32)
-        full = full.astype(jnp.float32)
-        chosen = (forget > alpha * full) & keep
-        safe_forget = jnp.where(chosen, forget, 1.0)
-        return jnp.where(chosen, jnp.minimum(lam * full / safe_forget, 1.0), 1.0)
-
+    checks.static_number("alpha", alpha, low=0.0)
+    checks.static_number("lam", lam, low=0.0)
+    tree_lib.check_same_structure(
+        forget_importance, full_importance, names=("forget_importance", "full_importance")
+    )
+    checks.check_tree("forget_importance", forget_importance, nonnegative=True)
+    checks.check_tree("full_importance", full_importance, nonnegative=True)
     if selected is None:
         selected = jax.tree.map(lambda _: True, forget_importance)
-    return jax.tree.map(factor, forget_importance, full_importance, selected)
+    else:
+        tree_lib.check_same_structure(
+            forget_importance, selected, names=("forget_importance", "selected"), shapes=False
+        )
+    return _factors(forget_importance, full_importance, alpha, lam, selected)
 
 
 def ssd(
@@ -129,14 +130,18 @@ def ssd(
       subnormals to zero; rescale both importance trees by a common factor if yours are that small.
 
     Raises:
-      ValueError: mismatched structures or shapes, negative/non-finite importances (checked when concrete),
+      ValueError: mismatched structures or shapes, negative/non-finite importances or NaN/inf parameters
+        among the selected ones (checked when concrete, also when closed over by an outer ``jit``),
         negative or non-finite α or λ.
+      TypeError: a traced α or λ (hyper-parameters are static: mark them ``static_argnames`` when jitting),
+        or a selected parameter that is not floating point (dampening would truncate it).
     """
-    _check_hyperparameter("alpha", alpha)
-    _check_hyperparameter("lam", lam)
+    checks.static_number("alpha", alpha, low=0.0)
+    checks.static_number("lam", lam, low=0.0)
     _check_importances(params, forget_importance, full_importance)
-    selected = _trainable(params, where)
-    betas = dampening_factors(forget_importance, full_importance, alpha=alpha, lam=lam, selected=selected)
+    selected = tree_lib.trainable(params, where)
+    _check_params(params, selected)
+    betas = _factors(forget_importance, full_importance, alpha, lam, selected)
 
     def dampen(param, beta, keep):
         if not keep:
@@ -165,20 +170,23 @@ def assd_alpha(
       full_importance: I_D tree of the same structure.
       forget_fraction: s ∈ (0, 1].
       where: the parameters whose ratios enter the percentile (default: all but batch statistics).
-      where: the parameters whose ratios enter the percentile (default: all but batch statistics).
 
     Returns:
       A float32 scalar α (linear-interpolated percentile, as ``numpy.percentile``).
 
     Raises:
-      ValueError: ``forget_fraction`` outside (0, 1], mismatched trees, or no finite ratio at all.
+      ValueError: ``forget_fraction`` outside (0, 1], mismatched trees, negative or non-finite importances
+        (checked when concrete), or (concrete importances) no finite ratio at all.
+      TypeError: a traced ``forget_fraction`` (hyper-parameters are static).
     """
-    fraction = float(forget_fraction)
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"forget_fraction must be in (0, 1], got {forget_fraction!r}")
-    tree_lib.check_same_structure(forget_importance, full_importance, names=("forget", "full"))
+    fraction = checks.static_number("forget_fraction", forget_fraction, low=0.0, high=1.0, low_open=True)
+    tree_lib.check_same_structure(
+        forget_importance, full_importance, names=("forget_importance", "full_importance")
+    )
+    checks.check_tree("forget_importance", forget_importance, nonnegative=True)
+    checks.check_tree("full_importance", full_importance, nonnegative=True)
     percentile = 100.0 - math.log1p(100.0 * fraction)
-    chosen = jax.tree.leaves(_trainable(forget_importance, where))
+    chosen = jax.tree.leaves(tree_lib.trainable(forget_importance, where))
 
     def flat(tree):
         leaves = [
@@ -188,8 +196,12 @@ def assd_alpha(
             raise ValueError("assd_alpha: the selector matches no parameter")
         return jnp.concatenate(leaves)
 
-    ratio = flat(forget_importance) / flat(full_importance)
-    ratio = jnp.where(jnp.isfinite(ratio), ratio, jnp.nan)
-    if not isinstance(ratio, jax.core.Tracer) and bool(jnp.all(jnp.isnan(ratio))):
-        raise ValueError("assd_alpha: no finite importance ratio (full_importance is zero everywhere)")
-    return jnp.nanpercentile(ratio, percentile)
+    if checks.is_traced((forget_importance, full_importance)):
+        ratio = flat(forget_importance) / flat(full_importance)
+        return jnp.nanpercentile(jnp.where(jnp.isfinite(ratio), ratio, jnp.nan), percentile)
+    with jax.ensure_compile_time_eval():  # concrete trees closed over by an outer jit are checked too
+        ratio = flat(forget_importance) / flat(full_importance)
+        ratio = jnp.where(jnp.isfinite(ratio), ratio, jnp.nan)
+        if bool(jnp.all(jnp.isnan(ratio))):
+            raise ValueError("assd_alpha: no finite importance ratio (full_importance is zero everywhere)")
+        return jnp.nanpercentile(ratio, percentile)
