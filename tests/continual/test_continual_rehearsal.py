@@ -117,7 +117,101 @@ def test_replay_buffer_reservoir_and_sampling():
     )
     late = np.mean(np.asarray(add_stream(jax.random.split(jax.random.key(0), 200))) >= 20, axis=1)
     assert 0.35 < np.mean(late) < 0.65  # half the stream is "late": a uniform subset keeps ~half of them
-    sample = continual.buffer_sample(buffer, jnp.asarray([1.0, 3.0, 5.0]), jax.random.key(1), 4000)
+    sample = continual.buffer_sample(buffer, jnp.asarray([1.0, 3.0, 0.0]), jax.random.key(1), 4000)
     from_task1 = np.mean(np.asarray(sample["y"]) >= 100)
-    assert from_task1 == pytest.approx(0.75, abs=0.03)  # task 2 is empty and never drawn
+    assert from_task1 == pytest.approx(0.75, abs=0.03)
     assert set(np.asarray(sample["y"])[np.asarray(sample["y"]) < 100].tolist()) <= {0, 1, 2}
+    with pytest.raises(ValueError, match="task 2 \\(count 5.0\\), which holds none"):
+        continual.buffer_sample(buffer, jnp.asarray([1.0, 3.0, 5.0]), jax.random.key(1), 10)
+
+
+# -- class 5 of issue 14: budgets and buffers keep their invariants ------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [87.0, 100.0, 1e6, 1e300])
+def test_counts_sum_to_the_budget_when_every_weight_underflows(rate):
+    counts = continual.rehearsal_counts(
+        "exponential", current_task=4, last_seen=np.arange(4), budget=1000, rate=rate
+    )
+    np.testing.assert_array_equal(counts, [0, 0, 0, 1000])  # the most recent task takes everything
+    far = continual.rehearsal_counts(
+        "power_law", current_task=3, last_seen=np.asarray([0, 0, 1]), budget=7, exponent=1e308
+    )
+    np.testing.assert_array_equal(far, [0, 0, 7])
+
+
+@pytest.mark.parametrize("budget", [2**24 + 1, 2**31, 2**53 + 7, 2**62, 2**63 - 1])
+@pytest.mark.parametrize("kind", ["power_law", "exponential", "uniform"])
+def test_huge_budgets_are_exact(budget, kind):
+    counts = continual.rehearsal_counts(kind, current_task=7, last_seen=np.arange(7), budget=budget)
+    assert sum(int(c) for c in np.asarray(counts).tolist()) == budget
+    assert np.all(np.asarray(counts) >= 0)
+    if budget > 2**31 - 1:
+        assert isinstance(counts, np.ndarray) and counts.dtype == np.int64
+    if kind != "uniform":
+        assert np.all(np.diff(np.asarray(counts, dtype=object)) >= 0)  # recent tasks get at least as many
+
+
+@pytest.mark.parametrize(
+    "last_seen,shown",
+    [([0, 1, 5], "5.0 at index 2"), ([0, -1, 1], "-1.0 at index 1"), ([0, 0.5, 1], "0.5 at index 1")],
+)
+def test_last_seen_in_the_future_or_negative_raises(last_seen, shown):
+    with pytest.raises(
+        ValueError, match=f"last_seen must hold task indices in \\[0, current_task = 3\\].*{shown}"
+    ):
+        continual.rehearsal_counts("power_law", current_task=3, last_seen=np.asarray(last_seen), budget=10)
+
+
+def test_bad_kinds_and_traced_hyperparameters_raise():
+    with pytest.raises(ValueError, match="kind must be one of .*'powerlaw'"):
+        continual.rehearsal_counts("powerlaw", current_task=2, last_seen=np.arange(2), budget=4)
+    with pytest.raises(ValueError, match="rate must be a finite number >= 0, got nan"):
+        continual.rehearsal_counts(
+            "exponential", current_task=2, last_seen=np.arange(2), budget=4, rate=np.nan
+        )
+    with pytest.raises(TypeError, match="rate is a traced value"):
+        jax.jit(
+            lambda r: continual.rehearsal_counts(
+                "exponential", current_task=2, last_seen=np.arange(2), budget=4, rate=r
+            )
+        )(1.0)
+
+
+def test_traced_last_seen_falls_back_to_the_exact_allocation():
+    run = jax.jit(
+        lambda seen: continual.rehearsal_counts(
+            "exponential", current_task=3, last_seen=seen, budget=9, rate=200.0
+        )
+    )
+    np.testing.assert_array_equal(run(jnp.arange(3)), [0, 0, 9])
+
+
+def test_buffer_task_ids_are_checked_and_never_wrap():
+    buffer = continual.buffer_init(3, 4, {"y": jnp.zeros((), jnp.int32)})
+    batch = {"y": jnp.arange(2)}
+    for task in (-1, 3, 10):
+        with pytest.raises(ValueError, match=f"task must be an integer in \\[0, 2\\], got {task}"):
+            continual.buffer_add(buffer, task, batch, jax.random.key(0))
+    add = jax.jit(continual.buffer_add)
+    unchanged = add(buffer, -1, batch, jax.random.key(0))  # traced: a no-op, not a write to the last task
+    np.testing.assert_array_equal(unchanged.seen, [0, 0, 0])
+    np.testing.assert_array_equal(unchanged.data["y"], buffer.data["y"])
+    with pytest.raises(ValueError, match="buffer.data and batch have different structures"):
+        continual.buffer_add(buffer, 0, {"x": jnp.zeros((2, 1))}, jax.random.key(0))
+    with pytest.raises(ValueError, match=r"batch\['y'\] must be \[batch, \*\(\)\]"):
+        continual.buffer_add(buffer, 0, {"y": jnp.zeros((2, 3), jnp.int32)}, jax.random.key(0))
+
+
+def test_sampling_an_empty_buffer_raises_eagerly_and_is_flagged_under_jit():
+    buffer = continual.buffer_init(2, 4, {"x": jnp.zeros(2), "y": jnp.zeros((), jnp.int32)})
+    with pytest.raises(ValueError, match="task 0 \\(count 1.0\\), which holds none"):
+        continual.buffer_sample(buffer, jnp.asarray([1.0, 0.0]), jax.random.key(0), 3)
+    with pytest.raises(ValueError, match="nothing to sample"):
+        continual.buffer_sample(buffer, jnp.zeros(2), jax.random.key(0), 3)
+    with pytest.raises(ValueError, match="counts\\[''\\]|counts must be finite and non-negative"):
+        continual.buffer_sample(buffer, jnp.asarray([-1.0, 0.0]), jax.random.key(0), 3)
+    drawn = jax.jit(continual.buffer_sample, static_argnums=3)(
+        buffer, jnp.asarray([1.0, 1.0]), jax.random.key(0), 3
+    )
+    assert np.all(np.isnan(np.asarray(drawn["x"]))) and np.all(np.asarray(drawn["y"]) == -1)

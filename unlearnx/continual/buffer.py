@@ -4,6 +4,12 @@ Reservoir sampling keeps, for each task, a uniform random subset of everything o
 n-th example offered (0-based) takes a free slot while n < capacity, else replaces slot r with probability
 capacity/(n+1), r ~ U{0..n}. Adds run as a ``lax.scan`` over the batch (exact sequential semantics, under
 ``jax.jit``); the random slots come from ``key`` folded with the task's count of offered examples.
+
+Task ids are checked when concrete (``ValueError`` outside [0, tasks)); a traced out-of-range id, −1
+included, changes nothing (it never wraps around to the last task). Sampling from an empty buffer, or with a
+positive count for a task that holds nothing, raises when the counts and the buffer are concrete; under
+``jit`` such draws come back as NaN (floating leaves) and −1 (integer leaves), never as zero-filled examples
+labelled 0.
 """
 
 from __future__ import annotations
@@ -12,6 +18,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from unlearnx import _validation as checks
+from unlearnx import tree as tree_lib
 
 PyTree = Any
 
@@ -36,25 +46,59 @@ class ReplayBuffer(NamedTuple):
 
 def buffer_init(num_tasks: int, capacity: int, example: PyTree) -> ReplayBuffer:
     """An empty buffer for ``num_tasks`` tasks of ``capacity`` examples shaped like ``example``
-    (one example, no batch axis, e.g. ``{"x": x[0], "y": y[0]}``)."""
-    if num_tasks < 1 or capacity < 1:
-        raise ValueError(f"num_tasks and capacity must be positive, got {num_tasks} and {capacity}")
+    (one example, no batch axis, e.g. ``{"x": x[0], "y": y[0]}``).
+
+    Raises:
+      ValueError: ``num_tasks`` or ``capacity`` below 1, or an ``example`` without arrays.
+      TypeError: non-integer sizes.
+    """
+    checks.static_int("num_tasks", num_tasks, low=1)
+    checks.static_int("capacity", capacity, low=1)
+    if not jax.tree.leaves(example):
+        raise ValueError("example must hold at least one array (one example, no batch axis)")
     data = jax.tree.map(
         lambda leaf: jnp.zeros((num_tasks, capacity, *jnp.shape(leaf)), jnp.asarray(leaf).dtype), example
     )
     return ReplayBuffer(data, jnp.zeros(num_tasks, jnp.int32))
 
 
+def _check_batch(buffer: ReplayBuffer, batch: PyTree) -> None:
+    tree_lib.check_same_structure(buffer.data, batch, names=("buffer.data", "batch"), shapes=False)
+    sizes = set()
+    for (path, store), leaf in zip(
+        tree_lib.leaves_with_paths(buffer.data), jax.tree.leaves(batch), strict=True
+    ):
+        if np.ndim(leaf) < 1 or tuple(np.shape(leaf)[1:]) != tuple(store.shape[2:]):
+            raise ValueError(
+                f"batch[{path!r}] must be [batch, *{tuple(store.shape[2:])}] like the buffer's examples, "
+                f"got shape {np.shape(leaf)}"
+            )
+        sizes.add(np.shape(leaf)[0])
+    if len(sizes) != 1:
+        raise ValueError(f"batch leaves disagree on the batch size: {sorted(sizes)}")
+
+
 def buffer_add(buffer: ReplayBuffer, task, batch: PyTree, key: jax.Array) -> ReplayBuffer:
-    """Offers every example of ``batch`` (leading batch axis) to task ``task``'s reservoir."""
+    """Offers every example of ``batch`` (leading batch axis) to task ``task``'s reservoir.
+
+    Raises:
+      ValueError: a concrete ``task`` outside [0, tasks) (a traced one out of range changes nothing), or a
+        batch whose structure or example shapes differ from the buffer's.
+    """
+    num_tasks = buffer.seen.shape[0]
+    if not checks.is_traced(task):
+        checks.static_int("task", task, low=0, high=num_tasks - 1)
+    _check_batch(buffer, batch)
     capacity = buffer.capacity
+    valid = jnp.asarray((task >= 0) & (task < num_tasks))
+    task = jnp.where(valid, task, 0)
 
     def offer(carry, inputs):
         data, seen = carry
         example, example_key = inputs
         n = seen[task]
         slot = jnp.where(n < capacity, n, jax.random.randint(example_key, (), 0, jnp.maximum(n + 1, 1)))
-        keep = slot < capacity
+        keep = (slot < capacity) & valid
         data = jax.tree.map(
             lambda store, value: store.at[task, jnp.minimum(slot, capacity - 1)].set(
                 jnp.where(keep, value, store[task, jnp.minimum(slot, capacity - 1)])
@@ -62,7 +106,7 @@ def buffer_add(buffer: ReplayBuffer, task, batch: PyTree, key: jax.Array) -> Rep
             data,
             example,
         )
-        return (data, seen.at[task].add(1)), None
+        return (data, seen.at[task].add(valid.astype(seen.dtype))), None
 
     size = jax.tree.leaves(batch)[0].shape[0]
     keys = jax.random.split(jax.random.fold_in(key, buffer.seen[task]), size)
@@ -70,12 +114,53 @@ def buffer_add(buffer: ReplayBuffer, task, batch: PyTree, key: jax.Array) -> Rep
     return ReplayBuffer(data, seen)
 
 
+def _check_sample(buffer: ReplayBuffer, counts, size) -> None:
+    checks.static_int("size", size, low=0)
+    if np.shape(counts) != buffer.seen.shape:
+        raise ValueError(
+            f"counts must hold one entry per task, shape {buffer.seen.shape}, got {np.shape(counts)}"
+        )
+    if checks.is_traced((counts, buffer.seen)):
+        return
+    checks.check_tree("counts", counts, nonnegative=True)
+    wanted, stored = np.asarray(counts, np.float64), np.asarray(buffer.stored)
+    empty = np.flatnonzero((wanted > 0) & (stored == 0))
+    if empty.size:
+        raise ValueError(
+            f"counts asks for examples of task {int(empty[0])} (count {float(wanted[empty[0]])!r}), which "
+            "holds none: the buffer would return zero-filled examples"
+        )
+    if size and not np.any(wanted > 0):
+        raise ValueError(f"nothing to sample: counts {wanted.tolist()} select no task holding examples")
+
+
+def _invalid_like(leaf: jax.Array) -> jax.Array:
+    fill = jnp.nan if jnp.issubdtype(leaf.dtype, jnp.inexact) else -1
+    return jnp.full(leaf.shape, fill, leaf.dtype)
+
+
 def buffer_sample(buffer: ReplayBuffer, counts, key: jax.Array, size: int) -> PyTree:
     """``size`` examples (static), task t drawn with probability ∝ ``counts[t]`` (e.g. from
     :func:`unlearnx.continual.rehearsal_counts`, padded to all tasks), each uniformly from that task's
-    stored examples. Tasks with nothing stored are never drawn."""
+    stored examples.
+
+    Raises:
+      ValueError: (concrete counts and buffer) a negative or non-finite count, a positive count for a task
+        that holds no example, or no task to draw from; ``counts`` not one entry per task. Under ``jit`` an
+        empty selection gives NaN / −1 examples instead (see the module docstring).
+      TypeError: a non-integer or traced ``size``.
+    """
+    _check_sample(buffer, counts, size)
     weights = jnp.asarray(counts, jnp.float32) * (buffer.stored > 0)
     task_key, index_key = jax.random.split(key)
     tasks = jax.random.categorical(task_key, jnp.log(weights), shape=(size,))
     indices = jnp.floor(jax.random.uniform(index_key, (size,)) * buffer.stored[tasks]).astype(jnp.int32)
-    return jax.tree.map(lambda store: store[tasks, indices], buffer.data)
+    drawn = (jnp.sum(weights) > 0) & (buffer.stored[tasks] > 0)
+    return jax.tree.map(
+        lambda store: jnp.where(
+            drawn.reshape((size,) + (1,) * (store.ndim - 2)),
+            store[tasks, indices],
+            _invalid_like(store[0])[:1],
+        ),
+        buffer.data,
+    )
