@@ -203,9 +203,11 @@ def loop(
                 logger.rewind(name, start)
         bar = tqdm(range(start, num_steps), desc=name, disable=None if progress else True, leave=False)
         started, warned = time.perf_counter(), []
+        spread = mesh.devices.size > 1 or jax.process_count() > 1
         for index in bar:
             batch = _even(batch_at(index), mesh.devices.size, batch_axis, name, warned)
-            batch = parallel.shard_batch(parallel.process_share(batch, batch_axis), mesh, batch_axis)
+            if spread:  # on one device the jitted step takes host arrays directly (cheaper than placing them)
+                batch = parallel.shard_batch(parallel.process_share(batch, batch_axis), mesh, batch_axis)
             state, metrics = step_fn(state, batch)
             for key, value in metrics.items():
                 pending.setdefault(key, []).append(value)
