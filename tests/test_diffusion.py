@@ -143,7 +143,7 @@ def test_eps_loss_min_snr_weighting_averages_the_weight_over_uniform_t():
     assert abs(float(diffusion.eps_loss(*args)) - 1.0) < 1e-3
     loss = float(jax.jit(lambda: diffusion.eps_loss(*args, snr_gamma=3.0))())
     assert abs(loss - expected) < 0.015, (loss, expected)  # standard error ≈ 0.003
-    with pytest.raises(ValueError, match="snr_gamma must be positive"):
+    with pytest.raises(ValueError, match="snr_gamma must be a finite number > 0"):
         diffusion.eps_loss(*args, snr_gamma=0.0)
 
 

@@ -243,9 +243,13 @@ def check_ids(name: str, ids: Any, upper: int, *, low: int = 0, what: str = "ids
         raise TypeError(f"{name} must hold integer {what}, got dtype {dtype}")
     if is_traced(ids) or np.size(ids) == 0:
         return
-    with jax.ensure_compile_time_eval():
-        array = jnp.asarray(ids)
-        low_seen, high_seen = int(jnp.min(array)), int(jnp.max(array))
+    if isinstance(ids, jax.Array):  # on device: reduce there (also at trace time when closed over)
+        with jax.ensure_compile_time_eval():
+            array = jnp.asarray(ids)
+            low_seen, high_seen = int(jnp.min(array)), int(jnp.max(array))
+    else:
+        array = np.asarray(ids)
+        low_seen, high_seen = int(array.min()), int(array.max())
     if low_seen < low or high_seen >= upper:
         values = np.asarray(ids)
         index = np.argwhere((values < low) | (values >= upper))[0]

@@ -22,7 +22,9 @@ the last step:
 
 η = 0 is deterministic: a perfect ε-oracle then returns x₀ exactly.
 
-Timesteps are 0-based: index t ∈ {0, …, T − 1} uses ᾱ[t] = Π_{s≤t}(1 − β_s).
+Timesteps are 0-based: index t ∈ {0, …, T − 1} uses ᾱ[t] = Π_{s≤t}(1 − β_s); concrete timesteps outside
+that range raise (an index past the end would silently be clamped). Hyper-parameters (schedule sizes and
+betas, p_uncond, γ, guidance scale, η, clip) are static Python numbers: a traced one raises ``TypeError``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from unlearnx import _validation as checks
 
 __all__ = [
     "Schedule",
@@ -66,8 +70,9 @@ def linear_schedule(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_en
     Raises:
         ValueError: ``num_timesteps < 1`` or betas outside (0, 1) or decreasing.
     """
-    if num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    checks.static_int("num_timesteps", num_timesteps, low=1)
+    checks.static_number("beta_start", beta_start)
+    checks.static_number("beta_end", beta_end)
     if not 0.0 < beta_start <= beta_end < 1.0:
         raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
     betas = np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
@@ -79,7 +84,8 @@ def _per_example(values: jax.Array, like: jax.Array) -> jax.Array:
 
 
 def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
-    """x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε for integer timesteps ``t`` ``[B]``."""
+    """x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε for integer timesteps ``t`` ``[B]`` in [0, T) (checked when concrete)."""
+    checks.check_ids("t", t, schedule.num_timesteps, what="timesteps")
     alpha_bar = _per_example(schedule.alphas_cumprod[t], x0)
     return jnp.sqrt(alpha_bar) * x0 + jnp.sqrt(1.0 - alpha_bar) * noise
 
@@ -114,10 +120,9 @@ def eps_loss(
         p_uncond: Caption-dropout probability in [0, 1).
         snr_gamma: γ > 0 of the Min-SNR weight w_t = min(SNR_t, γ) / SNR_t, or ``None`` for w_t = 1.
     """
-    if not 0.0 <= p_uncond < 1.0:
-        raise ValueError(f"p_uncond must lie in [0, 1), got {p_uncond}")
-    if snr_gamma is not None and not snr_gamma > 0:
-        raise ValueError(f"snr_gamma must be positive (or None), got {snr_gamma}")
+    checks.static_number("p_uncond", p_uncond, low=0.0, high=1.0, high_open=True)
+    if snr_gamma is not None:
+        checks.static_number("snr_gamma", snr_gamma, low=0.0, low_open=True)
     batch = x0.shape[0]
     t_key, noise_key, drop_key = jax.random.split(rng, 3)
     t = jax.random.randint(t_key, (batch,), 0, schedule.num_timesteps)
@@ -134,6 +139,8 @@ def eps_loss(
 
 def min_snr_weight(schedule: Schedule, t: jax.Array, gamma: float) -> jax.Array:
     """The Min-SNR-γ weight of the ε loss, min(SNR_t, γ) / SNR_t = min(1, γ (1 − ᾱ_t) / ᾱ_t), at ``t``."""
+    checks.static_number("gamma", gamma, low=0.0, low_open=True)
+    checks.check_ids("t", t, schedule.num_timesteps, what="timesteps")
     alpha_bar = schedule.alphas_cumprod[t]
     return jnp.minimum(1.0, gamma * (1.0 - alpha_bar) / alpha_bar)
 
@@ -145,8 +152,8 @@ def ddim_timesteps(num_steps: int, num_timesteps: int = 1000) -> np.ndarray:
     Raises:
         ValueError: ``num_steps`` outside [1, T].
     """
-    if not 1 <= num_steps <= num_timesteps:
-        raise ValueError(f"num_steps must lie in [1, {num_timesteps}], got {num_steps}")
+    checks.static_int("num_timesteps", num_timesteps, low=1)
+    checks.static_int("num_steps", num_steps, low=1, high=num_timesteps)
     return (np.arange(num_steps)[::-1] * (num_timesteps // num_steps)).astype(np.int32)
 
 
@@ -185,12 +192,12 @@ def ddim_sample(
     Returns:
         The final x₀ sample, shaped like ``x_T``.
     """
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    checks.static_number("eta", eta, low=0.0)
+    checks.static_number("guidance_scale", guidance_scale)
     if eta > 0 and rng is None:
         raise ValueError("ddim_sample: eta > 0 needs rng")
-    if clip_x0 is not None and clip_x0 <= 0:
-        raise ValueError(f"clip_x0 must be positive, got {clip_x0}")
+    if clip_x0 is not None:
+        checks.static_number("clip_x0", clip_x0, low=0.0, low_open=True)
     guided = null_context is not None and guidance_scale != 1.0
     batch = x_T.shape[0]
     timesteps = jnp.asarray(ddim_timesteps(num_steps, schedule.num_timesteps))

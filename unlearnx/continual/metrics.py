@@ -19,8 +19,12 @@ __all__ = ["cl_metrics"]
 def cl_metrics(accuracy_matrix, random_accuracy) -> dict[str, float]:
     """``{"acc", "bwt", "fwt", "forgetting"}`` of a T × T accuracy matrix (see the module docstring).
 
+    A NaN accuracy (a diverged phase, see :func:`unlearnx.eval.accuracy`) makes every metric it enters NaN,
+    never a plausible number.
+
     Raises:
-      ValueError: a non-square or empty matrix, or ``random_accuracy`` without one entry per task.
+      ValueError: a non-square or empty matrix, ``random_accuracy`` without one entry per task, or an
+        accuracy outside [0, 1] (or infinite).
     """
     matrix = np.asarray(accuracy_matrix, np.float64)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:
@@ -31,6 +35,13 @@ def cl_metrics(accuracy_matrix, random_accuracy) -> dict[str, float]:
         raise ValueError(
             f"random_accuracy must have one entry per task, shape ({tasks},), got {baseline.shape}"
         )
+    for name, values in (("accuracy_matrix", matrix), ("random_accuracy", baseline)):
+        bad = ~np.isnan(values) & ((values < 0) | (values > 1))
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{name} must hold accuracies in [0, 1] (or NaN), found {values[index]} at {index}"
+            )
     final = matrix[-1]
     if tasks == 1:
         return {"acc": float(final.mean()), "bwt": 0.0, "fwt": 0.0, "forgetting": 0.0}

@@ -21,6 +21,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from unlearnx import _validation as checks
 from unlearnx import tree
 
 __all__ = ["attack_success_rate", "erased_rate", "kv_output_change", "preservation_accuracy"]
@@ -34,6 +35,9 @@ def _labels(name: str, values: Any) -> np.ndarray:
         raise ValueError(f"{name} must be a non-empty 1-D array of labels, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.integer):
         raise TypeError(f"{name} must hold integer labels, got dtype {array.dtype}")
+    if array.min() < 0:
+        index = int(np.argmin(array))
+        raise ValueError(f"{name} must hold class labels >= 0, found {int(array[index])} at index {index}")
     return array
 
 
@@ -48,7 +52,8 @@ def erased_rate(predicted: Any, concept: int) -> float:
         ValueError: Empty or non-1-D ``predicted``.
         TypeError: Non-integer labels.
     """
-    return float(np.mean(_labels("predicted", predicted) == int(concept)))
+    concept = checks.static_int("concept", concept, low=0)
+    return float(np.mean(_labels("predicted", predicted) == concept))
 
 
 def attack_success_rate(predicted: Any, concept: int) -> float:
@@ -81,7 +86,7 @@ def kv_output_change(original: PyTree, edited: PyTree, keys: Any, *, where: tree
             :func:`unlearnx.erase.cross_attention_kv`.
 
     Returns:
-        ΔKV as a Python float (computed in float64 on the host).
+        ΔKV as a Python float (computed in float64 on the host); NaN when a kernel holds NaN/inf.
 
     Raises:
         ValueError: No kernel selected, structure mismatch, or key width ≠ a kernel's ``d_in``.
@@ -92,6 +97,8 @@ def kv_output_change(original: PyTree, edited: PyTree, keys: Any, *, where: tree
         where = cross_attention_kv
     tree.check_same_structure(original, edited, names=("original", "edited"))
     keys = np.asarray(keys, np.float64)
+    if keys.ndim < 1 or not np.all(np.isfinite(keys)):
+        raise ValueError(f"keys must be finite rows [..., d_in], got shape {keys.shape}")
     rows = keys.reshape(-1, keys.shape[-1])
     flags = dict(tree.leaves_with_paths(tree.select(original, where)))
     edited_leaves = dict(tree.leaves_with_paths(edited))
@@ -112,4 +119,6 @@ def kv_output_change(original: PyTree, edited: PyTree, keys: Any, *, where: tree
         total += float(np.sum(np.square(rows @ before)))
     if not selected:
         raise ValueError("kv_output_change: the selector matched no kernel")
+    if not (np.isfinite(change) and np.isfinite(total)):  # a diverged edit is reported, not scored
+        return float("nan")
     return float(np.sqrt(change / total)) if total > 0 else 0.0

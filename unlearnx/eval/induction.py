@@ -9,8 +9,8 @@
 * **OV copying score**: Σλ / Σ|λ| over the eigenvalues λ of a head's OV circuit W_U W_O W_V W_E (token →
   logits through the head's values and output); +1 for a pure copying circuit, −1 for anti-copying.
 
-All functions run under ``jax.jit``; input checks that need values (repeats present, copies equal) run
-only when the inputs are concrete.
+All functions run under ``jax.jit``; input checks that need values (repeats present, copies equal, token ids
+within the logits' vocabulary) run only when the inputs are concrete; sizes and positions are static.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from unlearnx import _validation as checks
 from unlearnx.train import next_token_losses
 
 __all__ = [
@@ -34,10 +35,6 @@ __all__ = [
     "previous_occurrence",
     "repeated_random_tokens",
 ]
-
-
-def _concrete(*arrays: Any) -> bool:
-    return not any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
 def _check_tokens(tokens: Any, name: str = "tokens") -> None:
@@ -85,12 +82,11 @@ def prefix_matching_score(attention: jax.Array, tokens: jax.Array, *, period: in
         raise ValueError(f"attention {attention.shape} and tokens {tokens.shape} disagree on [batch, T]")
     if period is None:
         earlier = previous_occurrence(tokens)
-    elif not 1 <= period < tokens.shape[1]:
-        raise ValueError(f"period must be in [1, T = {tokens.shape[1]}), got {period}")
     else:
+        checks.static_int("period", period, low=1, high=tokens.shape[1] - 1)
         earlier = jnp.broadcast_to(jnp.arange(tokens.shape[1]) - period, tokens.shape)
     valid = earlier >= 0
-    if _concrete(tokens) and not bool(jnp.any(valid)):
+    if not checks.is_traced(tokens) and not bool(jnp.any(valid)):
         raise ValueError("prefix_matching_score: no token occurs twice in any row of tokens")
     target = jnp.clip(earlier + 1, 0, tokens.shape[1] - 1)  # s + 1 ≤ t, so always in the causal window
     picked = jnp.take_along_axis(attention, target[:, None, None, :, None], axis=-1)[..., 0]
@@ -101,10 +97,13 @@ def prefix_matching_score(attention: jax.Array, tokens: jax.Array, *, period: in
 
 def repeated_random_tokens(key: jax.Array, batch: int, length: int, vocab_size: int, repeats: int = 2):
     """Uniform random tokens r₁..r_ℓ repeated ``repeats`` times per row, ``[batch, repeats·length]``."""
-    if min(batch, length, vocab_size, repeats) < 1:
-        raise ValueError(
-            f"batch, length, vocab_size, repeats must be >= 1, got {batch}, {length}, {vocab_size}, {repeats}"
-        )
+    for name, value in (
+        ("batch", batch),
+        ("length", length),
+        ("vocab_size", vocab_size),
+        ("repeats", repeats),
+    ):
+        checks.static_int(name, value, low=1)
     segment = jax.random.randint(key, (batch, length), 0, vocab_size)
     return jnp.tile(segment, (1, repeats))
 
@@ -127,10 +126,21 @@ def copying_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     if jnp.shape(logits)[:2] != (batch, length) or jnp.ndim(logits) != 3:
         raise ValueError(f"logits {jnp.shape(logits)} must be [batch, T, vocab] for tokens {tokens.shape}")
     half = length // 2
-    if _concrete(tokens) and not bool(jnp.all(tokens[:, :half] == tokens[:, half:])):
+    checks.check_ids("tokens", tokens, jnp.shape(logits)[-1], what="token ids")
+    if not checks.is_traced(tokens) and not bool(jnp.all(tokens[:, :half] == tokens[:, half:])):
         raise ValueError("copying_loss: tokens[:, :ℓ] and tokens[:, ℓ:] must be the same segment")
     mask = jnp.broadcast_to(jnp.arange(length) > half, (batch, length))
     return jnp.mean(next_token_losses(logits, {"x": tokens, "mask": mask}))
+
+
+def _window(name: str, position: Any) -> tuple[int, int]:
+    """A position ``t`` as the window ``(t, t + 1)``, or a ``(start, stop)`` pair of static ints."""
+    if isinstance(position, tuple | list) and len(position) == 2:
+        return tuple(checks.static_int(f"{name}[{i}]", p) for i, p in enumerate(position))
+    if isinstance(position, tuple | list):
+        raise ValueError(f"{name} must be a position or a (start, stop) window, got {position!r}")
+    value = checks.static_int(name, position)
+    return value, value + 1
 
 
 def icl_score(
@@ -155,7 +165,8 @@ def icl_score(
     batch, length = tokens.shape
     if jnp.ndim(logits) != 3 or jnp.shape(logits)[:2] != (batch, length):
         raise ValueError(f"logits {jnp.shape(logits)} must be [batch, T, vocab] for tokens {tokens.shape}")
-    windows = [(p, p + 1) if isinstance(p, int | np.integer) else tuple(p) for p in (early, late)]
+    checks.check_ids("tokens", tokens, jnp.shape(logits)[-1], what="token ids")
+    windows = [_window(name, p) for name, p in (("early", early), ("late", late))]
     (early_lo, early_hi), (late_lo, late_hi) = windows
     if not (1 <= early_lo < early_hi <= late_lo < late_hi <= length):
         raise ValueError(

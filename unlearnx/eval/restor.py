@@ -17,13 +17,13 @@ recovery (o regains it).
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearnx import _validation as checks
 from unlearnx.models import Model
 
 __all__ = [
@@ -38,10 +38,7 @@ __all__ = [
 
 
 def _check_rate(name: str, value: float) -> float:
-    value = float(value)
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{name} must be a rate in [0, 1], got {value!r}")
-    return value
+    return checks.static_number(name, value, low=0.0, high=1.0)
 
 
 def accuracy(predicted, target) -> float:
@@ -108,14 +105,16 @@ def logit_probe(scores, lengths, correct, corrupted, random) -> dict[str, float]
 
 @functools.lru_cache(maxsize=16)
 def _scorer(model: Model):
-    """Jitted ``(variables, tokens [B, L], marks [B, L]) -> Σ marks[:, 1:] · logp`` per row."""
+    """Jitted ``(variables, tokens [B, L], marks [B, L]) -> (Σ marks[:, 1:] · logp per row, number of target
+    ids ≥ V)``: an id beyond the vocabulary would otherwise be scored NaN by ``take_along_axis``."""
 
     @jax.jit
     def score(variables, tokens, marks):
         logits = model.apply(variables, tokens, train=False)
         log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
         picked = jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
-        return jnp.sum(picked * marks[:, 1:], axis=1)
+        beyond = jnp.sum(tokens >= logits.shape[-1], dtype=jnp.int32)
+        return jnp.sum(picked * marks[:, 1:], axis=1), beyond
 
     return score
 
@@ -125,6 +124,8 @@ def _row_scores(
 ) -> np.ndarray:
     """Row sums through :func:`_scorer`; rows are padded to a power of two (≤ ``batch_size``), so sets of any
     size reuse a few compiled shapes."""
+    if tokens.size and tokens.min() < 0:
+        raise ValueError(f"token ids must be >= 0, found {int(tokens.min())}")
     score = _scorer(model)
     width = tokens.shape[1]
     out = []
@@ -134,7 +135,12 @@ def _row_scores(
         fill = rows - len(chunk)
         chunk = np.concatenate([chunk, np.repeat(chunk[:1], fill, 0)])
         chunk_marks = np.concatenate([chunk_marks, np.zeros((fill, width), np.float32)])
-        out.append(np.asarray(score(variables, chunk, chunk_marks))[: rows - fill])
+        sums, beyond = score(variables, chunk, chunk_marks)
+        if int(beyond):
+            raise ValueError(
+                f"{int(beyond)} token ids are beyond the model's vocabulary (ids >= its logits' width)"
+            )
+        out.append(np.asarray(sums)[: rows - fill])
     return np.concatenate(out)
 
 

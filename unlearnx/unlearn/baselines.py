@@ -16,6 +16,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from unlearnx import _validation as checks
+
 Arrays = Mapping[str, np.ndarray]
 
 __all__ = ["ascent_mixture", "bad_teacher_set", "random_wrong_labels", "relabel_mixture"]
@@ -31,27 +33,43 @@ def _concat(*parts: Arrays) -> dict[str, np.ndarray]:
     return {key: np.concatenate([np.asarray(part[key]) for part in parts]) for key in sorted(keys)}
 
 
+def _labels(name: str, arrays: Arrays) -> np.ndarray:
+    if not isinstance(arrays, Mapping) or "y" not in arrays:
+        keys = sorted(arrays) if isinstance(arrays, Mapping) else type(arrays).__name__
+        raise ValueError(f"{name} must be a dict of arrays with labels 'y', got {keys}")
+    return np.asarray(arrays["y"])
+
+
 def random_wrong_labels(labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
-    """For each label y a label drawn uniformly from the other C − 1 classes: (y + U{1..C−1}) mod C."""
-    if num_classes < 2:
-        raise ValueError(f"relabelling needs at least 2 classes, got {num_classes}")
+    """For each label y a label drawn uniformly from the other C − 1 classes: (y + U{1..C−1}) mod C.
+
+    Raises:
+      ValueError: fewer than 2 classes, or a label outside [0, C) (it would wrap to a valid class).
+      TypeError: non-integer ``num_classes``, ``seed`` or labels.
+    """
+    checks.static_int("num_classes", num_classes, low=2)
+    checks.static_int("seed", seed)
     labels = np.asarray(labels)
+    checks.check_ids("labels", labels, num_classes, what="class labels")
     shift = np.random.default_rng(seed).integers(1, num_classes, size=labels.shape)
     return ((labels + shift) % num_classes).astype(labels.dtype)
 
 
 def ascent_mixture(retain: Arrays, forget: Arrays, *, forget_weight: float = 1.0) -> dict[str, np.ndarray]:
-    """NegGrad+ examples: retain with weight +1, forget with weight −``forget_weight``."""
-    if forget_weight < 0:
-        raise ValueError(f"forget_weight must be non-negative, got {forget_weight}")
-    weighted_retain = {**retain, "weight": np.ones(len(retain["y"]), np.float32)}
-    weighted_forget = {**forget, "weight": np.full(len(forget["y"]), -forget_weight, np.float32)}
+    """NegGrad+ examples: retain with weight +1, forget with weight −``forget_weight`` (finite, ≥ 0)."""
+    checks.static_number("forget_weight", forget_weight, low=0.0)
+    weighted_retain = {**retain, "weight": np.ones(len(_labels("retain", retain)), np.float32)}
+    weighted_forget = {
+        **forget,
+        "weight": np.full(len(_labels("forget", forget)), -forget_weight, np.float32),
+    }
     return _concat(weighted_retain, weighted_forget)
 
 
 def relabel_mixture(retain: Arrays, forget: Arrays, *, num_classes: int, seed: int) -> dict[str, np.ndarray]:
     """Amnesiac examples: the retain set plus the forget set with random wrong labels."""
-    relabelled = {**forget, "y": random_wrong_labels(forget["y"], num_classes, seed)}
+    _labels("retain", retain)
+    relabelled = {**forget, "y": random_wrong_labels(_labels("forget", forget), num_classes, seed)}
     return _concat(retain, relabelled)
 
 
@@ -79,10 +97,16 @@ def bad_teacher_set(
       incompetent_logits: a randomly initialised model's logits on ``forget_x``.
       temperature: KL temperature T.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+    checks.static_number("temperature", temperature, low=0.0, low_open=True)
     if len(competent_logits) != len(retain_x) or len(incompetent_logits) != len(forget_x):
-        raise ValueError("teacher logits must have one row per input")
+        raise ValueError(
+            f"teacher logits must have one row per input: competent_logits {np.shape(competent_logits)} for "
+            f"retain_x {np.shape(retain_x)}, incompetent_logits {np.shape(incompetent_logits)} for forget_x "
+            f"{np.shape(forget_x)}"
+        )
+    for name, logits in (("competent_logits", competent_logits), ("incompetent_logits", incompetent_logits)):
+        if np.ndim(logits) != 2 or not np.all(np.isfinite(logits)):
+            raise ValueError(f"{name} must be finite [N, C] logits, got shape {np.shape(logits)}")
     return {
         "x": np.concatenate([retain_x, forget_x]),
         "target_probs": np.concatenate(
