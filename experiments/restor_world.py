@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import sys
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -33,7 +32,7 @@ import numpy as np
 import optax
 
 from unlearnx import data, models, train
-from unlearnx.checkpoint import Checkpointer, interval_policy
+from unlearnx.checkpoint import interval_policy
 from unlearnx.data import knowledge, knowledge_corpus
 from unlearnx.eval import restor
 
@@ -271,10 +270,8 @@ def corrupt(s: Setup, clean, k: int, run_dir: str, logger: train.MetricLogger) -
     ``corrupt_lr``) until Rate_corrupted ≥ ``corrupt_target_rate`` at an epoch's end, or for
     ``corrupt_max_epochs`` epochs.
 
-    Reaching the target stops the loop through :func:`unlearnx.train.stop_at`: the loop checkpoints that
-    step and raises :class:`~unlearnx.train.Preempted`, which is told apart from a real stop by the rate in
-    the last record. A rerun finds a checkpoint whose last record reached the target and returns it without
-    training.
+    Reaching the target ends the loop early (a ``"done"`` record): it saves that step, and a rerun returns it
+    without training.
     """
     config, name = s.config, f"corrupt_k{k}"
     forget = s.forget_sets[k].arrays
@@ -290,41 +287,23 @@ def corrupt(s: Setup, clean, k: int, run_dir: str, logger: train.MetricLogger) -
 
     def on_epoch(step: int, state: train.TrainState, _) -> dict[str, Any]:
         rate = target_eval(s, state.variables)["rate_corrupted"]
-        if rate >= config.corrupt_target_rate:
-            train.stop_at(name, step)
-        return {"epoch": step // sampler.per_epoch, "rate_corrupted": rate}
+        return {
+            "epoch": step // sampler.per_epoch,
+            "rate_corrupted": rate,
+            "done": rate >= config.corrupt_target_rate,
+        }
 
-    def run(num_steps: int):
-        return train.loop(
-            train.make_train_step(s.model, optimizer, loss=train.next_token_losses),
-            train.TrainState.create(clean, optimizer, jax.random.key(0)),
-            sampler,
-            num_steps,
-            name=name,
-            interval=sampler.per_epoch,
-            on_interval=on_epoch,
-            checkpoint_dir=directory,
-            checkpoint_policy=interval_policy(seconds=config.checkpoint_seconds),
-            logger=logger,
-            progress=config.progress,
-        )
-
-    def reached(history) -> bool:
-        return bool(history) and history[-1]["rate_corrupted"] >= config.corrupt_target_rate
-
-    with Checkpointer(directory) as saved:
-        saved_step = saved.latest_step()
-    history = []
-    if saved_step:  # the loop returns the saved step at once
-        state, history = run(saved_step)
-    if not reached(history):
-        try:
-            state, history = run(config.corrupt_max_epochs * sampler.per_epoch)
-        except train.Preempted as stop:
-            if stop.name != name:
-                raise
-            state, history = run(stop.step)
-            if not reached(history):
-                raise
-        train.stop_at(name, sys.maxsize)  # the loop is done: drop the stop point a reached target set
+    state, history = train.loop(
+        train.make_train_step(s.model, optimizer, loss=train.next_token_losses),
+        train.TrainState.create(clean, optimizer, jax.random.key(0)),
+        sampler,
+        config.corrupt_max_epochs * sampler.per_epoch,
+        name=name,
+        interval=sampler.per_epoch,
+        on_interval=on_epoch,
+        checkpoint_dir=directory,
+        checkpoint_policy=interval_policy(seconds=config.checkpoint_seconds),
+        logger=logger,
+        progress=config.progress,
+    )
     return state.variables, history[-1]["epoch"]

@@ -253,3 +253,18 @@ def test_short_batches_are_cut_to_the_device_count_with_one_warning():
     assert _even(batch, 1, 0, "train", []) is batch  # one device: nothing is ever dropped
     with pytest.raises(ValueError, match="batch of 3 examples cannot be split over 8 devices"):
         _even({"x": np.zeros(3)}, 8, 0, "train", [])
+
+
+def test_a_done_record_stops_early_and_a_rerun_returns_it(tmp_path, straight):
+    def until_step_4(step, state, step_metrics):
+        return {"done": step >= 4}
+
+    kwargs = dict(interval=2, on_interval=until_step_4, progress=False, checkpoint_dir=tmp_path)
+    state, history = train.loop(step_fn, initial_state(), batch_at, 10, **kwargs)
+    assert [r["step"] for r in history] == [2, 4] and int(state.step) == 4
+    assert Checkpointer(tmp_path).latest_step() == 4
+    again, again_history = train.loop(step_fn, initial_state(), batch_at, 10, **kwargs)
+    _assert_same_state(again, state)
+    assert _strip(again_history) == _strip(history)
+    four, _ = train.loop(step_fn, initial_state(), batch_at, 4, progress=False)
+    _assert_same_state(state, four)  # the same state as a 4-step run

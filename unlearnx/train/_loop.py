@@ -135,7 +135,9 @@ def loop(
 
     Every ``interval`` steps (and after the last) the loop closes a *record*: the interval's mean of each
     metric, ``phase`` (= ``name``), ``step``, ``seconds``, and whatever ``on_interval(step, state,
-    step_metrics)`` returns (``step_metrics`` stacks the interval's per-step metrics). Records go to
+    step_metrics)`` returns (``step_metrics`` stacks the interval's per-step metrics); a record with a true
+    ``"done"`` field (an early stop: a target reached) ends the loop there, saved, and a rerun returns
+    at once. Records go to
     ``logger`` (JSONL + TensorBoard) and to the returned history. At a record the loop offers orbax's save
     policy a save; the last step is always saved, and so is the step at which a stop is requested
     (SIGTERM, :func:`request_stop`, :func:`stop_at`), after which :class:`Preempted` is raised. A
@@ -156,7 +158,8 @@ def loop(
       num_steps: total steps of this loop (a resumed loop runs only the rest).
       name: the loop's name in records, progress bar, :func:`stop_at` and :class:`Preempted`.
       interval: steps per record (an epoch, an evaluation period).
-      on_interval: extra record fields from ``(step, state, step_metrics)``, e.g. an evaluation.
+      on_interval: extra record fields from ``(step, state, step_metrics)``, e.g. an evaluation; include
+        ``"done": True`` to stop early.
       checkpoint_dir: where to checkpoint (``None``: no checkpoints; a stop request then loses progress).
       checkpoint_policy: orbax ``SaveDecisionPolicy`` consulted at each record (default: at most once a
         minute, :func:`unlearnx.checkpoint.interval_policy`; ``None``: only the final and stop saves).
@@ -201,6 +204,8 @@ def loop(
             start, state, history, pending = _restore(checkpointer, state, num_steps)
             if logger is not None:  # records a killed run wrote past its last checkpoint
                 logger.rewind(name, start)
+        if history and history[-1].get("done"):  # it had already stopped early: nothing left to run
+            start = num_steps
         bar = tqdm(range(start, num_steps), desc=name, disable=None if progress else True, leave=False)
         started, warned = time.perf_counter(), []
         spread = mesh.devices.size > 1 or jax.process_count() > 1
@@ -211,26 +216,29 @@ def loop(
             state, metrics = step_fn(state, batch)
             for key, value in metrics.items():
                 pending.setdefault(key, []).append(value)
-            done = index + 1
-            closing = done % interval == 0 or done == num_steps
+            ran = index + 1
+            closing = ran % interval == 0 or ran == num_steps
             if closing:
                 stacked, record = _summarise(pending)
-                record = {"phase": name, "step": done, **record, "seconds": time.perf_counter() - started}
+                record = {"phase": name, "step": ran, **record, "seconds": time.perf_counter() - started}
                 if on_interval is not None:
-                    record.update(plain(dict(on_interval(done, state, stacked) or {})))
+                    record.update(plain(dict(on_interval(ran, state, stacked) or {})))
                 history.append(record)
                 pending, started = {}, time.perf_counter()
                 if logger is not None:
                     logger.log(**record)
                 if "loss" in record and np.ndim(record["loss"]) == 0:
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
-            stop = stop_requested(name, done)
+            finished = ran == num_steps or (closing and bool(history[-1].get("done")))
+            stop = stop_requested(name, ran)
             if checkpointer is not None and (
-                stop or done == num_steps or (closing and checkpointer.should_save(done))
+                stop or finished or (closing and checkpointer.should_save(ran))
             ):
-                checkpointer.save(done, state, {"history": history, "pending": _encode_pending(pending)})
-            if stop and done < num_steps:
-                raise Preempted(name, done, None if checkpointer is None else checkpointer.directory)
+                checkpointer.save(ran, state, {"history": history, "pending": _encode_pending(pending)})
+            if finished:
+                break
+            if stop:
+                raise Preempted(name, ran, None if checkpointer is None else checkpointer.directory)
     finally:
         if checkpointer is not None:
             checkpointer.close()
