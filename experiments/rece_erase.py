@@ -11,8 +11,7 @@ in a second run a colour) is erased from the UNet's ``attn2`` key/value kernels 
 * ESD-x: fine-tune only the attn2 to_k/to_v kernels so ε(x_t, c) → ε*(x_t, ∅) − η[ε*(x_t, c) − ε*(x_t, ∅)].
 
 Keys: C_E = the text-encoder rows (all L, with BOS/EOS/padding) of the bare concept prompt (``"circle"``);
-C_G = the empty prompt's rows; C_P = the empty prompt's rows plus the bare prompts of the other concepts of
-the same kind (the other shapes, or the other colours).
+C_G = the empty prompt's rows; C_P = those rows plus the bare prompts of the other shapes (or colours).
 
 Metrics (a shape × colour CNN trained on real images labels every DDIM sample): erased rate (samples of
 ``"a <colour> circle"`` still classified circle), preservation accuracy (prompted shape on the other shapes'
@@ -20,8 +19,12 @@ prompts; for colour erasure the prompted colour on the other colours' prompts), 
 other prompts' cross-attention key/value projections), attack success rate of the RECE-derived embedding
 c′ of the edited model fed directly as conditioning, of the c′ derived against the UCE edit (the embedding
 RECE's first round erases; in the UCE row it is the same embedding under other sampling noise), and of a
-gradient attack (Adam on a free embedding so
-the edited model's ε matches the original's on the concept prompt), and the edit's wall time.
+gradient attack (Adam on a free embedding so the edited model's ε matches the original's on the concept
+prompt), and the edit's wall time.
+
+Training runs on :func:`unlearnx.train.loop`: the testbed (loops ``testbed``, ``testbed_classifier``;
+checkpoints in its cache) and ESD-x (loop ``esd_x_<concept>``; ``run_dir/checkpoints``). All else follows
+from the config and the testbed, so ``--resume`` after a kill reproduces ``metrics.json`` byte for byte.
 
 Presets: ``smoke`` (seconds; tests), ``quick`` (testbed trained in ≤ 15 min on 2 CPU cores, cached),
 ``paper`` (SD v1.4; documents the same calls, see :data:`PAPER_NOTES`; not runnable here).
@@ -33,6 +36,7 @@ import dataclasses
 import functools
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -41,9 +45,8 @@ import numpy as np
 import optax
 
 from experiments import rece_report, rece_testbed, runner
-from unlearnx import diffusion, erase, tree
+from unlearnx import diffusion, erase, parallel, train, tree
 from unlearnx import eval as metrics_lib
-from unlearnx.train import MetricLogger
 
 NAME = "rece_erase"
 
@@ -90,6 +93,12 @@ class Config(rece_testbed.TestbedConfig):
     backend: str = "testbed"  # "sd-v1.4" (paper preset): documented in PAPER_NOTES, not runnable here
     progress: bool = True
 
+    def __post_init__(self):
+        if not self.concepts:
+            raise ValueError("concepts is empty")
+        for name in self.concepts if self.backend == "testbed" else ():  # the paper's are not the testbed's
+            rece_testbed.concept(self, name)
+
     def testbed(self) -> rece_testbed.TestbedConfig:
         names = [f.name for f in dataclasses.fields(rece_testbed.TestbedConfig)]
         return rece_testbed.TestbedConfig(**{name: getattr(self, name) for name in names})
@@ -126,69 +135,46 @@ PRESETS: dict[str, Config] = {
         ddim_steps=50,
         guidance_scale=7.5,
         uce_preserve_scale=1.0,
-        rece_epochs=(1, 2, 3),
         esd_steps=1000,
         esd_lr=1e-5,
-        attack_steps=40,
     ),
 }
 
 
 @dataclasses.dataclass(frozen=True)
-class _Concept:
-    """One erased concept: its kind, label, prompts and keys."""
-
-    name: str
-    kind: str  # "shape" or "colour"
-    label: int
-    others: tuple[str, ...]
-
-
-def _concept(testbed: rece_testbed.Testbed, name: str) -> _Concept:
-    config = testbed.config
-    if name in config.shapes:
-        return _Concept(
-            name, "shape", config.shapes.index(name), tuple(s for s in config.shapes if s != name)
-        )
-    if name in config.colours:
-        return _Concept(
-            name, "colour", config.colours.index(name), tuple(c for c in config.colours if c != name)
-        )
-    raise ValueError(f"concept {name!r} is neither a shape {config.shapes} nor a colour {config.colours}")
-
-
 class _Study:
-    """The trained testbed, the fixed evaluation prompts and the sampler shared by every method."""
+    """What every concept and method shares: the testbed, its original UNet parameters, the evaluation
+    prompts, the keys, the run's logger, and the jitted ESD-x step and gradient attack (compiled once)."""
 
-    def __init__(self, config: Config, run_dir: str):
-        self.config = config
-        cache = config.cache_dir or os.path.join(os.path.dirname(os.path.abspath(run_dir)), "testbed_cache")
-        self.logger = MetricLogger(os.path.join(run_dir, "train_log.jsonl"))
-        self.testbed = rece_testbed.build(
-            config.testbed(), cache, progress=config.progress, logger=self.logger
-        )
-        self.original = self.testbed.unet_variables["params"]
-        # Every (shape, colour) prompt, samples_per_prompt each; sample i's noise is fixed across methods.
-        pairs = [(s, c) for s in range(len(config.shapes)) for c in range(len(config.colours))]
-        self.prompts = [f"a {config.colours[c]} {config.shapes[s]}" for s, c in pairs]
-        repeat = config.samples_per_prompt
-        self.prompt_shape = np.repeat([s for s, _ in pairs], repeat)
-        self.prompt_colour = np.repeat([c for _, c in pairs], repeat)
-        self.contexts = jnp.repeat(self.testbed.embed(self.prompts), repeat, axis=0)
-        keys = jax.random.split(jax.random.key(config.seed + 7), 4)
-        self.keys = dict(zip(("sample", "attack_sample", "attack", "esd"), keys, strict=True))
+    config: Config
+    run_dir: str
+    testbed: rece_testbed.Testbed
+    original: Any
+    logger: train.MetricLogger
+    grid: rece_testbed.PromptGrid
+    keys: dict[str, jax.Array]
+    esd_step: Callable
+    attack: Callable
 
-    def sample(self, unet_params, contexts, key) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Samples and their predicted (shape, colour)."""
-        images = self.testbed.sample(
-            unet_params,
-            contexts,
-            key,
-            num_steps=self.config.ddim_steps,
-            guidance_scale=self.config.guidance_scale,
-        )
-        shape, colour = self.testbed.classify(images)
-        return images, shape, colour
+
+def _study(config: Config, run_dir: str) -> _Study:
+    cache = config.cache_dir or os.path.join(os.path.dirname(os.path.abspath(run_dir)), "testbed_cache")
+    logger = train.MetricLogger(os.path.join(run_dir, "train_log.jsonl"))
+    testbed = rece_testbed.build(config.testbed(), cache, progress=config.progress, logger=logger)
+    original = testbed.unet_variables["params"]
+    keys = jax.random.split(jax.random.key(config.seed + 7), 4)
+    keys = dict(zip(("sample", "attack_sample", "attack", "esd"), keys, strict=True))
+    grid = testbed.prompt_grid(config.samples_per_prompt)
+    esd_step, attack = _esd_step(testbed, config), _gradient_attack(testbed, config, original)
+    return _Study(config, run_dir, testbed, original, logger, grid, keys, esd_step, attack)
+
+
+def _sample(study: _Study, unet_params, contexts, key) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DDIM samples of ``contexts`` and their predicted (shape, colour)."""
+    config = study.config
+    options = {"num_steps": config.ddim_steps, "guidance_scale": config.guidance_scale}
+    images = study.testbed.sample(unet_params, contexts, key, **options)
+    return images, *study.testbed.classify(images)
 
 
 def _selected(params) -> list:
@@ -202,221 +188,201 @@ def _timed(fn, *args, **kwargs):
     return result, time.perf_counter() - started
 
 
-class _Tuners:
-    """The jitted ESD-x step and gradient attack, compiled once per study (parameters, keys and images are
-    arguments, so every concept and method reuses them)."""
+def _esd_step(testbed: rece_testbed.Testbed, config: Config) -> Callable:
+    """The jitted ESD-x step ``(state, {"x0"}, frozen, concept_keys) -> (state, {"loss"})``: Adam on the
+    attn2 to_k/to_v kernels only (the other gradients and updates are zeroed), noise from
+    ``fold_in(state.rng, state.step)``."""
+    schedule, null = testbed.schedule, testbed.embed("")
+    eps = lambda params, xt, t, context: rece_testbed.eps_function(testbed.unet_model, params)(xt, t, context)
+    optimizer = optax.adam(config.esd_lr)
 
-    def __init__(self, study: _Study):
-        config, testbed = study.config, study.testbed
-        self.study = study
-        model, schedule = testbed.unet_model, testbed.schedule
-        self.null = testbed.embed("")
-        self.flags = tree.select(study.original, erase.cross_attention_kv)
-        self.esd_optimizer = optax.adam(config.esd_lr)
-        attack_optimizer = optax.adam(config.attack_lr)
-        size, batch = config.image_size, config.attack_batch_size
+    def esd_loss(params, frozen, x0, concept_keys, rng):
+        t_key, noise_key = jax.random.split(rng)
+        t = jax.random.randint(t_key, (x0.shape[0],), 0, schedule.num_timesteps)
+        xt = diffusion.q_sample(schedule, x0, t, jax.random.normal(noise_key, x0.shape))
+        eps_c, eps_null = eps(frozen, xt, t, concept_keys), eps(frozen, xt, t, null)
+        target = jax.lax.stop_gradient(eps_null - config.esd_eta * (eps_c - eps_null))
+        return jnp.mean(jnp.square(eps(params, xt, t, concept_keys) - target))
 
-        def eps(params, xt, t, context):
-            return model.apply(
-                {"params": params}, (xt, t, jnp.broadcast_to(context, (xt.shape[0], *context.shape)))
-            )
+    @jax.jit
+    def step(state: train.TrainState, batch, frozen, concept_keys):
+        params = state.variables["params"]
+        flags = tree.select(params, erase.cross_attention_kv)
+        rng = jax.random.fold_in(state.rng, state.step)
+        loss, grads = jax.value_and_grad(esd_loss)(params, frozen, batch["x0"], concept_keys, rng)
+        grads = jax.tree.map(lambda g, f: g if f else jnp.zeros_like(g), grads, flags)
+        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        updates = jax.tree.map(lambda u, f: u if f else jnp.zeros_like(u), updates, flags)
+        variables = {"params": optax.apply_updates(params, updates)}
+        return state._replace(step=state.step + 1, variables=variables, opt_state=opt_state), {"loss": loss}
 
-        def esd_loss(params, frozen, x0, concept_keys, rng):
-            t_key, noise_key = jax.random.split(rng)
-            t = jax.random.randint(t_key, (x0.shape[0],), 0, schedule.num_timesteps)
-            xt = diffusion.q_sample(schedule, x0, t, jax.random.normal(noise_key, x0.shape))
-            eps_c, eps_null = eps(frozen, xt, t, concept_keys), eps(frozen, xt, t, self.null)
-            target = jax.lax.stop_gradient(eps_null - config.esd_eta * (eps_c - eps_null))
-            return jnp.mean(jnp.square(eps(params, xt, t, concept_keys) - target))
+    return step
 
-        @jax.jit
-        def esd_step(params, opt_state, frozen, x0, concept_keys, rng):
-            grads = jax.grad(esd_loss)(params, frozen, x0, concept_keys, rng)
-            grads = jax.tree.map(lambda g, f: g if f else jnp.zeros_like(g), grads, self.flags)
-            updates, opt_state = self.esd_optimizer.update(grads, opt_state, params)
-            updates = jax.tree.map(lambda u, f: u if f else jnp.zeros_like(u), updates, self.flags)
-            return optax.apply_updates(params, updates), opt_state
 
-        def attack_loss(embedding, edited, concept_keys, rng):
-            t_key, x_key = jax.random.split(rng)
-            t = jax.random.randint(t_key, (batch,), 0, schedule.num_timesteps)
-            xt = jax.random.normal(x_key, (batch, size, size, 3))
-            target = jax.lax.stop_gradient(eps(study.original, xt, t, concept_keys))
-            return jnp.mean(jnp.square(eps(edited, xt, t, embedding) - target))
+def _gradient_attack(testbed: rece_testbed.Testbed, config: Config, original) -> Callable:
+    """The jitted gradient attack ``(edited, concept_keys, key) -> C*``: from the concept's rows,
+    ``attack_steps`` Adam steps (one ``lax.scan``) on mean ‖ε_edited(x_t, t, C*) − ε_original(x_t, t, c)‖²
+    over fresh x_t ~ N(0, I) and t (step i draws from ``fold_in(key, i)``)."""
+    eps = lambda params, xt, t, context: rece_testbed.eps_function(testbed.unet_model, params)(xt, t, context)
+    optimizer = optax.adam(config.attack_lr)
+    schedule, size, batch = testbed.schedule, config.image_size, config.attack_batch_size
 
-        @jax.jit
-        def attack(edited, concept_keys, key):
-            def body(carry, index):
-                embedding, opt_state = carry
-                grads = jax.grad(attack_loss)(embedding, edited, concept_keys, jax.random.fold_in(key, index))
-                updates, opt_state = attack_optimizer.update(grads, opt_state, embedding)
-                return (optax.apply_updates(embedding, updates), opt_state), None
+    def attack_loss(embedding, edited, concept_keys, rng):
+        t_key, x_key = jax.random.split(rng)
+        t = jax.random.randint(t_key, (batch,), 0, schedule.num_timesteps)
+        xt = jax.random.normal(x_key, (batch, size, size, 3))
+        target = jax.lax.stop_gradient(eps(original, xt, t, concept_keys))
+        return jnp.mean(jnp.square(eps(edited, xt, t, embedding) - target))
 
-            start = (concept_keys, attack_optimizer.init(concept_keys))
-            (embedding, _), _ = jax.lax.scan(body, start, jnp.arange(config.attack_steps))
-            return embedding
+    @jax.jit
+    def attack(edited, concept_keys, key):
+        def body(carry, index):
+            embedding, opt_state = carry
+            grads = jax.grad(attack_loss)(embedding, edited, concept_keys, jax.random.fold_in(key, index))
+            updates, opt_state = optimizer.update(grads, opt_state, embedding)
+            return (optax.apply_updates(embedding, updates), opt_state), None
 
-        self.esd_step, self.attack = esd_step, attack
+        start = (concept_keys, optimizer.init(concept_keys))
+        (embedding, _), _ = jax.lax.scan(body, start, jnp.arange(config.attack_steps))
+        return embedding
 
-    def esd_x(self, concept: _Concept, concept_keys: jax.Array, steps: int | None = None) -> Any:
-        """ESD-x: Adam on the attn2 to_k/to_v kernels only, matching ε(x_t, c) to the negatively guided
-        ε*(x_t, ∅) − η[ε*(x_t, c) − ε*(x_t, ∅)] of the frozen original, on noised training images of the
-        concept (ESD samples x_t from the model itself; real images are the cheaper stand-in here)."""
-        config, data = self.study.config, self.study.testbed.data
-        member = np.flatnonzero((data.shape if concept.kind == "shape" else data.colour) == concept.label)
-        rng = np.random.default_rng((config.seed, concept.label, concept.kind == "shape"))
-        frozen = self.study.original
-        params, opt_state = frozen, self.esd_optimizer.init(frozen)
-        for index in range(config.esd_steps if steps is None else steps):
-            x0 = data.images[rng.choice(member, config.esd_batch_size)] * 2.0 - 1.0
-            key = jax.random.fold_in(self.study.keys["esd"], index)
-            params, opt_state = self.esd_step(params, opt_state, frozen, x0, concept_keys, key)
-        return params
+    return attack
 
-    def gradient_attack(self, edited, concept_keys: jax.Array) -> jax.Array:
-        """A free embedding C* ∈ R^{L×d}, from the concept's rows, after ``attack_steps`` Adam steps on
-        mean ‖ε_edited(x_t, t, C*) − ε_original(x_t, t, c)‖² over fresh random x_t ~ N(0, I) and t."""
-        return self.attack(edited, concept_keys, self.study.keys["attack"])
+
+def esd_x(study: _Study, concept: rece_testbed.Concept, concept_keys, *, warmup: bool = False):
+    """ESD-x: fine-tune the attn2 to_k/to_v kernels so ε(x_t, c) matches the negatively guided
+    ε*(x_t, ∅) − η[ε*(x_t, c) − ε*(x_t, ∅)] of the frozen original, on noised training images of the
+    concept (ESD samples x_t from the model itself; real images are the cheaper stand-in here); step i's
+    batch is the i-th draw of ``default_rng((seed, label, is_shape))``. The loop ``esd_x_<concept>``
+    checkpoints in ``run_dir/checkpoints/esd_x_<concept>``; ``warmup`` runs 2 steps without checkpoints or
+    logs, to compile the step outside the timing. Returns ``(params, seconds of the loop's steps)``."""
+    config, data = study.config, study.testbed.data
+    member = np.flatnonzero((data.shape if concept.kind == "shape" else data.colour) == concept.label)
+    rng = np.random.default_rng((config.seed, concept.label, concept.kind == "shape"))
+    steps = 2 if warmup else config.esd_steps
+    chosen = [rng.choice(member, config.esd_batch_size) for _ in range(steps)]
+    frozen, concept_keys = parallel.replicate((study.original, concept_keys), parallel.data_mesh())
+    name = f"esd_x_{concept.name}"
+    state, history = train.loop(
+        lambda state, batch: study.esd_step(state, batch, frozen, concept_keys),
+        train.TrainState.create({"params": study.original}, optax.adam(config.esd_lr), study.keys["esd"]),
+        lambda index: {"x0": data.images[chosen[index]] * 2.0 - 1.0},
+        steps,
+        name=f"{name}_warmup" if warmup else name,
+        interval=25,  # steps per logged record
+        checkpoint_dir=None if warmup else os.path.join(study.run_dir, "checkpoints", name),
+        logger=None if warmup else study.logger,
+        progress=config.progress and not warmup,
+    )
+    seconds = sum(record["seconds"] for record in history)
+    return rece_testbed.local_arrays(state.variables["params"]), seconds
 
 
 @functools.cache
 def _edit_fn(epochs: int, settings: tuple[tuple[str, float], ...]):
     """The jitted UCE (``epochs == 0``) or RECE edit ``(params, concept, guide, preserve) -> params``, one per
     setting, so concepts with equally many preserve prompts (and reruns) reuse one compilation."""
-    return jax.jit(
-        lambda params, concept, guide, preserve: erase.rece(
-            params, concept, guide, preserve, epochs=epochs, **dict(settings)
-        )[0]
-    )
+    edit = functools.partial(erase.rece, epochs=epochs, **dict(settings))
+    return jax.jit(lambda params, concept, guide, preserve: edit(params, concept, guide, preserve)[0])
 
 
-def erase_concept(study: _Study, tuners: _Tuners, name: str, original_samples) -> dict[str, Any]:
-    """Every method erasing ``name``: per-method metrics, edit seconds and sample grids."""
-    config, testbed = study.config, study.testbed
-    concept = _concept(testbed, name)
-    concept_keys = testbed.embed(name)
-    guide_keys = testbed.embed("")
-    preserve_keys = jnp.concatenate([guide_keys, *(testbed.embed(other) for other in concept.others)])
-    preserve_prompts = 1 + len(concept.others)
-    beta = config.uce_preserve_scale
-    beta = max(0.1, 1.0 / preserve_prompts) if beta is None else beta
-    prompt_label = study.prompt_shape if concept.kind == "shape" else study.prompt_colour
-    erase_rows, keep_rows = prompt_label == concept.label, prompt_label != concept.label
-    keep_contexts = study.contexts[np.flatnonzero(keep_rows)]
-
-    edits: dict[str, tuple[Any, float]] = {"original": (study.original, 0.0)}
+def _edits(study: _Study, concept: rece_testbed.Concept, keys: tuple, beta: float) -> dict[str, tuple]:
+    """Every method's edited UNet parameters and edit seconds (``keys``: concept, guide, preserve rows)."""
+    config = study.config
     uce_kwargs = {"erase_scale": config.uce_erase_scale, "preserve_scale": beta, "lamb": config.uce_lamb}
-    rece_kwargs = {
-        "reg": config.rece_reg,
-        "round_erase_scale": config.round_erase_scale,
-        "round_preserve_scale": config.round_preserve_scale,
-        "round_lamb": config.round_lamb,
-        **uce_kwargs,
-    }
+    rounds = ("round_erase_scale", "round_preserve_scale", "round_lamb")
+    rece_kwargs = {"reg": config.rece_reg, **{name: getattr(config, name) for name in rounds}, **uce_kwargs}
+    settings = tuple(sorted(rece_kwargs.items()))
+    edits: dict[str, tuple[Any, float]] = {"original": (study.original, 0.0)}
     for epochs in (0, *config.rece_epochs):
-        method = "uce" if epochs == 0 else f"rece_{epochs}"
-        jitted = _edit_fn(epochs, tuple(sorted(rece_kwargs.items())))
-        arguments = (study.original, concept_keys, guide_keys, preserve_keys)
-        jitted(*arguments)  # compile outside the timing
-        edits[method] = _timed(jitted, *arguments)
+        jitted = _edit_fn(epochs, settings)
+        jitted(study.original, *keys)  # compile outside the timing
+        edits["uce" if epochs == 0 else f"rece_{epochs}"] = _timed(jitted, study.original, *keys)
     if config.esd:
-        tuners.esd_x(concept, concept_keys, steps=2)  # compile (first and later steps) outside the timing
-        edits["esd_x"] = _timed(tuners.esd_x, concept, concept_keys)
+        esd_x(study, concept, keys[0], warmup=True)
+        edits["esd_x"] = esd_x(study, concept, keys[0])
+    return edits
 
-    attack_count = config.samples_per_prompt * len(
-        config.colours if concept.kind == "shape" else config.shapes
+
+def _evaluate(study: _Study, concept, method: str, params, concept_keys, samples, c_primes):
+    """One method's metrics, gradient-attack seconds and sample grid; ``samples`` are its (images, shape,
+    colour) on every prompt, ``c_primes`` the c′ derived against it and the one against the UCE edit."""
+    config, grid = study.config, study.grid
+    images, shape, colour = samples
+    is_shape = concept.kind == "shape"
+    prompt_label, predicted = (grid.shape, shape) if is_shape else (grid.colour, colour)
+    erase_rows, keep_rows = prompt_label == concept.label, prompt_label != concept.label
+    attacked, attack_seconds = _timed(study.attack, params, concept_keys, study.keys["attack"])
+    count = config.samples_per_prompt * len(config.colours if is_shape else config.shapes)
+    embeddings = (c_primes[0], attacked, c_primes[1])
+    contexts = jnp.concatenate([jnp.broadcast_to(rows, (count, *rows.shape)) for rows in embeddings])
+    attack_images, *attack_labels = _sample(study, params, contexts, study.keys["attack_sample"])
+    attack_predicted = attack_labels[0 if is_shape else 1]
+    both = (shape == grid.shape) & (colour == grid.colour)
+    keep_contexts = grid.contexts[np.flatnonzero(keep_rows)]
+    kv_change = (
+        0.0 if method == "original" else metrics_lib.kv_output_change(study.original, params, keep_contexts)
     )
+    results = {
+        "erased_rate": metrics_lib.erased_rate(predicted[erase_rows], concept.label),
+        "preserve_acc": metrics_lib.preservation_accuracy(predicted[keep_rows], prompt_label[keep_rows]),
+        "preserve_both_acc": float(np.mean(both[keep_rows])),
+        "kv_change": kv_change,
+        "asr_derived": metrics_lib.attack_success_rate(attack_predicted[:count], concept.label),
+        "asr_gradient": metrics_lib.attack_success_rate(attack_predicted[count : 2 * count], concept.label),
+        "asr_uce_derived": metrics_lib.attack_success_rate(attack_predicted[2 * count :], concept.label),
+    }
+    pictures = {"samples": images, "attack": attack_images[: 2 * count : config.samples_per_prompt]}
+    return results, attack_seconds, pictures
+
+
+def erase_concept(study: _Study, name: str, original_samples) -> tuple[dict, dict, dict]:
+    """Every method erasing ``name``: the concept's results (kind, label, β, per-method metrics), the
+    per-method edit and attack seconds, and the sample grids."""
+    config, testbed = study.config, study.testbed
+    concept = rece_testbed.concept(config, name)
+    concept_keys, guide_keys = testbed.embed(name), testbed.embed("")
+    preserve_keys = jnp.concatenate([guide_keys, *(testbed.embed(other) for other in concept.others)])
+    beta = config.uce_preserve_scale
+    beta = max(0.1, 1.0 / (1 + len(concept.others))) if beta is None else beta
+    edits = _edits(study, concept, (concept_keys, guide_keys, preserve_keys), beta)
     original_kernels = _selected(study.original)
-    uce_derived = erase.derive_embedding(
-        _selected(edits["uce"][0]), original_kernels, concept_keys, reg=config.rece_reg
-    )
+
+    def derive(params):
+        return erase.derive_embedding(_selected(params), original_kernels, concept_keys, reg=config.rece_reg)
+
+    uce_derived = derive(edits["uce"][0])
     results, seconds, grids = {}, {}, {}
     for method, (params, edit_seconds) in edits.items():
         if method == "original":
-            images, shape, colour = original_samples
+            samples = original_samples
         else:
-            images, shape, colour = study.sample(params, study.contexts, study.keys["sample"])
-        predicted = shape if concept.kind == "shape" else colour
-        derived = (
-            uce_derived
-            if method == "uce"
-            else erase.derive_embedding(
-                _selected(params), original_kernels, concept_keys, reg=config.rece_reg
-            )
+            samples = _sample(study, params, study.grid.contexts, study.keys["sample"])
+        c_primes = (uce_derived if method == "uce" else derive(params), uce_derived)
+        results[method], attack_seconds, grids[method] = _evaluate(
+            study, concept, method, params, concept_keys, samples, c_primes
         )
-        attacked, attack_seconds = _timed(tuners.gradient_attack, params, concept_keys)
-        attack_contexts = jnp.concatenate(
-            [jnp.broadcast_to(rows, (attack_count, *rows.shape)) for rows in (derived, attacked, uce_derived)]
-        )
-        attack_images, attack_shape, attack_colour = study.sample(
-            params, attack_contexts, study.keys["attack_sample"]
-        )
-        attack_predicted = attack_shape if concept.kind == "shape" else attack_colour
-        results[method] = {
-            "erased_rate": metrics_lib.erased_rate(predicted[erase_rows], concept.label),
-            "preserve_acc": metrics_lib.preservation_accuracy(predicted[keep_rows], prompt_label[keep_rows]),
-            "preserve_both_acc": float(
-                np.mean((shape == study.prompt_shape)[keep_rows] & (colour == study.prompt_colour)[keep_rows])
-            ),
-            "kv_change": 0.0
-            if method == "original"
-            else metrics_lib.kv_output_change(study.original, params, keep_contexts),
-            "asr_derived": metrics_lib.attack_success_rate(attack_predicted[:attack_count], concept.label),
-            "asr_gradient": metrics_lib.attack_success_rate(
-                attack_predicted[attack_count : 2 * attack_count], concept.label
-            ),
-            "asr_uce_derived": metrics_lib.attack_success_rate(
-                attack_predicted[2 * attack_count :], concept.label
-            ),
-        }
         seconds[method] = {"edit": edit_seconds, "gradient_attack": attack_seconds}
-        grids[method] = {
-            "samples": images,
-            "attack": attack_images[: 2 * attack_count : config.samples_per_prompt],
-        }
-    return {
-        "kind": concept.kind,
-        "label": concept.label,
-        "preserve_scale": beta,
-        "metrics": results,
-        "seconds": seconds,
-        "grids": grids,
-    }
+    summary = {"kind": concept.kind, "label": concept.label, "preserve_scale": beta, "metrics": results}
+    return summary, seconds, grids
 
 
-def main(config: Config, run_dir: str, *, interrupt: tuple[str, int] | None = None) -> dict[str, Any]:
+def main(config: Config, run_dir: str) -> dict[str, Any]:
     """Trains (or restores) the testbed, checks its quality gate, erases each concept with every method and
     writes ``metrics.json``, ``timing.json``, ``report.md`` and the sample grids."""
-    del interrupt  # the only long phase (testbed training) resumes from its orbax cache
     if config.backend != "testbed":
         raise ValueError(
             f"backend {config.backend!r} does not run here; to apply these calls to it:\n{PAPER_NOTES}"
         )
-    if not config.concepts:
-        raise ValueError("concepts is empty")
-    unknown = [name for name in config.concepts if name not in (*config.shapes, *config.colours)]
-    if unknown:
-        raise ValueError(
-            f"concepts {unknown} are neither shapes {config.shapes} nor colours {config.colours}"
-        )
-    study = _Study(config, run_dir)
-    original_samples = study.sample(study.original, study.contexts, study.keys["sample"])
-    _, shape, colour = original_samples
-    gate = {
-        "shape_acc": float(np.mean(shape == study.prompt_shape)),
-        "colour_acc": float(np.mean(colour == study.prompt_colour)),
-    }
-    test = rece_testbed.held_out(study.testbed, seed=config.seed + 1000)
-    tuners = _Tuners(study)
-    per_concept = {name: erase_concept(study, tuners, name, original_samples) for name in config.concepts}
+    study = _study(config, run_dir)
+    original_samples = _sample(study, study.original, study.grid.contexts, study.keys["sample"])
+    per_concept = {name: erase_concept(study, name, original_samples) for name in config.concepts}
+    study.logger.close()
     metrics = {
-        "quality_gate": {**gate, "passed": gate["shape_acc"] >= 0.8 and gate["colour_acc"] >= 0.8},
-        "classifier_test_acc": test,
-        "concepts": {
-            name: {k: v for k, v in result.items() if k not in ("seconds", "grids")}
-            for name, result in per_concept.items()
-        },
-        "prompts": study.prompts,
+        "quality_gate": rece_testbed.quality_gate(study.grid, *original_samples[1:]),
+        "classifier_test_acc": rece_testbed.held_out(study.testbed, seed=config.seed + 1000),
+        "concepts": {name: result[0] for name, result in per_concept.items()},
+        "prompts": study.grid.prompts,
         "num_params": {
             "unet": study.testbed.unet_model.num_params(study.testbed.unet_variables),
             "text_encoder": study.testbed.text_model.num_params(study.testbed.text_variables),
@@ -424,8 +390,10 @@ def main(config: Config, run_dir: str, *, interrupt: tuple[str, int] | None = No
     }
     timing = {
         "testbed_train_seconds": study.testbed.train_seconds,
-        "concepts": {name: result["seconds"] for name, result in per_concept.items()},
+        "concepts": {name: result[1] for name, result in per_concept.items()},
     }
     runner.write_outputs(run_dir, metrics, timing, rece_report.report(config, metrics, timing))
-    rece_report.plot(config, study.prompts, per_concept, run_dir)
+    rece_report.plot(
+        config, study.grid.prompts, {name: result[2] for name, result in per_concept.items()}, run_dir
+    )
     return metrics

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import functools
 from typing import Any
 
 import numpy as np
 
-from experiments import runner
+from experiments import report as shared
+
+_percent = functools.partial(shared.fmt, scale=100)  # the shared cell rule, in percent
 
 COLUMNS = (
     ("erased_rate", "erased % ↓"),
@@ -18,10 +20,6 @@ COLUMNS = (
     ("asr_uce_derived", "ASR UCE's c′ % ↓"),
     ("asr_gradient", "ASR gradient % ↓"),
 )
-
-
-def _percent(value: float | None) -> str:
-    return "–" if value is None or not np.isfinite(value) else f"{100 * value:.1f}"
 
 
 def table(metrics: dict[str, Any], timing: dict[str, Any], name: str) -> str:
@@ -38,12 +36,12 @@ def table(metrics: dict[str, Any], timing: dict[str, Any], name: str) -> str:
                 "–" if method == "original" else f"{edit:.3f}",
             ]
         )
-    return runner.markdown_table(["method", *(label for _, label in COLUMNS), "edit s"], rows)
+    return shared.markdown_table(["method", *(label for _, label in COLUMNS), "edit s"], rows)
 
 
 def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
     """The Markdown report: quality gate, one table per erased concept, and the settings."""
-    gate = metrics["quality_gate"]
+    gate, test = metrics["quality_gate"], metrics["classifier_test_acc"]
     lines = [
         "# Concept erasure on the shapes testbed: UCE, RECE, ESD-x",
         "",
@@ -58,8 +56,7 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
         f"**Quality gate** (unedited model, all {len(metrics['prompts'])} prompts): prompted shape "
         f"{_percent(gate['shape_acc'])}%, prompted colour {_percent(gate['colour_acc'])}% "
         f"(bar: 80% each) — {'passed' if gate['passed'] else 'FAILED'}. Classifier on held-out real images: "
-        f"shape {_percent(metrics['classifier_test_acc']['shape_acc'])}%, colour "
-        f"{_percent(metrics['classifier_test_acc']['colour_acc'])}%.",
+        f"shape {_percent(test['shape_acc'])}%, colour {_percent(test['colour_acc'])}%.",
         "",
     ]
     for name, result in metrics["concepts"].items():
@@ -87,41 +84,25 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(config, prompts, per_concept: dict[str, Any], run_dir: str) -> None:
+def plot(config, prompts, grids: dict[str, Any], run_dir: str) -> None:
     """``samples_<concept>.png``: one row per method, one column per prompt (first sample), then the
-    derived-embedding and gradient-attack samples."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    repeat = config.samples_per_prompt
-    for name, result in per_concept.items():
-        methods = list(result["grids"])
-        columns = len(prompts) + 2
-        figure, axes = plt.subplots(
-            len(methods), columns, figsize=(0.8 * columns, 0.9 * len(methods) + 0.6), squeeze=False
-        )
-        for row, method in enumerate(methods):
-            grid = result["grids"][method]
-            attack = grid["attack"]
-            half = len(attack) // 2
-            images = [*grid["samples"][::repeat], attack[0], attack[half]]
-            for column, image in enumerate(images):
-                axis = axes[row, column]
-                axis.imshow(np.clip(image, 0, 1), interpolation="nearest")
-                axis.set_xticks([])
-                axis.set_yticks([])
-                if row == 0:
-                    title = (
-                        prompts[column].removeprefix("a ")
-                        if column < len(prompts)
-                        else ("c′", "grad")[column - len(prompts)]
-                    )
-                    axis.set_title(title, fontsize=5)
-                if column == 0:
-                    axis.set_ylabel(method, fontsize=6)
-        figure.suptitle(f"erasing “{name}”", fontsize=8)
-        figure.tight_layout()
-        figure.savefig(os.path.join(run_dir, f"samples_{name}.png"), dpi=110)
-        plt.close(figure)
+    derived-embedding and gradient-attack samples (``grids``: per concept, per method, the ``samples`` and
+    ``attack`` images of :func:`experiments.rece_erase.erase_concept`)."""
+    titles = [prompt.removeprefix("a ") for prompt in prompts] + ["c′", "grad"]
+    for name, by_method in grids.items():
+        layout = {"nrows": len(by_method), "ncols": len(titles), "squeeze": False}
+        size = (0.8 * len(titles), 0.9 * len(by_method) + 0.6)
+        with shared.figure(run_dir, f"samples_{name}.png", dpi=110, figsize=size, **layout) as (figure, axes):
+            for row, (method, grid) in enumerate(by_method.items()):
+                attack = grid["attack"]
+                images = [*grid["samples"][:: config.samples_per_prompt], attack[0], attack[len(attack) // 2]]
+                for column, image in enumerate(images):
+                    axis = axes[row, column]
+                    axis.imshow(np.clip(image, 0, 1), interpolation="nearest")
+                    axis.set_xticks([])
+                    axis.set_yticks([])
+                    if row == 0:
+                        axis.set_title(titles[column], fontsize=5)
+                    if column == 0:
+                        axis.set_ylabel(method, fontsize=6)
+            figure.suptitle(f"erasing “{name}”", fontsize=8)

@@ -1,9 +1,10 @@
 """The small text-to-image testbed of the RECE experiment: captioned shapes, a text encoder and a
 cross-attention UNet trained jointly with the DDPM objective, and a shape × colour classifier.
 
-Training is cached with orbax under ``cache_dir`` (keyed by the testbed settings), so reruns and the erased
-concepts of one run share one trained model. Sampling is DDIM with classifier-free guidance; the empty
-caption is the unconditional prompt.
+Both models train on :func:`unlearnx.train.loop` (the classifier through :func:`unlearnx.train.fit`) with
+their checkpoints under ``cache_dir`` (keyed by the testbed settings): reruns and the erased concepts of one
+run share one trained model, and an interrupted training resumes bit for bit. Sampling is DDIM with
+classifier-free guidance; the empty caption is the unconditional prompt.
 """
 
 from __future__ import annotations
@@ -14,22 +15,27 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from unlearnx import diffusion, models, train
-from unlearnx.checkpoint import Checkpointer
+from unlearnx import data, diffusion, models, train
+from unlearnx.checkpoint import interval_policy
 from unlearnx.data import shapes as shapes_data
 from unlearnx.models.text_encoder import text_encoder
 from unlearnx.models.unet import unet
 
-__all__ = ["Testbed", "TestbedConfig", "build"]
+__all__ = ["Concept", "PromptGrid", "Testbed", "TestbedConfig", "build", "concept", "quality_gate"]
+
+# Bumped whenever the cached checkpoints change structure, so a cache written by older code is never read
+# (2: TrainState with the EMA in ``extra`` and a named optimizer chain, on train.loop / train.fit).
+_CACHE_FORMAT = 2
+_RECORD_EVERY = 50  # diffusion steps per logged record (mean loss)
+_SAVE_SECONDS = 120.0  # minimum wall time between diffusion checkpoints (the last step is always saved)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,15 +68,51 @@ class TestbedConfig:
     seed: int = 0
 
     def key(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """The cache key: a hash of the settings and of the cache's checkpoint format."""
+        text = json.dumps({"cache_format": _CACHE_FORMAT, **dataclasses.asdict(self)}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class _State(NamedTuple):
-    step: jax.Array
-    params: Any
-    ema: Any
-    opt_state: Any
+class Concept(NamedTuple):
+    """One erasable concept of the testbed: a shape or a colour."""
+
+    name: str
+    kind: str  # "shape" or "colour"
+    label: int  # its index in ``shapes`` or ``colours``
+    others: tuple[str, ...]  # the other concepts of the same kind
+
+
+def concept(config: TestbedConfig, name: str) -> Concept:
+    """The shape or colour ``name`` of ``config``.
+
+    Raises:
+      ValueError: if ``name`` is neither a shape nor a colour of ``config``.
+    """
+    for kind, names in (("shape", config.shapes), ("colour", config.colours)):
+        if name in names:
+            return Concept(name, kind, names.index(name), tuple(other for other in names if other != name))
+    raise ValueError(f"concept {name!r} is neither a shape {config.shapes} nor a colour {config.colours}")
+
+
+class PromptGrid(NamedTuple):
+    """Every prompt "a <colour> <shape>" (shape-major), ``repeat`` samples each: the prompts, each sample's
+    prompted shape and colour index, and its text-encoder rows ``[N, L, d]``."""
+
+    prompts: list[str]
+    shape: np.ndarray
+    colour: np.ndarray
+    contexts: jax.Array
+
+
+def _captioned_shapes(config: TestbedConfig, count: int, seed: int) -> shapes_data.CaptionedShapes:
+    return shapes_data.captioned_shapes(
+        count,
+        seed=seed,
+        image_size=config.image_size,
+        shapes=config.shapes,
+        colours=config.colours,
+        length=config.length,
+    )
 
 
 def _to_model_range(images: np.ndarray) -> np.ndarray:
@@ -92,14 +134,7 @@ class Testbed:
 
     def __init__(self, config: TestbedConfig):
         self.config = config
-        self.data = shapes_data.captioned_shapes(
-            config.num_train,
-            seed=config.seed,
-            image_size=config.image_size,
-            shapes=config.shapes,
-            colours=config.colours,
-            length=config.length,
-        )
+        self.data = _captioned_shapes(config, config.num_train, config.seed)
         self.tokenizer = self.data.tokenizer
         self.text_model = text_encoder(
             self.tokenizer.vocab_size,
@@ -132,6 +167,18 @@ class Testbed:
         single = tokens.ndim == 1
         rows = _embed(self.text_model, self.text_variables, jnp.atleast_2d(tokens))
         return rows[0] if single else rows
+
+    def prompt_grid(self, repeat: int) -> PromptGrid:
+        """The :class:`PromptGrid` with ``repeat`` samples per prompt."""
+        shapes, colours = self.config.shapes, self.config.colours
+        pairs = [(s, c) for s in range(len(shapes)) for c in range(len(colours))]
+        prompts = [f"a {colours[c]} {shapes[s]}" for s, c in pairs]
+        return PromptGrid(
+            prompts,
+            np.repeat([s for s, _ in pairs], repeat),
+            np.repeat([c for _, c in pairs], repeat),
+            jnp.repeat(self.embed(prompts), repeat, axis=0),
+        )
 
     # -- sampling and classification -------------------------------------------------------------------------
     def sample(
@@ -181,23 +228,22 @@ def _embed(text_model, variables, tokens):
 
 
 def eps_function(unet_model: models.Model, unet_params: Any):
-    """``eps_fn(x_t, t, context)`` of the UNet with parameters ``unet_params``."""
-    return lambda x, t, context: unet_model.apply({"params": unet_params}, (x, t, context))
+    """``eps_fn(x_t, t, context)`` of the UNet with parameters ``unet_params``; one context ``[L, d]`` is
+    shared by the whole batch, a ``[B, L, d]`` block gives each example its own."""
+
+    def eps_fn(x, t, context):
+        context = jnp.broadcast_to(context, (x.shape[0], *context.shape[-2:]))
+        return unet_model.apply({"params": unet_params}, (x, t, context))
+
+    return eps_fn
 
 
 @functools.cache
 def _sampler(unet_model: models.Model, num_steps: int, guidance_scale: float):
     def run(unet_params, noise, contexts, null, schedule):
-        return diffusion.ddim_sample(
-            eps_function(unet_model, unet_params),
-            noise,
-            contexts,
-            null,
-            schedule,
-            num_steps=num_steps,
-            guidance_scale=guidance_scale,
-            clip_x0=1.0,
-        )
+        eps_fn = eps_function(unet_model, unet_params)
+        options = {"num_steps": num_steps, "guidance_scale": guidance_scale, "clip_x0": 1.0}
+        return diffusion.ddim_sample(eps_fn, noise, contexts, null, schedule, **options)
 
     return jax.jit(run)
 
@@ -211,21 +257,14 @@ def _optimizer(config: TestbedConfig) -> optax.GradientTransformation:
         ],
         [config.warmup],
     )
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+    return optax.named_chain(("clip", optax.clip_by_global_norm(1.0)), ("adam", optax.adam(schedule)))
 
 
-def _train_diffusion(
-    testbed: Testbed, directory: str, progress: bool, logger: train.MetricLogger | None = None
-) -> tuple[Any, Any]:
-    """Joint text-encoder + UNet training; returns the EMA (text, unet) parameters."""
+def _diffusion_step(testbed: Testbed, optimizer: optax.GradientTransformation) -> Callable:
+    """The jitted joint step ``(state, {"x", "tokens"}) -> (state, {"loss"})``: Min-SNR-γ ε loss with the
+    caption dropped to the empty prompt with probability ``p_uncond``, noise from ``fold_in(state.rng,
+    state.step)``, then the EMA update of ``state.extra["ema"]`` (decay min(ema_decay, (1+k)/(10+k)))."""
     config = testbed.config
-    keys = jax.random.split(jax.random.key(config.seed), 3)
-    params = {
-        "text": jax.jit(testbed.text_model.init)(keys[0])["params"],
-        "unet": jax.jit(testbed.unet_model.init)(keys[1])["params"],
-    }
-    optimizer = _optimizer(config)
-    state = _State(jnp.asarray(0, jnp.int32), params, params, optimizer.init(params))
     empty = jnp.asarray(testbed.tokens(""))[None]
     text_model, unet_model, noise_schedule = testbed.text_model, testbed.unet_model, testbed.schedule
 
@@ -233,71 +272,72 @@ def _train_diffusion(
         context = text_model.apply({"params": params["text"]}, tokens)
         null = text_model.apply({"params": params["text"]}, empty)[0]
         eps_fn = eps_function(unet_model, params["unet"])
-        return diffusion.eps_loss(
-            eps_fn,
-            images,
-            context,
-            null,
-            rng,
-            noise_schedule,
-            p_uncond=config.p_uncond,
-            snr_gamma=config.snr_gamma,
-        )
+        options = {"p_uncond": config.p_uncond, "snr_gamma": config.snr_gamma}
+        return diffusion.eps_loss(eps_fn, images, context, null, rng, noise_schedule, **options)
 
     @jax.jit
-    def step(state: _State, images, tokens):
-        rng = jax.random.fold_in(keys[2], state.step)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, images, tokens, rng)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+    def step(state: train.TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        params = state.variables["params"]
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch["x"], batch["tokens"], rng)
+        updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        params = optax.apply_updates(params, updates)
         decay = jnp.minimum(config.ema_decay, (1.0 + state.step) / (10.0 + state.step))
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema, params)
-        return _State(state.step + 1, params, ema, opt_state), loss
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.extra["ema"], params)
+        new_state = state._replace(
+            step=state.step + 1, variables={"params": params}, opt_state=opt_state, extra={"ema": ema}
+        )
+        return new_state, {"loss": loss}
 
-    checkpointer = Checkpointer(os.path.join(directory, "diffusion"))
-    if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(state)
-    images = _to_model_range(testbed.data.images)
-    tokens = testbed.data.tokens
-    n = len(images)
-    per_epoch = n // config.batch_size
-    start = int(state.step)
-    started = last_save = time.perf_counter()
-    bar = tqdm(
-        range(start, config.steps), desc="testbed diffusion", disable=None if progress else True, leave=False
+    return step
+
+
+def _train_diffusion(
+    testbed: Testbed, directory: str, progress: bool, logger: train.MetricLogger | None = None
+) -> tuple[Any, Any]:
+    """Joint text-encoder + UNet training (the loop ``"testbed"``); returns the EMA (text, unet) parameters.
+
+    Batches follow :class:`unlearnx.data.EpochBatches` (epoch order ``default_rng((seed, epoch))``, the
+    short last batch dropped); checkpoints go to ``directory/diffusion``."""
+    config = testbed.config
+    keys = jax.random.split(jax.random.key(config.seed), 3)
+    params = {
+        "text": jax.jit(testbed.text_model.init)(keys[0])["params"],
+        "unet": jax.jit(testbed.unet_model.init)(keys[1])["params"],
+    }
+    optimizer = _optimizer(config)
+    state = train.TrainState.create({"params": params}, optimizer, keys[2], extra={"ema": params})
+    arrays = {"x": _to_model_range(testbed.data.images), "tokens": testbed.data.tokens}
+    state, _ = train.loop(
+        _diffusion_step(testbed, optimizer),
+        state,
+        data.EpochBatches(arrays, config.batch_size, seed=config.seed),
+        config.steps,
+        name="testbed",
+        interval=_RECORD_EVERY,
+        checkpoint_dir=os.path.join(directory, "diffusion"),
+        checkpoint_policy=interval_policy(seconds=_SAVE_SECONDS),
+        logger=logger,
+        progress=progress,
     )
-    losses = []
-    for index in bar:
-        epoch, offset = divmod(index, per_epoch)
-        order = np.random.default_rng((config.seed, epoch)).permutation(n)
-        chosen = order[offset * config.batch_size : (offset + 1) * config.batch_size]
-        state, loss = step(state, images[chosen], tokens[chosen])
-        losses.append(loss)
-        if len(losses) == 50:
-            mean_loss = float(jnp.mean(jnp.stack(losses)))
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            if logger is not None:
-                logger.log(
-                    phase="testbed", step=index + 1, loss=mean_loss, seconds=time.perf_counter() - started
-                )
-            losses = []
-        if time.perf_counter() - last_save > 120 or index + 1 == config.steps:
-            checkpointer.save(index + 1, state)
-            last_save = time.perf_counter()
-    checkpointer.close()
-    return _local(state.ema["text"]), _local(state.ema["unet"])
+    ema = state.extra["ema"]
+    return local_arrays(ema["text"]), local_arrays(ema["unet"])
 
 
-def _local(tree: Any) -> Any:
+def local_arrays(tree: Any) -> Any:
     """Plain default-device arrays (restored or mesh-replicated arrays carry another sharding, which would
     make every jitted consumer compile twice: once for them and once for jit outputs)."""
     return jax.tree.map(lambda leaf: jnp.asarray(np.asarray(leaf)), tree)
 
 
-def _train_classifier(testbed: Testbed, directory: str, progress: bool) -> Any:
+def _train_classifier(
+    testbed: Testbed, directory: str, progress: bool, logger: train.MetricLogger | None = None
+) -> Any:
+    """The shape × colour CNN on the real training images (``train.fit``, the loop ``"testbed_classifier"``;
+    checkpoints in ``directory/classifier``)."""
     config = testbed.config
     arrays = {"x": testbed.data.images, "y": testbed.data.label}
-    variables = train.fit(
+    variables, _ = train.fit(
         testbed.classifier,
         jax.jit(testbed.classifier.init)(jax.random.key(config.seed + 1)),
         arrays,
@@ -307,23 +347,26 @@ def _train_classifier(testbed: Testbed, directory: str, progress: bool) -> Any:
         rng=jax.random.key(config.seed + 2),
         seed=config.seed,
         checkpoint_dir=os.path.join(directory, "classifier"),
-        desc="testbed classifier",
+        logger=logger,
+        desc="testbed_classifier",
         progress=progress,
     )
-    return _local(variables)
+    return local_arrays(variables)
+
+
+def quality_gate(grid: PromptGrid, shape: np.ndarray, colour: np.ndarray, bar: float = 0.8) -> dict[str, Any]:
+    """How often the unedited model's samples of ``grid`` show the prompted shape and colour (``shape`` and
+    ``colour``: their predicted indices); ``passed`` when both rates reach ``bar``."""
+    rates = {
+        "shape_acc": float(np.mean(shape == grid.shape)),
+        "colour_acc": float(np.mean(colour == grid.colour)),
+    }
+    return {**rates, "passed": rates["shape_acc"] >= bar and rates["colour_acc"] >= bar}
 
 
 def held_out(testbed: Testbed, *, seed: int, count: int = 2000) -> dict[str, float]:
     """The classifier's shape and colour accuracy on freshly generated real images (another seed)."""
-    config = testbed.config
-    test = shapes_data.captioned_shapes(
-        count,
-        seed=seed,
-        image_size=config.image_size,
-        shapes=config.shapes,
-        colours=config.colours,
-        length=config.length,
-    )
+    test = _captioned_shapes(testbed.config, count, seed)
     shape, colour = testbed.classify(test.images)
     return {
         "shape_acc": float(np.mean(shape == test.shape)),
@@ -334,7 +377,8 @@ def held_out(testbed: Testbed, *, seed: int, count: int = 2000) -> dict[str, flo
 def build(
     config: TestbedConfig, cache_dir: str, *, progress: bool = True, logger: train.MetricLogger | None = None
 ) -> Testbed:
-    """Trains (or restores from ``cache_dir/<config key>``) the testbed.
+    """Trains (or restores from ``cache_dir/testbed-<config key>``) the testbed; a training interrupted
+    earlier (preemption, :func:`unlearnx.train.stop_at`) resumes from its newest checkpoint there.
 
     Returns:
         The :class:`Testbed` with its variables set and ``train_seconds`` the training wall time spent in
@@ -349,6 +393,6 @@ def build(
     text_params, unet_params = _train_diffusion(testbed, directory, progress, logger)
     testbed.text_variables = {"params": text_params}
     testbed.unet_variables = {"params": unet_params}
-    testbed.classifier_variables = _train_classifier(testbed, directory, progress)
+    testbed.classifier_variables = _train_classifier(testbed, directory, progress, logger)
     testbed.train_seconds = time.perf_counter() - started
     return testbed

@@ -1,5 +1,5 @@
-"""The RECE erasure experiment end to end on the smoke preset: outputs, table, grids, seed-determined metrics
-and the testbed cache reused by a rerun."""
+"""The RECE erasure experiment end to end on the smoke preset: outputs, table, grids, seed-determined metrics,
+the testbed cache reused by a rerun, and exact resume after interrupts in the testbed and ESD-x loops."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import os
 import pytest
 
 from experiments import __main__ as cli
-from experiments import rece_erase, rece_report, runner
+from experiments import rece_erase, rece_report, rece_testbed, runner
 
 
 def test_presets_and_overrides():
@@ -19,7 +19,19 @@ def test_presets_and_overrides():
     config = runner.apply_overrides(quick, ["--concepts", "square,blue", "--rece-epochs", "1"])
     assert config.concepts == ("square", "blue") and config.rece_epochs == (1,)
     assert config.testbed() == quick.testbed()  # the testbed (cache key) ignores the erasure settings
+    assert config.testbed().key() == quick.testbed().key()
+    assert runner.apply_overrides(quick, ["--steps", "10"]).testbed().key() != quick.testbed().key()
     assert "SD v1.4" in rece_erase.PAPER_NOTES and "cross_attention_kv" in rece_erase.PAPER_NOTES
+    with pytest.raises(ValueError, match="neither a shape"):  # checked before any training
+        runner.apply_overrides(quick, ["--concepts", "circle,purple"])
+
+
+def test_concepts_of_the_testbed():
+    config = rece_testbed.TestbedConfig()
+    assert rece_testbed.concept(config, "triangle") == ("triangle", "shape", 2, ("circle", "square", "star"))
+    assert rece_testbed.concept(config, "red") == ("red", "colour", 0, ("green", "blue", "yellow"))
+    with pytest.raises(ValueError, match="neither a shape"):
+        rece_testbed.concept(config, "nudity")
 
 
 @pytest.mark.slow
@@ -48,9 +60,13 @@ def test_smoke_run_writes_the_tables_and_grids_and_reuses_the_cache(tmp_path):
                 assert 0.0 <= values[key] <= (1.0 if key != "kv_change" else 10.0), (concept, method, key)
         assert result["metrics"]["original"]["kv_change"] == 0.0
         assert result["metrics"]["uce"]["kv_change"] > 0.0
+        assert result["metrics"]["esd_x"]["kv_change"] > 0.0
     with open(os.path.join(run_dir, "report.md")) as handle:
         text = handle.read()
     assert "Quality gate" in text and "| rece_2 |" in text and "Erasing shape “circle”" in text
+    with open(os.path.join(run_dir, "train_log.jsonl")) as handle:
+        phases = {json.loads(line)["phase"] for line in handle}
+    assert phases == {"testbed", "testbed_classifier", "esd_x_circle", "esd_x_red"}
 
     rerun = cli.run_one("rece_erase", "smoke", [], out=str(tmp_path), resume=False)
     assert rerun != run_dir
@@ -60,3 +76,24 @@ def test_smoke_run_writes_the_tables_and_grids_and_reuses_the_cache(tmp_path):
         timing = json.load(handle)
     with open(os.path.join(run_dir, "timing.json")) as handle:
         assert timing["testbed_train_seconds"] < json.load(handle)["testbed_train_seconds"]
+
+
+@pytest.mark.slow
+def test_interrupted_testbed_and_esd_resume_to_identical_metrics(tmp_path):
+    overrides = ["--concepts", "circle"]
+    reference = cli.run_one("rece_erase", "smoke", overrides, out=str(tmp_path / "a"), resume=False)
+    out = str(tmp_path / "b")
+    with pytest.raises(SystemExit, match="rerun with --resume"):
+        cli.run_one("rece_erase", "smoke", overrides, out=out, resume=False, interrupt=("testbed", 11))
+    cache = os.path.join(out, "rece_erase", "testbed_cache")
+    (testbed_dir,) = os.listdir(cache)
+    assert os.listdir(os.path.join(cache, testbed_dir, "diffusion")) == ["11"]  # saved where it stopped
+    with pytest.raises(SystemExit, match="rerun with --resume"):
+        cli.run_one("rece_erase", "smoke", overrides, out=out, resume=True, interrupt=("esd_x_circle", 1))
+    resumed = cli.run_one("rece_erase", "smoke", overrides, out=out, resume=True)
+    assert os.path.dirname(resumed) != os.path.dirname(reference)
+    assert sorted(os.listdir(os.path.join(resumed, "checkpoints", "esd_x_circle"))) == ["1", "2"]
+    with open(os.path.join(reference, "metrics.json"), "rb") as handle:
+        expected = handle.read()
+    with open(os.path.join(resumed, "metrics.json"), "rb") as handle:
+        assert handle.read() == expected
