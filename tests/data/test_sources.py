@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from unlearnx import data
 from unlearnx.data import Dataset, load
 from unlearnx.data import sources as sources_module
 from unlearnx.data.idx import parse_idx
@@ -255,3 +256,25 @@ def test_tfds_not_prepared(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(FileNotFoundError, match="tfds build cifar10"):
         load("tfds:cifar10", "train", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["digits", "fashion_mnist"])
+def test_describe_matches_the_loaded_data(name):
+    for split in ("train", "test"):
+        try:
+            loaded = data.load(name, split)
+        except FileNotFoundError:
+            pytest.skip(f"{name} is not installed here")
+        info = data.describe(name, split)
+        assert (info.input_shape, info.num_classes, info.size) == (
+            loaded.x.shape[1:],
+            loaded.num_classes,
+            len(loaded.x),
+        )
+
+
+def test_describe_names_unknown_datasets_and_splits():
+    with pytest.raises(ValueError, match="no stored description of dataset 'tfds:imagenet2012'"):
+        data.describe("tfds:imagenet2012")
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        data.describe("tfds:cifar100", "validation")

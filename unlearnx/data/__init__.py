@@ -7,16 +7,18 @@ from unlearnx.data.batching import EpochBatches, batches, num_batches
 from unlearnx.data.dataset import Dataset
 from unlearnx.data.repeated import RepeatedMixture, repeated_mixture
 from unlearnx.data.shapes import captioned_shapes
-from unlearnx.data.sources import load
+from unlearnx.data.sources import DatasetInfo, describe, load
 from unlearnx.data.splits import forget_retain_split
 
 __all__ = [
     "Dataset",
+    "DatasetInfo",
     "EpochBatches",
     "RepeatedMixture",
     "batches",
     "captioned_shapes",
     "crop_and_flip",
+    "describe",
     "forget_retain_split",
     "knowledge",
     "knowledge_corpus",

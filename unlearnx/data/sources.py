@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -44,6 +45,40 @@ def _cached_arrays(name: str, split: str, data_dir: str | None) -> tuple[np.ndar
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y, num_classes
+
+
+class DatasetInfo(NamedTuple):
+    """What a split looks like, known without reading it: example shape, class count, example count."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    size: int
+
+
+# The shapes and sizes of the image datasets the presets use (the digits split is 80/20, stratified).
+_INFO = {
+    "digits": ((8, 8, 1), 10, {"train": 1437, "test": 360, "all": 1797}),
+    "fashion_mnist": ((28, 28, 1), 10, {"train": 60_000, "test": 10_000}),
+    "mnist": ((28, 28, 1), 10, {"train": 60_000, "test": 10_000}),
+    "tfds:mnist": ((28, 28, 1), 10, {"train": 60_000, "test": 10_000}),
+    "tfds:fashion_mnist": ((28, 28, 1), 10, {"train": 60_000, "test": 10_000}),
+    "tfds:cifar10": ((32, 32, 3), 10, {"train": 50_000, "test": 10_000}),
+    "tfds:cifar100": ((32, 32, 3), 100, {"train": 50_000, "test": 10_000}),
+}
+
+
+def describe(name: str, split: str = "train") -> DatasetInfo:
+    """The shape, class count and size of ``name``'s ``split`` without loading it (for planning a run).
+
+    Raises:
+      ValueError: for a dataset or split this table does not know (load it to find out).
+    """
+    if name not in _INFO:
+        raise ValueError(f"describe: no stored description of dataset {name!r}; known: {', '.join(_INFO)}")
+    shape, classes, sizes = _INFO[name]
+    if split not in sizes:
+        raise ValueError(f"describe: {name!r} has no split {split!r}; splits: {', '.join(sizes)}")
+    return DatasetInfo(shape, classes, sizes[split])
 
 
 def load(
