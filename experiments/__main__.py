@@ -29,7 +29,9 @@ def plan_one(name: str, preset: str, overrides) -> tuple[str, dict]:
     """The cost table of ``name``'s preset (nothing trains, no data is read): ``(markdown, record)``."""
     module = experiments.load(name)
     config = runner.apply_overrides(_preset(module, name, preset), overrides)
-    return plan.table(plan.costs(module.plan(config)))
+    if name not in plan.PLANS:
+        raise SystemExit(f"{name}: no plan yet (--plan covers {', '.join(plan.PLANS)})")
+    return plan.table(plan.costs(plan.PLANS[name](config)))
 
 
 def _preset(module, name: str, preset: str):
@@ -47,8 +49,8 @@ def run_one(name: str, preset: str, overrides, *, out: str, resume: bool, interr
     config = runner.apply_overrides(_preset(module, name, preset), overrides)
     run_dir = runner.run_directory(out, name, config, resume=resume)
     print(f"== {name} [{preset}] -> {run_dir}", flush=True)
-    if hasattr(module, "plan"):  # the estimated cost, printed and recorded before any training
-        text, record = plan.table(plan.costs(module.plan(config)))
+    if name in plan.PLANS:  # the estimated cost, printed and recorded before any training
+        text, record = plan.table(plan.costs(plan.PLANS[name](config)))
         print(text, flush=True)
         if parallel.is_main_process():
             runner.write_json(os.path.join(run_dir, "plan.json"), record)

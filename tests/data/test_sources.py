@@ -273,6 +273,12 @@ def test_describe_matches_the_loaded_data(name):
         )
 
 
+def test_describe_sizes_tfds_slices_by_hand():
+    sizes = {"train[:90%]": 45_000, "train[90%:]": 5_000, "train[45000:]": 5_000, "train[:-5000]": 45_000}
+    for split, size in sizes.items():
+        assert data.describe("tfds:cifar100", split) == ((32, 32, 3), 100, size)
+
+
 def test_describe_names_unknown_datasets_and_splits():
     with pytest.raises(ValueError, match="no stored description of dataset 'tfds:imagenet2012'"):
         data.describe("tfds:imagenet2012")

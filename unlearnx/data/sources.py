@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -69,6 +70,7 @@ _INFO = {
 
 def describe(name: str, split: str = "train") -> DatasetInfo:
     """The shape, class count and size of ``name``'s ``split`` without loading it (for planning a run).
+    TFDS slices of one split (``"train[:90%]"``, ``"train[45000:]"``) are sized like TFDS sizes them.
 
     Raises:
       ValueError: for a dataset or split this table does not know (load it to find out).
@@ -76,9 +78,19 @@ def describe(name: str, split: str = "train") -> DatasetInfo:
     if name not in _INFO:
         raise ValueError(f"describe: no stored description of dataset {name!r}; known: {', '.join(_INFO)}")
     shape, classes, sizes = _INFO[name]
-    if split not in sizes:
+    match = re.fullmatch(r"(\w+)(?:\[(-?\d*)(%?):(-?\d*)(%?)\])?", split)
+    if match is None or match[1] not in sizes:
         raise ValueError(f"describe: {name!r} has no split {split!r}; splits: {', '.join(sizes)}")
-    return DatasetInfo(shape, classes, sizes[split])
+    total = sizes[match[1]]
+
+    def bound(text: str, percent: str, default: int) -> int:
+        if not text:
+            return default
+        value = int(text) * total // 100 if percent else int(text)
+        return value + total if value < 0 else value
+
+    start, stop = bound(match[2] or "", match[3] or "", 0), bound(match[4] or "", match[5] or "", total)
+    return DatasetInfo(shape, classes, max(0, min(stop, total) - start))
 
 
 def load(
