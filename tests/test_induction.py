@@ -89,7 +89,7 @@ def test_repeated_random_tokens():
     assert tokens.shape == (3, 30)
     np.testing.assert_array_equal(tokens[:, :10], tokens[:, 10:20])
     np.testing.assert_array_equal(tokens[:, :10], tokens[:, 20:])
-    with pytest.raises(ValueError, match="must be an integer >= 1"):
+    with pytest.raises(ValueError, match="length must be an integer in \\[1, 2147483647\\], got 0"):
         induction.repeated_random_tokens(jax.random.key(0), 3, 0, 256)
 
 

@@ -168,15 +168,17 @@ class TestErrors:
     @pytest.mark.parametrize("name", ["alpha", "lam"])
     @pytest.mark.parametrize("value", [-1.0, math.nan, math.inf])
     def test_bad_hyperparameters(self, name, value):
-        with pytest.raises(ValueError, match=f"{name} must be (a finite number|>= 0.0), got"):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0, got"):
             unlearn.ssd(self.params, self.good, self.good, **{name: value})
 
     def test_negative_importance_names_the_path(self):
-        with pytest.raises(ValueError, match=r"full_importance\['w'\] must be finite and non-negative, found -2.0"):
+        message = r"full_importance\['w'\] must be finite and non-negative, found -2.0"
+        with pytest.raises(ValueError, match=message):
             unlearn.ssd(self.params, self.good, {"w": jnp.asarray([1.0, -2.0, 1.0])})
 
     def test_nan_importance(self):
-        with pytest.raises(ValueError, match=r"forget_importance\['w'\] must be finite and non-negative, found nan"):
+        message = r"forget_importance\['w'\] must be finite and non-negative, found nan"
+        with pytest.raises(ValueError, match=message):
             unlearn.ssd(self.params, {"w": jnp.asarray([1.0, jnp.nan, 1.0])}, self.good)
 
     def test_assd_bad_fraction(self):

@@ -38,10 +38,12 @@ import jax.numpy as jnp
 import numpy as np
 
 PyTree = Any
+INT32_MAX = 2**31 - 1  # sizes, steps and counts that reach JAX (whose default integer is int32)
 
 __all__ = [
     "check_binary",
     "check_ids",
+    "check_numbers",
     "check_output",
     "check_tree",
     "choice",
@@ -71,13 +73,17 @@ def _traced_error(name: str, value: Any) -> TypeError:
     )
 
 
+def _bound(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _interval(low, high, low_open: bool, high_open: bool) -> str:
     if low is not None and high is not None:
-        return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f" in {'(' if low_open else '['}{_bound(low)}, {_bound(high)}{')' if high_open else ']'}"
     if low is not None:
-        return f" {'>' if low_open else '>='} {low:g}"
+        return f" {'>' if low_open else '>='} {_bound(low)}"
     if high is not None:
-        return f" {'<' if high_open else '<='} {high:g}"
+        return f" {'<' if high_open else '<='} {_bound(high)}"
     return ""
 
 
@@ -121,7 +127,10 @@ def static_number(
       TypeError: a traced value (naming the argument and how to make it static), a bool or a non-number.
       ValueError: a non-scalar, NaN, infinity, or a value outside the range.
     """
-    scalar = float(_scalar_array(name, value))
+    array = _scalar_array(name, value)
+    if array.dtype.kind in "iu" and not -INT32_MAX <= int(array) <= INT32_MAX:
+        raise ValueError(f"{name} = {value!r} does not fit int32 (JAX's default integer): pass it as a float")
+    scalar = float(array)
     if not math.isfinite(scalar):
         raise ValueError(
             f"{name} must be a finite number{_interval(low, high, low_open, high_open)}, got {value!r}"
@@ -147,6 +156,25 @@ def static_int(name: str, value: Any, *, low: int | None = None, high: int | Non
         scalar = int(array)
     _check_range(name, value, scalar, low, high, False, False, "an integer")
     return scalar
+
+
+def check_numbers(name: str, value: Any) -> None:
+    """Concrete numeric data (e.g. a step or an array of steps) must be real, finite and, for integers, fit
+    int32 (JAX's default integer): skipped when traced."""
+    if is_traced(value):
+        return
+    if isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a number, got the bool {value!r}")
+    try:
+        array = np.asarray(value)
+    except Exception as error:
+        raise TypeError(f"{name} must be numeric, got {value!r}") from error
+    if array.dtype.kind not in "iuf" or array.dtype.kind == "b":
+        raise TypeError(f"{name} must be real numbers, got {value!r}")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if array.size and array.dtype.kind in "iu" and (array.min() < -(2**31) or array.max() >= 2**31):
+        raise ValueError(f"{name} must fit int32, got {value!r}")
 
 
 def choice(name: str, value: Any, options: tuple) -> Any:
@@ -183,9 +211,26 @@ def _first_bad(leaf: Any, nonnegative: bool) -> float:
     return float(values[invalid][0])
 
 
-def _concrete_leaves(tree: PyTree) -> list[tuple[str, Any]]:
+def _concrete_leaves(name: str, tree: PyTree) -> list[tuple[str, Any]]:
+    """The concrete leaves as arrays JAX accepts: host data is converted (and type-checked) here, so that
+    a string, an object or an integer beyond int32 gets our error rather than one from deep inside JAX."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [(path_str(path), leaf) for path, leaf in flat if not isinstance(leaf, jax.core.Tracer)]
+    leaves = []
+    for path, leaf in flat:
+        if isinstance(leaf, jax.core.Tracer):
+            continue
+        if not isinstance(leaf, jax.Array):
+            where = _where(name, path_str(path))
+            try:
+                leaf = np.asarray(leaf)
+            except Exception as error:
+                raise TypeError(f"{where} must be a numeric array, got {type(leaf).__name__}") from error
+            if leaf.dtype.kind not in "biuf":
+                raise TypeError(f"{where} must be a numeric array, got dtype {leaf.dtype}")
+            if leaf.dtype.kind in "iu" and leaf.size and (leaf.min() < -INT32_MAX or leaf.max() > INT32_MAX):
+                raise ValueError(f"{where} holds integers beyond int32 (JAX's default integer)")
+        leaves.append((path_str(path), leaf))
+    return leaves
 
 
 def _where(name: str, path: str) -> str:
@@ -198,7 +243,7 @@ def check_tree(name: str, tree: PyTree, *, nonnegative: bool = False, what: str 
 
     Concrete arrays closed over by an outer ``jit`` are counted at trace time (on device, one transfer).
     """
-    leaves = _concrete_leaves(tree)
+    leaves = _concrete_leaves(name, tree)
     if not leaves:
         return
     with jax.ensure_compile_time_eval():
@@ -215,7 +260,7 @@ def check_tree(name: str, tree: PyTree, *, nonnegative: bool = False, what: str 
 def check_output(name: str, tree: PyTree, cause: object) -> None:
     """Raises ``ValueError`` when a concrete output leaf holds NaN/inf, naming it, the path and ``cause``
     (formatted with ``str`` only then, so a diagnosis can be computed lazily)."""
-    leaves = _concrete_leaves(tree)
+    leaves = _concrete_leaves(name, tree)
     if not leaves:
         return
     with jax.ensure_compile_time_eval():
@@ -261,16 +306,22 @@ def check_ids(name: str, ids: Any, upper: int, *, low: int = 0, what: str = "ids
 
 
 def check_binary(name: str, array: Any) -> None:
-    """A mask must be boolean or hold exactly 0 and 1 (checked when concrete): 0.5 is not a selection."""
-    dtype = jnp.result_type(array)
-    if dtype == jnp.bool_ or is_traced(array):
+    """A mask must be boolean or exactly 0/1 (values checked when concrete): 0.5 is not a selection."""
+    if is_traced(array):
+        dtype = jnp.result_type(array)
+        if not (
+            dtype == jnp.bool_ or jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+        ):
+            raise TypeError(f"{name} must be a boolean or 0/1 mask, got dtype {dtype}")
         return
-    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
-        raise TypeError(f"{name} must be a boolean or 0/1 mask, got dtype {dtype}")
-    with jax.ensure_compile_time_eval():
-        leaf = jnp.asarray(array)
-        bad = int(jnp.sum((leaf != 0) & (leaf != 1)))
-    if bad:
-        values = np.asarray(leaf).ravel()
-        example = values[(values != 0) & (values != 1)][0].item()
-        raise ValueError(f"{name} must be boolean or exactly 0/1, found {example!r} ({bad} entries)")
+    for path, leaf in _concrete_leaves(name, array):
+        where = _where(name, path)
+        if leaf.dtype == jnp.bool_:
+            continue
+        with jax.ensure_compile_time_eval():
+            leaf = jnp.asarray(leaf)
+            bad = int(jnp.sum((leaf != 0) & (leaf != 1)))
+        if bad:
+            values = np.asarray(leaf).ravel()
+            example = values[(values != 0) & (values != 1)][0].item()
+            raise ValueError(f"{where} must be boolean or exactly 0/1, found {example!r} ({bad} entries)")

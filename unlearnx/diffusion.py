@@ -70,7 +70,7 @@ def linear_schedule(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_en
     Raises:
         ValueError: ``num_timesteps < 1`` or betas outside (0, 1) or decreasing.
     """
-    checks.static_int("num_timesteps", num_timesteps, low=1)
+    checks.static_int("num_timesteps", num_timesteps, low=1, high=checks.INT32_MAX)
     checks.static_number("beta_start", beta_start)
     checks.static_number("beta_end", beta_end)
     if not 0.0 < beta_start <= beta_end < 1.0:
@@ -84,8 +84,11 @@ def _per_example(values: jax.Array, like: jax.Array) -> jax.Array:
 
 
 def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
-    """x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε for integer timesteps ``t`` ``[B]`` in [0, T) (checked when concrete)."""
+    """x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε for integer timesteps ``t`` ``[B]`` in [0, T); ``t`` in range and finite
+    ``x0`` and ``noise`` are checked when concrete."""
     checks.check_ids("t", t, schedule.num_timesteps, what="timesteps")
+    checks.check_tree("x0", x0)
+    checks.check_tree("noise", noise)
     alpha_bar = _per_example(schedule.alphas_cumprod[t], x0)
     return jnp.sqrt(alpha_bar) * x0 + jnp.sqrt(1.0 - alpha_bar) * noise
 
@@ -152,7 +155,7 @@ def ddim_timesteps(num_steps: int, num_timesteps: int = 1000) -> np.ndarray:
     Raises:
         ValueError: ``num_steps`` outside [1, T].
     """
-    checks.static_int("num_timesteps", num_timesteps, low=1)
+    checks.static_int("num_timesteps", num_timesteps, low=1, high=checks.INT32_MAX)
     checks.static_int("num_steps", num_steps, low=1, high=num_timesteps)
     return (np.arange(num_steps)[::-1] * (num_timesteps // num_steps)).astype(np.int32)
 

@@ -174,7 +174,12 @@ def _batch_size(batch: PyTree, index: int) -> int:
 def _check_loss_shape(loss_fn: LossFn, params: PyTree, batch: PyTree, index: int) -> None:
     """Raises unless ``loss_fn`` returns one loss per example (traced once per input signature)."""
     size = np.shape(jax.tree.leaves(batch)[0])[0]
-    shape = _cached(_loss_shape, loss_fn, _spec(params), _spec(batch))
+    try:
+        shape = _cached(_loss_shape, loss_fn, _spec(params), _spec(batch))
+    except (TypeError, ValueError) as error:  # the user's loss does not accept these shapes or dtypes
+        raise ValueError(
+            f"loss_fn(params, batch {index}) fails on these shapes and dtypes: {error}"
+        ) from error
     if shape != (size,):
         raise ValueError(
             f"loss_fn must return per-example losses of shape (B,) = ({size},) for batch {index}, got {shape}"

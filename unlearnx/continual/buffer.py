@@ -52,8 +52,8 @@ def buffer_init(num_tasks: int, capacity: int, example: PyTree) -> ReplayBuffer:
       ValueError: ``num_tasks`` or ``capacity`` below 1, or an ``example`` without arrays.
       TypeError: non-integer sizes.
     """
-    checks.static_int("num_tasks", num_tasks, low=1)
-    checks.static_int("capacity", capacity, low=1)
+    checks.static_int("num_tasks", num_tasks, low=1, high=checks.INT32_MAX)
+    checks.static_int("capacity", capacity, low=1, high=checks.INT32_MAX)
     if not jax.tree.leaves(example):
         raise ValueError("example must hold at least one array (one example, no batch axis)")
     data = jax.tree.map(
@@ -115,7 +115,7 @@ def buffer_add(buffer: ReplayBuffer, task, batch: PyTree, key: jax.Array) -> Rep
 
 
 def _check_sample(buffer: ReplayBuffer, counts, size) -> None:
-    checks.static_int("size", size, low=0)
+    checks.static_int("size", size, low=0, high=checks.INT32_MAX)
     if np.shape(counts) != buffer.seen.shape:
         raise ValueError(
             f"counts must hold one entry per task, shape {buffer.seen.shape}, got {np.shape(counts)}"

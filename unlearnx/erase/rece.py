@@ -73,6 +73,24 @@ def _step(keys, guide, preserve, erase_scale, preserve_scale, lamb):
     )
 
 
+def _check_epochs(epochs) -> int:
+    if isinstance(epochs, bool) or not isinstance(epochs, int):
+        try:
+            epochs = operator.index(epochs)
+        except TypeError:
+            raise TypeError(f"epochs must be a Python int (it is static), got {epochs!r}") from None
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    return checks.static_int("epochs", epochs, high=checks.INT32_MAX)
+
+
+def _hyper(**hyper) -> dict:
+    """The static scales, validated: α, β ≥ 0 and λ, λ_reg > 0."""
+    for name, value in hyper.items():
+        check_scale(name, value, positive=name in ("lamb", "round_lamb", "reg"))
+    return hyper
+
+
 def rece(
     params: PyTree,
     concept_keys: Any,
@@ -119,22 +137,7 @@ def rece(
         the message names the quantity that overflowed).
       TypeError: non-integer ``epochs``, non-floating kernels, traced scales (hyper-parameters are static).
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int):
-        try:
-            epochs = operator.index(epochs)
-        except TypeError:
-            raise TypeError(f"epochs must be a Python int (it is static), got {epochs!r}") from None
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    for name, value in (
-        ("erase_scale", erase_scale),
-        ("preserve_scale", preserve_scale),
-        ("round_erase_scale", round_erase_scale),
-        ("round_preserve_scale", round_preserve_scale),
-    ):
-        check_scale(name, value)
-    for name, value in (("lamb", lamb), ("round_lamb", round_lamb), ("reg", reg)):
-        check_scale(name, value, positive=True)
+    epochs = _check_epochs(epochs)
     leaves, treedef, chosen, d_in = _selected_kernels(params, where)
     concept = as_rows("concept_keys", concept_keys, d_in, allow_empty=False)
     guide = as_rows("guide_keys", guide_keys, d_in, allow_empty=False)
@@ -145,15 +148,15 @@ def rece(
         )
     preserve = as_rows("preserve_keys", preserve_keys, d_in, allow_empty=True)
 
-    hyper = {
-        "erase_scale": erase_scale,
-        "preserve_scale": preserve_scale,
-        "lamb": lamb,
-        "reg": reg,
-        "round_erase_scale": round_erase_scale,
-        "round_preserve_scale": round_preserve_scale,
-        "round_lamb": round_lamb,
-    }
+    hyper = _hyper(
+        erase_scale=erase_scale,
+        preserve_scale=preserve_scale,
+        lamb=lamb,
+        reg=reg,
+        round_erase_scale=round_erase_scale,
+        round_preserve_scale=round_preserve_scale,
+        round_lamb=round_lamb,
+    )
     edited, history = _rece(
         [jnp.asarray(leaves[i]) for i in chosen], concept, guide, preserve, hyper, epochs=epochs
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from unlearnx import _validation as checks
+
 __all__ = ["cross_attention_k", "cross_attention_kv", "cross_attention_v", "sd_cross_attention_shapes"]
 
 #: Keys and values of every cross-attention block (``attn2``): diffusers ``to_k``/``to_v`` and maxdiffusion
@@ -43,6 +45,7 @@ def sd_cross_attention_shapes(text_dim: int = 768) -> dict[str, tuple[int, int]]
     channels, bias-free. ``text_dim`` is 768 for SD v1.x (CLIP ViT-L/14); use 1024 for SD 2.x's shapes
     (whose channel counts match but whose heads differ). Useful for building SD-shaped test trees.
     """
+    checks.static_int("text_dim", text_dim, low=1)
     shapes = {}
     for block, count, channels in _SD_V1_BLOCKS:
         for i in range(count):

@@ -103,7 +103,7 @@ def repeated_random_tokens(key: jax.Array, batch: int, length: int, vocab_size: 
         ("vocab_size", vocab_size),
         ("repeats", repeats),
     ):
-        checks.static_int(name, value, low=1)
+        checks.static_int(name, value, low=1, high=checks.INT32_MAX)
     segment = jax.random.randint(key, (batch, length), 0, vocab_size)
     return jnp.tile(segment, (1, repeats))
 

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from unlearnx import _validation as checks
+
 __all__ = ["entropy_mia", "loss_mia"]
 
 
 def _feature(name: str, values) -> np.ndarray:
-    array = np.asarray(values, np.float64).reshape(-1, 1)
+    try:
+        array = np.asarray(values, np.float64).reshape(-1, 1)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be numbers, got {type(values).__name__}") from error
     if len(array) == 0:
         raise ValueError(f"{name} is empty")
     if not np.all(np.isfinite(array)):
@@ -47,6 +52,8 @@ def loss_mia(member_losses, nonmember_losses, *, folds: int = 5, seed: int = 0) 
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
+    checks.static_int("folds", folds, low=2)
+    checks.static_int("seed", seed, low=0)
     members = _feature("member_losses", member_losses)
     nonmembers = _feature("nonmember_losses", nonmember_losses)
     size = min(len(members), len(nonmembers))

@@ -86,9 +86,18 @@ def logit_probe(scores, lengths, correct, corrupted, random) -> dict[str, float]
       correct, corrupted, random: ``[N]`` candidate indices.
 
     Returns:
-      ``{"correct", "corrupted", "random"}``: meanᵢ scores[i, c_i] / lengths[i, c_i] for each.
+      ``{"correct", "corrupted", "random"}``: meanᵢ scores[i, c_i] / lengths[i, c_i] for each; NaN when a
+      chosen score is NaN (a diverged model is reported, not scored).
+
+    Raises:
+      ValueError: shapes that disagree, an empty set, indices outside [0, C), a chosen candidate without
+        tokens.
     """
     scores, lengths = np.asarray(scores, np.float64), np.asarray(lengths)
+    if scores.ndim != 2 or lengths.shape != scores.shape:
+        raise ValueError(
+            f"scores and lengths must be equal [N, C] shapes, got {scores.shape} and {lengths.shape}"
+        )
     rows = np.arange(scores.shape[0])
     if scores.shape[0] == 0:
         raise ValueError("logit_probe of an empty set of facts")

@@ -26,8 +26,11 @@ def keep_top(scores: jax.Array, count) -> jax.Array:
     ``count`` is step-dependent data and may be traced; a concrete count must be a non-negative integer
     (``ValueError`` otherwise). A count above ``scores.size`` keeps every entry.
     """
+    dtype = jnp.result_type(scores)
+    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+        raise TypeError(f"scores must be real numbers, got dtype {dtype}")
     if not checks.is_traced(count):
-        checks.static_int("count", count, low=0)
+        count = min(checks.static_int("count", count, low=0), int(np.size(scores)))
     flat = jnp.ravel(scores)
     order = jnp.argsort(-flat, stable=True)
     ranks = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
@@ -79,6 +82,7 @@ def drop_and_grow(weights: jax.Array, mask: jax.Array, grow_scores: jax.Array, f
         )
     if not checks.is_traced(fraction):
         checks.static_number("fraction", fraction, low=0.0, high=1.0)
+    checks.check_binary("mask", mask)
     active = jnp.sum(mask.astype(jnp.int32))
     drop = jnp.ceil(jnp.asarray(fraction, jnp.float32) * active).astype(jnp.int32)
     kept = keep_top(jnp.where(mask, jnp.abs(weights).astype(jnp.float32), -1.0), active - drop)

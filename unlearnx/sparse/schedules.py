@@ -27,9 +27,9 @@ def cubic_sparsity(step, *, initial: float, final: float, begin_step: int, end_s
     """
     for name, value in (("initial", initial), ("final", final)):
         checks.static_number(name, value, low=0.0, high=1.0, high_open=True)
-    checks.static_int("frequency", frequency, low=1)
-    checks.static_int("begin_step", begin_step, low=0)
-    checks.static_int("end_step", end_step, low=0)
+    checks.static_int("frequency", frequency, low=1, high=checks.INT32_MAX)
+    checks.static_int("begin_step", begin_step, low=0, high=checks.INT32_MAX)
+    checks.static_int("end_step", end_step, low=0, high=checks.INT32_MAX)
     if end_step <= begin_step:
         raise ValueError(f"end_step ({end_step}) must be greater than begin_step ({begin_step})")
     first, last = begin_step // frequency, end_step // frequency
@@ -38,6 +38,7 @@ def cubic_sparsity(step, *, initial: float, final: float, begin_step: int, end_s
             f"no pruning event between begin_step {begin_step} and end_step {end_step} "
             f"at frequency {frequency}"
         )
+    checks.check_numbers("step", step)
     k = jnp.asarray(step) // frequency
     progress = jnp.clip((k - first) / (last - first), 0.0, 1.0)
     ramp = final + (initial - final) * (1.0 - progress) ** 3
@@ -50,10 +51,11 @@ def cosine_drop_fraction(step, *, initial: float = 0.5, minimum: float = 0.005, 
     ``step`` may be traced; ``initial``, ``minimum`` (in [0, 1], minimum ≤ initial) and ``total_steps`` ≥ 1
     are static hyper-parameters (``ValueError`` out of range, ``TypeError`` when traced).
     """
-    checks.static_int("total_steps", total_steps, low=1)
+    checks.static_int("total_steps", total_steps, low=1, high=checks.INT32_MAX)
     checks.static_number("initial", initial, low=0.0, high=1.0)
     checks.static_number("minimum", minimum, low=0.0, high=1.0)
     if not 0.0 <= minimum <= initial <= 1.0:
         raise ValueError(f"need 0 <= minimum <= initial <= 1, got minimum={minimum}, initial={initial}")
+    checks.check_numbers("step", step)
     t = jnp.clip(jnp.asarray(step, jnp.float32), 0.0, total_steps)
     return minimum + 0.5 * (initial - minimum) * (1.0 + jnp.cos(jnp.pi * t / total_steps))

@@ -198,10 +198,10 @@ def _every(frequency: int, begin: int, end: int) -> Callable[[jax.Array], jax.Ar
 
 
 def _check_window(begin_step: int, end_step: int, total_steps: int | None = None) -> None:
-    checks.static_int("begin_step", begin_step, low=0)
-    checks.static_int("end_step", end_step, low=0)
+    checks.static_int("begin_step", begin_step, low=0, high=checks.INT32_MAX)
+    checks.static_int("end_step", end_step, low=0, high=checks.INT32_MAX)
     if total_steps is not None:
-        checks.static_int("total_steps", total_steps, low=1)
+        checks.static_int("total_steps", total_steps, low=1, high=checks.INT32_MAX)
     if end_step <= begin_step:
         raise ValueError(f"end_step ({end_step}) must be greater than begin_step ({begin_step})")
     if total_steps is not None and total_steps < end_step:
@@ -335,7 +335,7 @@ def rigl(
     (SET). Regrown weights start at 0 with zero momentum."""
     distributions._check_sparsity(sparsity)
     _check_window(0, end_step)
-    checks.static_int("frequency", frequency, low=1)
+    checks.static_int("frequency", frequency, low=1, high=checks.INT32_MAX)
     checks.choice("growth", growth, ("gradient", "random"))
     schedules.cosine_drop_fraction(0, initial=drop_fraction, minimum=0.0, total_steps=end_step)
     spread = _distribution(distribution)

@@ -48,7 +48,7 @@ def random_wrong_labels(labels: np.ndarray, num_classes: int, seed: int) -> np.n
       TypeError: non-integer ``num_classes``, ``seed`` or labels.
     """
     checks.static_int("num_classes", num_classes, low=2)
-    checks.static_int("seed", seed)
+    checks.static_int("seed", seed, low=0)
     labels = np.asarray(labels)
     checks.check_ids("labels", labels, num_classes, what="class labels")
     shift = np.random.default_rng(seed).integers(1, num_classes, size=labels.shape)

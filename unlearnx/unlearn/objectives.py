@@ -124,7 +124,7 @@ def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
       ValueError: shapes that disagree, or (concrete targets) an id outside [0, V).
       TypeError: non-integer targets.
     """
-    if jnp.shape(logits)[:-1] != jnp.shape(targets):
+    if jnp.ndim(logits) < 1 or jnp.shape(logits)[:-1] != jnp.shape(targets):
         raise ValueError(f"targets shape {jnp.shape(targets)} does not match logits {jnp.shape(logits)}[:-1]")
     # take_along_axis would give NaN (zero gradient) or wrap around silently; concrete ids are checked, also
     # when closed over by an outer jit
@@ -310,9 +310,15 @@ def task_vector(theta_c: PyTree, theta_star: PyTree, alpha: float = 1.0) -> PyTr
 
     Returns:
       A tree with ``theta_c``'s structure and dtypes.
+
+    Raises:
+      ValueError: mismatched trees, a non-finite α, NaN/inf parameters (checked when concrete).
+      TypeError: a traced α (static).
     """
     checks.static_number("alpha", alpha)
     tree_lib.check_same_structure(theta_c, theta_star, names=("theta_c", "theta_star"))
+    checks.check_tree("theta_c", theta_c)
+    checks.check_tree("theta_star", theta_star)
 
     def edit(c, star):
         c32 = jnp.asarray(c, jnp.float32)

@@ -52,10 +52,15 @@ def _check_params(params: PyTree, selected: PyTree) -> None:
     checks.check_tree("params", chosen)
 
 
+def _array(leaf: Any) -> Any:
+    """An array leaf as it is (NumPy or JAX); a Python scalar leaf as a JAX array."""
+    return leaf if hasattr(leaf, "astype") else jnp.asarray(leaf)
+
+
 def _factors(forget_importance: PyTree, full_importance: PyTree, alpha, lam, selected: PyTree) -> PyTree:
     def factor(forget, full, keep):
-        forget = forget.astype(jnp.float32)
-        full = full.astype(jnp.float32)
+        forget = _array(forget).astype(jnp.float32)
+        full = _array(full).astype(jnp.float32)
         chosen = (forget > alpha * full) & keep
         safe_forget = jnp.where(chosen, forget, 1.0)
         return jnp.where(chosen, jnp.minimum(lam * full / safe_forget, 1.0), 1.0)
@@ -146,6 +151,7 @@ def ssd(
     def dampen(param, beta, keep):
         if not keep:
             return param
+        param = _array(param)
         scaled = (beta * param.astype(jnp.float32)).astype(param.dtype)
         # Select rather than multiply by β = 1: XLA flushes denormals to zero, so 1·θ is not always θ.
         return jnp.where(beta < 1.0, scaled, param)
