@@ -48,7 +48,8 @@ def interval_policy(
     """An orbax save-decision policy: at most every ``seconds`` of wall time and/or every ``steps`` steps.
 
     ``seconds=0`` saves whenever the caller offers a save point; both ``None`` gives ``None`` (only forced
-    saves: the final step and preemption).
+    saves: the final step and preemption). With ``seconds``, orbax's continuous policy also saves at the
+    first point offered when the directory holds no checkpoint yet.
 
     Raises:
       ValueError: if ``seconds`` is negative or ``steps`` is not a positive int.
