@@ -134,14 +134,22 @@ def test_penalties_on_every_tree_flavour(flavour):
 
 def test_penalty_errors():
     params, fisher, anchor = (_as32(t) for t in _trees())
-    with pytest.raises(ValueError, match="strength must be finite and non-negative"):
+    with pytest.raises(ValueError, match="strength must be a finite number >= 0"):
         continual.ewc(fisher, anchor, -1.0)
+    with pytest.raises(TypeError, match="strength"):  # traced: the library's rule, never skipped under jit
+        jax.jit(lambda s: continual.online_ewc(s))(1.0)
     with pytest.raises(ValueError, match="2 Fisher trees but 1 anchors"):
         continual.ewc([fisher, fisher], [anchor], 1.0)
-    with pytest.raises(ValueError, match="decay must be in"):
+    with pytest.raises(ValueError, match="decay must be"):
         continual.online_ewc(1.0, decay=1.5)
-    with pytest.raises(ValueError, match="damping must be positive"):
+    with pytest.raises(ValueError, match="damping must be"):
         continual.synaptic_intelligence(1.0, damping=0.0)
+    negative = jax.tree.map(lambda f: -f, fisher)  # an anti-penalty: pushes away from the anchor
+    with pytest.raises(ValueError, match=r"fisher\[0\].*finite and non-negative"):
+        continual.ewc(negative, anchor, 1.0)
+    nan = jax.tree.map(lambda f: f * np.nan, fisher)
+    with pytest.raises(ValueError, match="fisher.*finite and non-negative"):
+        continual.consolidate_online_ewc(continual.online_ewc(1.0).init(params), nan, params)
     opt = continual.ewc(fisher, anchor, 1.0)
     with pytest.raises(ValueError, match="needs params"):
         opt.update(fisher, opt.init(params))

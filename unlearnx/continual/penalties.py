@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
 
 PyTree = Any
@@ -38,8 +39,8 @@ __all__ = [
 
 
 def _check_strength(name: str, value: float) -> None:
-    if not (float(value) >= 0.0 and jnp.isfinite(value)):
-        raise ValueError(f"{name} must be finite and non-negative, got {value!r}")
+    """λ / c: a static, finite number ≥ 0 (the library's rule for hyper-parameters)."""
+    checks.static_number(name, value, low=0.0)
 
 
 def _need_params(params: PyTree, name: str) -> None:
@@ -85,8 +86,11 @@ def ewc(fisher: PyTree | Sequence[PyTree], anchor: PyTree | Sequence[PyTree], st
     anchors = tuple(anchor) if isinstance(anchor, list | tuple) else (anchor,)
     if len(fishers) != len(anchors):
         raise ValueError(f"{len(fishers)} Fisher trees but {len(anchors)} anchors")
-    for f, a in zip(fishers, anchors, strict=True):
+    for index, (f, a) in enumerate(zip(fishers, anchors, strict=True)):
         tree_lib.check_same_structure(f, a, names=("fisher", "anchor"))
+        # A negative or NaN Fisher entry would turn the penalty into an anti-penalty.
+        checks.check_tree(f"fisher[{index}]", f, nonnegative=True)
+        checks.check_tree(f"anchor[{index}]", a)
 
     def init(params):
         for a in anchors:
@@ -115,8 +119,7 @@ def online_ewc(strength: float, decay: float = 1.0):
     """Online EWC: λ F̃ ⊙ (θ − θ*) added to the updates; F̃ starts at 0 (no penalty before the first
     :func:`consolidate_online_ewc`). ``decay`` is γ ∈ [0, 1]."""
     _check_strength("strength", strength)
-    if not 0.0 <= decay <= 1.0:
-        raise ValueError(f"decay must be in [0, 1], got {decay!r}")
+    checks.static_number("decay", decay, low=0.0, high=1.0)
 
     def init(params):
         return OnlineEwcState(jax.tree.map(jnp.zeros_like, params), params, jnp.asarray(decay, jnp.float32))
@@ -139,6 +142,9 @@ def consolidate_online_ewc(opt_state: optax.OptState, fisher: PyTree, params: Py
     Raises:
       ValueError: if ``opt_state`` holds no or several :class:`OnlineEwcState`.
     """
+
+    checks.check_tree("fisher", fisher, nonnegative=True)
+    checks.check_tree("params", params)
 
     def consolidate(state: OnlineEwcState) -> OnlineEwcState:
         tree_lib.check_same_structure(state.fisher, fisher, names=("running fisher", "fisher"))
@@ -167,8 +173,7 @@ def synaptic_intelligence(strength: float, damping: float = 0.1):
     −g_{t−1}·(θ_t − θ_{t−1}); :func:`consolidate_si` adds the last one. ``strength`` is c, ``damping`` ξ > 0.
     """
     _check_strength("strength", strength)
-    if not damping > 0:
-        raise ValueError(f"damping must be positive, got {damping!r}")
+    checks.static_number("damping", damping, low=0.0, low_open=True)
 
     def init(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
