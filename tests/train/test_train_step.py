@@ -107,3 +107,29 @@ def test_augmented_fit_is_reproducible(digits):
 
     np.testing.assert_array_equal(get(first), get(second))
     assert not np.allclose(get(first), get(plain))
+
+
+def test_bad_labels_and_inputs_are_named(digits):
+    train_set, _ = digits
+    model = _mlp(train_set)
+    variables = model.init(jax.random.key(0))
+    kwargs = dict(optimizer=optax.sgd(0.1), epochs=1, batch_size=64, rng=jax.random.key(0), progress=False)
+    arrays = train_set.arrays()
+    for label in (-1, 10):
+        bad = {**arrays, "y": np.where(np.arange(len(arrays["y"])) == 5, label, arrays["y"])}
+        with pytest.raises(
+            ValueError, match=rf"arrays\['y'\] must be class labels in \[0, 10\), found {label} at index 5"
+        ):
+            train.fit(model, variables, bad, **kwargs)
+    with pytest.raises(ValueError, match="'y' \\(labels\\) or 'target_probs'"):
+        train.fit(model, variables, {"x": arrays["x"]}, **kwargs)
+    with pytest.raises(ValueError, match="variables must be a dict with 'params'"):
+        train.fit(model, variables["params"], arrays, **kwargs)
+    # Inside jit the labels are traced: an out-of-range one gives a NaN loss, never a wrapped class.
+    logits = jnp.zeros((2, 3))
+    losses = jax.jit(train.example_losses)(logits, {"y": jnp.asarray([-1, 1])})
+    assert np.isnan(losses[0]) and np.isclose(losses[1], np.log(3))
+    tokens = jnp.asarray([[0, 1, 7]])
+    assert np.isnan(jax.jit(train.next_token_losses)(jnp.zeros((1, 3, 4)), {"x": tokens})[0])
+    with pytest.raises(ValueError, match=r"batch\['x'\] must be token ids in \[0, 4\), found 7"):
+        train.next_token_losses(jnp.zeros((1, 3, 4)), {"x": tokens})

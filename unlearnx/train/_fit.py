@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import optax
 
+from unlearnx import _validation as checks
 from unlearnx import data
 from unlearnx.checkpoint import interval_policy
 from unlearnx.models import Model
@@ -18,6 +19,23 @@ from unlearnx.train._step import Batch, PyTree, TrainState, example_losses, make
 from unlearnx.train._writers import MetricLogger
 
 __all__ = ["fit"]
+
+
+def _check_inputs(model: Model, variables: PyTree, arrays: Mapping[str, np.ndarray], loss: Callable) -> None:
+    """Clear errors before any step: the variables hold params, the arrays hold what ``loss`` reads, and
+    class labels lie in [0, C) for the model's C outputs (a bad label would otherwise train silently)."""
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        found = sorted(variables) if isinstance(variables, Mapping) else type(variables).__name__
+        raise ValueError(f"fit: variables must be a dict with 'params', got {found}")
+    if not isinstance(arrays, Mapping) or "x" not in arrays:
+        raise ValueError(
+            f"fit: arrays must hold 'x' (inputs), got {sorted(arrays) if isinstance(arrays, Mapping) else arrays!r}"
+        )
+    if loss is example_losses and "target_probs" not in arrays:
+        if "y" not in arrays:
+            raise ValueError(f"fit: arrays must hold 'y' (labels) or 'target_probs', got {sorted(arrays)}")
+        outputs = jax.eval_shape(lambda v, x: model.apply(v, x), variables, np.asarray(arrays["x"][:1]))
+        checks.check_ids("arrays['y']", np.asarray(arrays["y"]), outputs.shape[-1], what="class labels")
 
 
 def fit(
@@ -79,7 +97,8 @@ def fit(
       ``(variables, history)``: the trained variables and the per-epoch records.
 
     Raises:
-      ValueError: for ``epochs < 0``, ``batch_size < 1`` or empty ``arrays``.
+      ValueError: for ``epochs < 0``, ``batch_size < 1``, empty ``arrays``, variables without ``params``,
+        arrays without ``x`` (or ``y``/``target_probs`` for the default loss), or labels outside [0, C).
       Preempted: after a checkpoint, when a stop was requested.
 
     Example::
@@ -92,6 +111,7 @@ def fit(
         raise ValueError(f"fit needs an int epochs >= 0, got {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"fit needs an int batch_size >= 1, got {batch_size!r}")
+    _check_inputs(model, variables, arrays, loss)
     sampler = data.EpochBatches(arrays, batch_size, seed=seed, augment=augment)
     per_epoch = sampler.per_epoch
 

@@ -231,9 +231,7 @@ def loop(
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
             finished = ran == num_steps or (closing and bool(history[-1].get("done")))
             stop = stop_requested(name, ran)
-            if checkpointer is not None and (
-                stop or finished or (closing and checkpointer.should_save(ran))
-            ):
+            if checkpointer is not None and (stop or finished or (closing and checkpointer.should_save(ran))):
                 checkpointer.save(ran, state, {"history": history, "pending": _encode_pending(pending)})
             if finished:
                 break

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from unlearnx import _validation as checks
 from unlearnx.models import Model
 
 PyTree = Any
@@ -54,6 +55,18 @@ class TrainState(NamedTuple):
         return cls(jnp.asarray(0, jnp.int32), variables, optimizer.init(variables["params"]), rng, extra)
 
 
+def _gathered_nll(log_probs: jax.Array, ids: jax.Array, name: str, what: str) -> jax.Array:
+    """−log_probs[..., id] per position. Ids outside [0, V) raise when concrete; traced, they give NaN
+    (never a silently wrapped or zero-gradient loss), so a diverged-looking loss, not a plausible one,
+    surfaces."""
+    count = log_probs.shape[-1]
+    checks.check_ids(name, ids, count, what=what)
+    ids = ids.astype(jnp.int32)
+    valid = (ids >= 0) & (ids < count)
+    gathered = jnp.take_along_axis(log_probs, jnp.where(valid, ids, 0)[..., None], axis=-1)[..., 0]
+    return jnp.where(valid, -gathered, jnp.nan)
+
+
 def example_losses(logits: jax.Array, batch: Batch) -> jax.Array:
     """Per-example weighted loss ℓᵢ (see the module docstring), shape ``[B]``."""
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
@@ -62,7 +75,11 @@ def example_losses(logits: jax.Array, batch: Batch) -> jax.Array:
         safe_log_targets = jnp.log(jnp.where(targets > 0, targets, 1.0))
         losses = jnp.sum(targets * (safe_log_targets - log_probs), axis=-1)
     else:
-        losses = -jnp.take_along_axis(log_probs, batch["y"][:, None].astype(jnp.int32), axis=-1)[:, 0]
+        if "y" not in batch:
+            raise ValueError(
+                f"example_losses needs batch['y'] (labels) or batch['target_probs'], got {sorted(batch)}"
+            )
+        losses = _gathered_nll(log_probs, batch["y"], "batch['y']", "class labels")
     if "weight" in batch:
         losses = losses * batch["weight"].astype(jnp.float32)
     return losses
@@ -78,9 +95,8 @@ def next_token_losses(logits: jax.Array, batch: Batch) -> jax.Array:
 
     so a sequence without target tokens contributes 0.
     """
-    tokens = batch["x"].astype(jnp.int32)
     log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
-    token_nll = -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
+    token_nll = _gathered_nll(log_probs, batch["x"][:, 1:], "batch['x']", "token ids")
     mask = batch["mask"][:, 1:].astype(jnp.float32) if "mask" in batch else jnp.ones_like(token_nll)
     return jnp.sum(token_nll * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
 
