@@ -28,9 +28,8 @@ def _check_inputs(model: Model, variables: PyTree, arrays: Mapping[str, np.ndarr
         found = sorted(variables) if isinstance(variables, Mapping) else type(variables).__name__
         raise ValueError(f"fit: variables must be a dict with 'params', got {found}")
     if not isinstance(arrays, Mapping) or "x" not in arrays:
-        raise ValueError(
-            f"fit: arrays must hold 'x' (inputs), got {sorted(arrays) if isinstance(arrays, Mapping) else arrays!r}"
-        )
+        found = sorted(arrays) if isinstance(arrays, Mapping) else type(arrays).__name__
+        raise ValueError(f"fit: arrays must hold 'x' (inputs), got {found}")
     if loss is example_losses and "target_probs" not in arrays:
         if "y" not in arrays:
             raise ValueError(f"fit: arrays must hold 'y' (labels) or 'target_probs', got {sorted(arrays)}")
