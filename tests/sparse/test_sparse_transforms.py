@@ -259,3 +259,16 @@ class TestErrors:
     def test_no_sparse_state(self):
         with pytest.raises(ValueError, match="no SparseState"):
             sparse.masks(optax.sgd(0.1).init(self.params))
+
+
+def test_masks_are_found_in_any_chain():
+    tree = {"w": jnp.ones((4, 4))}
+    inner = sparse.static_sparse(optax.sgd(0.1), sparsity=0.5)
+    for opt in (
+        inner,
+        optax.chain(optax.identity(), inner),
+        optax.named_chain(("sparse", inner), ("id", optax.identity())),
+    ):
+        assert int(sparse.masks(opt.init(tree))["w"].sum()) == 8
+    with pytest.raises(ValueError, match="no SparseState"):
+        sparse.masks(optax.sgd(0.1).init(tree))

@@ -55,15 +55,11 @@ class SparseState(NamedTuple):
 
 
 def masks(opt_state: optax.OptState) -> PyTree:
-    """The current masks of the first :class:`SparseState` inside ``opt_state`` (e.g. within a chain)."""
-    if isinstance(opt_state, SparseState):
-        return opt_state.masks
-    if isinstance(opt_state, tuple | list):
-        for part in opt_state:
-            try:
-                return masks(part)
-            except ValueError:
-                continue
+    """The current masks of the first (outermost) :class:`SparseState` inside ``opt_state``: alone, in an
+    ``optax.chain`` or ``optax.named_chain``, or nested (found with ``optax.tree.get_all_with_path``)."""
+    found = optax.tree.get_all_with_path(opt_state, "SparseState")
+    if found:
+        return found[0][1].masks
     raise ValueError("no SparseState (sparse training state) found in this optimizer state")
 
 
