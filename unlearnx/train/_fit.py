@@ -1,7 +1,17 @@
-"""Supervised training in one call: :func:`unlearnx.train.loop` over epochs of in-memory arrays."""
+"""Supervised training in one call: :func:`unlearnx.train.loop` over epochs of in-memory arrays.
+
+Each step minimises the batch mean of ``loss`` (default: the weighted cross-entropy / soft-target KL of
+:func:`example_losses`). Data order comes from ``seed`` and the epoch
+(:class:`unlearnx.data.EpochBatches`:
+the last short batch of an epoch is dropped unless the set is smaller than one batch); the step RNG is
+``fold_in(rng, step)``. Training runs on :func:`unlearnx.train.loop` with one record per epoch
+(``phase``, ``epoch``, ``step``, mean ``loss``, ``seconds`` and what ``on_epoch_end`` adds), so it is
+data-parallel, checkpointed, resumable bit for bit and preemptible.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,9 +31,23 @@ from unlearnx.train._writers import MetricLogger
 __all__ = ["fit"]
 
 
-def _check_inputs(model: Model, variables: PyTree, arrays: Mapping[str, np.ndarray], loss: Callable) -> None:
-    """Clear errors before any step: the variables hold params, the arrays hold what ``loss`` reads, and
-    class labels lie in [0, C) for the model's C outputs (a bad label would otherwise train silently)."""
+def _epoch_record(per_epoch: int, on_epoch_end: Callable | None, step: int, state: TrainState, _) -> dict:
+    """The epoch number and whatever ``on_epoch_end(epoch, state)`` adds, for the loop's record."""
+    record = {"epoch": step // per_epoch}
+    if on_epoch_end is not None:
+        record.update(on_epoch_end(step // per_epoch, state) or {})
+    return record
+
+
+def _check_inputs(
+    model: Model, variables: PyTree, arrays: Mapping, loss: Callable, epochs, batch_size
+) -> None:
+    """Clear errors before any step: counts are ints in range, the variables hold params, the arrays hold what
+    ``loss`` reads, and class labels lie in [0, C) for the model's C outputs (else they train silently)."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"fit needs an int epochs >= 0, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"fit needs an int batch_size >= 1, got {batch_size!r}")
     if not isinstance(variables, Mapping) or "params" not in variables:
         found = sorted(variables) if isinstance(variables, Mapping) else type(variables).__name__
         raise ValueError(f"fit: variables must be a dict with 'params', got {found}")
@@ -59,14 +83,6 @@ def fit(
     shard_params: bool = False,
 ) -> tuple[PyTree, list[dict[str, Any]]]:
     """Trains ``variables`` for ``epochs`` passes over ``arrays``; returns ``(variables, history)``.
-
-    Each step minimises the batch mean of ``loss`` (default: the weighted cross-entropy / soft-target KL of
-    :func:`example_losses`). Data order comes from ``seed`` and the epoch
-    (:class:`unlearnx.data.EpochBatches`:
-    the last short batch of an epoch is dropped unless the set is smaller than one batch); the step RNG is
-    ``fold_in(rng, step)``. Training runs on :func:`unlearnx.train.loop` with one record per epoch
-    (``phase``, ``epoch``, ``step``, mean ``loss``, ``seconds`` and what ``on_epoch_end`` adds), so it is
-    data-parallel, checkpointed, resumable bit for bit and preemptible.
 
     Args:
       model: the pure model.
@@ -106,20 +122,9 @@ def fit(
                                      optimizer=optax.adam(1e-3), epochs=5, batch_size=64,
                                      rng=jax.random.key(1))
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"fit needs an int epochs >= 0, got {epochs!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"fit needs an int batch_size >= 1, got {batch_size!r}")
-    _check_inputs(model, variables, arrays, loss)
+    _check_inputs(model, variables, arrays, loss, epochs, batch_size)
     sampler = data.EpochBatches(arrays, batch_size, seed=seed, augment=augment)
     per_epoch = sampler.per_epoch
-
-    def on_interval(step: int, state: TrainState, step_metrics) -> dict[str, Any]:
-        record = {"epoch": step // per_epoch}
-        if on_epoch_end is not None:
-            record.update(on_epoch_end(step // per_epoch, state) or {})
-        return record
-
     state, history = loop(
         make_train_step(model, optimizer, loss=loss),
         TrainState.create(variables, optimizer, rng),
@@ -127,7 +132,7 @@ def fit(
         epochs * per_epoch,
         name=desc,
         interval=per_epoch,
-        on_interval=on_interval,
+        on_interval=functools.partial(_epoch_record, per_epoch, on_epoch_end),
         checkpoint_dir=checkpoint_dir,
         checkpoint_policy=interval_policy(seconds=checkpoint_seconds),
         logger=logger,

@@ -1,7 +1,26 @@
-"""The training engine: one sharded, checkpointed, preemptible loop over any step function."""
+"""The training engine: one sharded, checkpointed, preemptible loop over any step function.
+
+Every ``interval`` steps (and after the last) the loop closes a *record*: the interval's mean of each
+metric, ``phase`` (= ``name``), ``step``, ``seconds``, and whatever ``on_interval(step, state,
+step_metrics)`` returns (``step_metrics`` stacks the interval's per-step metrics); a record with a true
+``"done"`` field (an early stop: a target reached) ends the loop there, saved, and a rerun returns at
+once. Records go to ``logger`` (JSONL + TensorBoard) and to the returned history. At a record the loop
+offers orbax's save policy a save; the last step is always saved, and so is the step at which a stop is
+requested (SIGTERM, :func:`request_stop`, :func:`stop_at`), after which :class:`Preempted` is raised. A
+checkpoint holds the whole state, the history and the unfinished interval's metrics, so a rerun with the
+same arguments restores the newest step and ends in bit-identical state and history.
+
+Sharding: the state is replicated over ``mesh`` (default: every device), or with ``shard_params``
+each leaf is split along its largest dimension that the device count divides (FSDP-style, for models
+that do not fit one chip); each batch is split along ``batch_axis`` over the mesh, every process
+passing the same global host batch (:func:`unlearnx.parallel.process_share` keeps its share). A batch
+whose size the device count does not divide loses its last examples (with one warning per loop), the
+same way on one host and on many; with one device nothing is ever dropped.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -133,23 +152,7 @@ def loop(
     """Runs ``state, metrics = step_fn(state, batch_at(i))`` for i = 0 … ``num_steps`` − 1, data-parallel,
     checkpointed, resumable and preemptible.
 
-    Every ``interval`` steps (and after the last) the loop closes a *record*: the interval's mean of each
-    metric, ``phase`` (= ``name``), ``step``, ``seconds``, and whatever ``on_interval(step, state,
-    step_metrics)`` returns (``step_metrics`` stacks the interval's per-step metrics); a record with a true
-    ``"done"`` field (an early stop: a target reached) ends the loop there, saved, and a rerun returns
-    at once. Records go to
-    ``logger`` (JSONL + TensorBoard) and to the returned history. At a record the loop offers orbax's save
-    policy a save; the last step is always saved, and so is the step at which a stop is requested
-    (SIGTERM, :func:`request_stop`, :func:`stop_at`), after which :class:`Preempted` is raised. A
-    checkpoint holds the whole state, the history and the unfinished interval's metrics, so a rerun with the
-    same arguments restores the newest step and ends in bit-identical state and history.
-
-    Sharding: the state is replicated over ``mesh`` (default: every device), or with ``shard_params``
-    each leaf is split along its largest dimension that the device count divides (FSDP-style, for models
-    that do not fit one chip); each batch is split along ``batch_axis`` over the mesh, every process
-    passing the same global host batch (:func:`unlearnx.parallel.process_share` keeps its share). A batch
-    whose size the device count does not divide loses its last examples (with one warning per loop), the
-    same way on one host and on many; with one device nothing is ever dropped.
+    Records, checkpoints, resume, stops and sharding work as the module docstring describes.
 
     Args:
       step_fn: ``(state, batch) -> (state, {name: scalar or per-run array})``, usually jitted.
@@ -186,13 +189,7 @@ def loop(
     num_steps = _check_count("num_steps", num_steps, 0)
     interval = _check_count("interval", interval, 1)
     mesh = parallel.data_mesh() if mesh is None else mesh
-    if shard_params:
-        shardings = parallel.param_shardings(state, mesh)
-        state = jax.device_put(state, shardings)
-        leaves, treedef = jax.tree.flatten(shardings)
-        step_fn = _pinned(step_fn, tuple(leaves), treedef)
-    else:
-        state = parallel.replicate(state, mesh)
+    state, step_fn = _place(state, step_fn, mesh, shard_params)
     if checkpoint_policy is _DEFAULT_POLICY:
         checkpoint_policy = interval_policy(seconds=60)
     checkpointer = None
@@ -206,38 +203,77 @@ def loop(
                 logger.rewind(name, start)
         if history and history[-1].get("done"):  # it had already stopped early: nothing left to run
             start = num_steps
-        bar = tqdm(range(start, num_steps), desc=name, disable=None if progress else True, leave=False)
-        started, warned = time.perf_counter(), []
-        spread = mesh.devices.size > 1 or jax.process_count() > 1
+        run = _Run(step_fn, batch_at, num_steps, name, interval, on_interval, checkpointer, logger, mesh,
+                   batch_axis)  # fmt: skip
+        return run(state, start, history, pending, progress)
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
+
+
+def _place(state, step_fn: Callable, mesh: Mesh, shard_params: bool):
+    """The state replicated over ``mesh`` (or its leaves sharded, with the step pinned to that layout)."""
+    if not shard_params:
+        return parallel.replicate(state, mesh), step_fn
+    shardings = parallel.param_shardings(state, mesh)
+    leaves, treedef = jax.tree.flatten(shardings)
+    return jax.device_put(state, shardings), _pinned(step_fn, tuple(leaves), treedef)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """The steps of one :func:`loop` call after its state is placed and restored."""
+
+    step_fn: Callable
+    batch_at: Callable[[int], Batch]
+    num_steps: int
+    name: str
+    interval: int
+    on_interval: Callable | None
+    checkpointer: Checkpointer | None
+    logger: MetricLogger | None
+    mesh: Mesh
+    batch_axis: int
+
+    def batch(self, index: int, warned: list) -> Batch:
+        devices = self.mesh.devices.size
+        batch = _even(self.batch_at(index), devices, self.batch_axis, self.name, warned)
+        if devices > 1 or jax.process_count() > 1:  # one device takes host arrays directly (cheaper)
+            batch = parallel.process_share(batch, self.batch_axis)
+            batch = parallel.shard_batch(batch, self.mesh, self.batch_axis)
+        return batch
+
+    def record(self, ran: int, state, pending: dict, started: float) -> dict[str, Any]:
+        stacked, means = _summarise(pending)
+        record = {"phase": self.name, "step": ran, **means, "seconds": time.perf_counter() - started}
+        if self.on_interval is not None:
+            record.update(plain(dict(self.on_interval(ran, state, stacked) or {})))
+        if self.logger is not None:
+            self.logger.log(**record)
+        return record
+
+    def __call__(self, state, start: int, history: list, pending: dict, progress: bool):
+        bar = tqdm(
+            range(start, self.num_steps), desc=self.name, disable=None if progress else True, leave=False
+        )
+        started, warned, checkpointer = time.perf_counter(), [], self.checkpointer
         for index in bar:
-            batch = _even(batch_at(index), mesh.devices.size, batch_axis, name, warned)
-            if spread:  # on one device the jitted step takes host arrays directly (cheaper than placing them)
-                batch = parallel.shard_batch(parallel.process_share(batch, batch_axis), mesh, batch_axis)
-            state, metrics = step_fn(state, batch)
+            state, metrics = self.step_fn(state, self.batch(index, warned))
             for key, value in metrics.items():
                 pending.setdefault(key, []).append(value)
             ran = index + 1
-            closing = ran % interval == 0 or ran == num_steps
+            closing = ran % self.interval == 0 or ran == self.num_steps
             if closing:
-                stacked, record = _summarise(pending)
-                record = {"phase": name, "step": ran, **record, "seconds": time.perf_counter() - started}
-                if on_interval is not None:
-                    record.update(plain(dict(on_interval(ran, state, stacked) or {})))
-                history.append(record)
+                history.append(self.record(ran, state, pending, started))
                 pending, started = {}, time.perf_counter()
-                if logger is not None:
-                    logger.log(**record)
-                if "loss" in record and np.ndim(record["loss"]) == 0:
-                    bar.set_postfix(loss=f"{record['loss']:.4f}")
-            finished = ran == num_steps or (closing and bool(history[-1].get("done")))
-            stop = stop_requested(name, ran)
+                if "loss" in history[-1] and np.ndim(history[-1]["loss"]) == 0:
+                    bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+            finished = ran == self.num_steps or (closing and bool(history[-1].get("done")))
+            stop = stop_requested(self.name, ran)
             if checkpointer is not None and (stop or finished or (closing and checkpointer.should_save(ran))):
                 checkpointer.save(ran, state, {"history": history, "pending": _encode_pending(pending)})
             if finished:
                 break
             if stop:
-                raise Preempted(name, ran, None if checkpointer is None else checkpointer.directory)
-    finally:
-        if checkpointer is not None:
-            checkpointer.close()
-    return state, history
+                raise Preempted(self.name, ran, None if checkpointer is None else checkpointer.directory)
+        return state, history
