@@ -11,7 +11,7 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-KILLS = 3
+KILLS = 2
 
 
 def _command(name: str, out: str, *extra: str) -> list[str]:

@@ -153,7 +153,8 @@ SIGTERM_SCRIPT = textwrap.dedent(
     def slow(step):
         if step == 3:
             print("ready", flush=True)
-            time.sleep(60)  # SIGTERM arrives here; the loop stops after this step
+            while not train.stop_requested("train", 0):  # SIGTERM arrives here; the loop stops after it
+                time.sleep(0.05)
         return batch_at(step)
 
     try:
