@@ -28,16 +28,23 @@ def _parse_interrupt(text: str) -> tuple[str, int]:
 def plan_one(name: str, preset: str, overrides) -> tuple[str, dict]:
     """The cost table of ``name``'s preset (nothing trains, no data is read): ``(markdown, record)``."""
     module = experiments.load(name)
-    config = runner.apply_overrides(_preset(module, name, preset), overrides)
+    config = _config(module, name, preset, overrides)
     if name not in plan.PLANS:
         raise SystemExit(f"{name}: no plan yet (--plan covers {', '.join(plan.PLANS)})")
     return plan.table(plan.costs(plan.PLANS[name](config)))
 
 
-def _preset(module, name: str, preset: str):
+def _config(module, name: str, preset: str, overrides):
+    """The preset with its overrides, validated whole before any work; a bad one ends the program with a
+    one-line message (no traceback)."""
     if preset not in module.PRESETS:
         raise SystemExit(f"{name}: unknown preset {preset!r}; presets: {', '.join(module.PRESETS)}")
-    return module.PRESETS[preset]
+    try:
+        config = runner.apply_overrides(module.PRESETS[preset], overrides)
+        runner.check_config(config)
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"{name} [{preset}]: {error}") from None
+    return config
 
 
 def run_one(name: str, preset: str, overrides, *, out: str, resume: bool, interrupt=None) -> str:
@@ -46,7 +53,7 @@ def run_one(name: str, preset: str, overrides, *, out: str, resume: bool, interr
     ``interrupt=(loop, step)`` is the testing aid for preemption: the training loop named ``loop`` stops
     once it has run ``step`` steps, exactly as on SIGTERM (:func:`unlearnx.train.stop_at`)."""
     module = experiments.load(name)
-    config = runner.apply_overrides(_preset(module, name, preset), overrides)
+    config = _config(module, name, preset, overrides)
     run_dir = runner.run_directory(out, name, config, resume=resume)
     print(f"== {name} [{preset}] -> {run_dir}", flush=True)
     if name in plan.PLANS:  # the estimated cost, printed and recorded before any training

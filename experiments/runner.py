@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import functools
 import json
+import math
 import os
 import sys
 import types
@@ -21,6 +22,7 @@ from unlearnx import models
 
 __all__ = [
     "apply_overrides",
+    "check_config",
     "build_model",
     "run_directory",
     "write_json",
@@ -73,6 +75,46 @@ def apply_overrides(config: Any, pairs: Sequence[str]) -> Any:
             raise ValueError(f"unknown option --{key}; known: {', '.join(sorted(fields))}")
         changes[key] = _parse(value, hints[key], key)
     return dataclasses.replace(config, **changes)
+
+
+def _field_problem(name: str, value: Any) -> str | None:
+    """What is wrong with one config field by the rules every experiment shares, or ``None``."""
+    numbers = value if isinstance(value, tuple) else (value,)
+    for number in numbers:
+        if isinstance(number, float) and not math.isfinite(number):
+            return f"must be finite, got {value!r}"
+    if name.endswith("seeds") and isinstance(value, tuple):
+        if not value:
+            return "must name at least one seed"
+        if len(set(value)) != len(value) or any(not isinstance(s, int) or s < 0 for s in value):
+            return f"must be distinct non-negative ints, got {value!r}"
+    counts = ("batch_size", "steps", "num_tasks", "width", "seq_len")
+    if isinstance(value, int) and not isinstance(value, bool) and name.endswith(counts) and value < 1:
+        return f"must be >= 1, got {value!r}"
+    if name.endswith(("epochs", "_size", "budget")) and isinstance(value, int) and value < 0:
+        return f"must be >= 0, got {value!r}"
+    if name.endswith("sparsities") and any(not 0.0 <= s < 1.0 for s in numbers):
+        return f"must lie in [0, 1), got {value!r}"
+    return None
+
+
+def check_config(config: Any) -> None:
+    """Validates a whole config before any work: every field by the shared rules (finite numbers, seeds
+    non-empty, distinct and non-negative, batch sizes and step counts ≥ 1, epochs and sizes ≥ 0, sparsities
+    in [0, 1)), then the experiment's own ``validate()`` method if its config has one.
+
+    Raises:
+      ValueError: naming every bad field and its value.
+    """
+    problems = [
+        f"--{field.name} {problem}"
+        for field in dataclasses.fields(config)
+        if (problem := _field_problem(field.name, getattr(config, field.name))) is not None
+    ]
+    if problems:
+        raise ValueError("; ".join(problems))
+    if hasattr(config, "validate"):
+        config.validate()
 
 
 def _jsonable(value: Any) -> Any:
