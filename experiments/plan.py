@@ -179,7 +179,7 @@ def _ssd_forget(config: Any) -> list[Phase]:
         batch_size = getattr(config, batch_field)
         per_epoch = max(sizes[phase] // batch_size, 1)
         milestones = config.lr_milestones if optimizer is None else ()
-        opt = ssd_forget._optimizer(optimizer or config.optimizer, getattr(config, lr_field),
+        opt = ssd_forget.make_optimizer(optimizer or config.optimizer, getattr(config, lr_field),
                                     steps_per_epoch=per_epoch, milestones=milestones,
                                     weight_decay=config.weight_decay)  # fmt: skip
         repeats = len(config.seeds) if phase == "original" else runs

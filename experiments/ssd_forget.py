@@ -127,7 +127,7 @@ PRESETS: dict[str, Config] = {
 
 
 @functools.cache
-def _optimizer(name: str, lr: float, *, steps_per_epoch: int = 1, milestones=(), weight_decay=0.0):
+def make_optimizer(name: str, lr: float, *, steps_per_epoch: int = 1, milestones=(), weight_decay=0.0):
     """Adam, or SGD with momentum 0.9 and weight decay; LR × 0.2 at each milestone epoch. Cached so
     phases with the same settings share one compiled step."""
     boundaries = {m * steps_per_epoch: 0.2 for m in milestones}
@@ -198,7 +198,7 @@ def _fit(run: _Seed, phase: str, variables, arrays, cls: int | None = None) -> t
     # fit drops the short last batch (unless the set is smaller than one batch).
     steps = max(len(arrays["x"]) // batch_size, 1)
     milestones = config.lr_milestones if optimizer is None else ()
-    optimizer = _optimizer(
+    optimizer = make_optimizer(
         optimizer or config.optimizer,
         getattr(config, lr_field),
         steps_per_epoch=steps,
