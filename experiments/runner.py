@@ -166,7 +166,9 @@ def _shared_timestamp() -> str:
 
 def write_outputs(run_dir: str, metrics: Any, timing: Any, report: str) -> None:
     """Writes ``metrics.json`` (seed-determined values), ``timing.json`` (wall times) and ``report.md``, and
-    prints the report."""
+    prints the report: on process 0 only (every host of a pod computes the same values)."""
+    if jax.process_index() != 0:
+        return
     write_json(os.path.join(run_dir, "metrics.json"), metrics)
     write_json(os.path.join(run_dir, "timing.json"), timing)
     with open(os.path.join(run_dir, "report.md"), "w") as handle:
