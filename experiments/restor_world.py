@@ -65,17 +65,9 @@ class Setup:
     qa_length: int  # one compiled shape for every QA evaluation
 
 
-@functools.cache
-def _decoder(vocab_size: int, max_len: int, d_model: int, num_layers: int, num_heads: int, mlp_ratio: int):
-    """One model object per architecture, so a resumed run in the same process reuses compiled steps."""
-    return models.decoder_lm(
-        vocab_size,
-        max_len=max_len,
-        d_model=d_model,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        mlp_ratio=mlp_ratio,
-    )
+# One model object per architecture, so a resumed run in the same process reuses compiled steps.
+_decoder = functools.cache(models.decoder_lm)
+_SHAPE_FIELDS = ("max_len", "d_model", "num_layers", "num_heads", "mlp_ratio")
 
 
 def _pad_all(arrays: list[dict[str, np.ndarray]]) -> int:
@@ -176,7 +168,7 @@ def build(config: Config) -> Setup:
         forget_sets=forget_sets,
         importance_data={key: value[chosen] for key, value in corpus.items()},
         utility_people=utility_people,
-        model=_decoder(tokenizer.vocab_size, max_len, *shape),
+        model=_decoder(tokenizer.vocab_size, **dict(zip(_SHAPE_FIELDS, (max_len, *shape), strict=True))),
         candidates=candidates,
         target_facts=target_facts,
         correct=correct,
