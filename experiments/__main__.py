@@ -31,7 +31,7 @@ def plan_one(name: str, preset: str, overrides) -> tuple[str, dict]:
     config = _config(module, name, preset, overrides)
     if name not in plan.PLANS:
         raise SystemExit(f"{name}: no plan yet (--plan covers {', '.join(plan.PLANS)})")
-    return plan.table(plan.costs(plan.PLANS[name](config)))
+    return train.plan(plan.PLANS[name](config))
 
 
 def _config(module, name: str, preset: str, overrides):
@@ -57,7 +57,7 @@ def run_one(name: str, preset: str, overrides, *, out: str, resume: bool, interr
     run_dir = runner.run_directory(out, name, config, resume=resume)
     print(f"== {name} [{preset}] -> {run_dir}", flush=True)
     if name in plan.PLANS:  # the estimated cost, printed and recorded before any training
-        text, record = plan.table(plan.costs(plan.PLANS[name](config)))
+        text, record = train.plan(plan.PLANS[name](config))
         print(text, flush=True)
         if parallel.is_main_process():
             runner.write_json(os.path.join(run_dir, "plan.json"), record)

@@ -50,6 +50,26 @@ def test_flops_memory_and_hours_of_an_mlp_step():
     assert peak > 1e8 and isinstance(kind, str)
 
 
+def test_plan_sums_the_repeats_of_every_phase_at_the_reference_peaks():
+    """train.plan: each phase is repeats × steps × XLA's FLOPs at 40% of the vendor peak, summed."""
+    model = models.mlp((WIDTHS[0],), WIDTHS[-1], hidden=WIDTHS[1:-1])
+    phases = [
+        train.supervised_phase("a", model, optax.adam(1e-3), (WIDTHS[0],), BATCH, 1000, repeats=3),
+        train.supervised_phase("b", model, optax.sgd(0.1), (WIDTHS[0],), BATCH // 2, 500),
+    ]
+    text, record = train.plan(phases)
+    flops = [entry["flops_per_step"] for entry in record["phases"]]
+    assert matmul_flops() <= flops[0] <= 1.1 * matmul_flops()
+    assert [e["repeats"] for e in record["phases"]] == [3, 1] and [e["steps"] for e in record["phases"]] == [
+        1000,
+        500,
+    ]
+    by_hand = (3 * 1000 * flops[0] + 500 * flops[1]) / (275e12 * 0.4) / 3600
+    assert record["total_hours"]["TPU v4"] == pytest.approx(by_hand, rel=1e-12)
+    assert record["total_hours"]["H100"] == pytest.approx(by_hand * 275 / 989, rel=1e-12)
+    assert text.count("\n| ") == 4 and "**total**" in text  # header, separator, two phases, total
+
+
 SCRIPT = textwrap.dedent(
     """
     import sys, json

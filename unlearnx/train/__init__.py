@@ -7,6 +7,7 @@
 - :func:`fit`: supervised training over epochs of in-memory arrays, on :func:`loop`.
 - :func:`step_cost`, :class:`StepCost`, :func:`device_peak_flops`: a loop's FLOPs, memory per device and
   estimated hours, from one step compiled on abstract shapes (nothing runs, nothing is allocated).
+- :class:`Phase`, :func:`supervised_phase`, :func:`plan`: a study's loops priced together before it runs.
 - :class:`Preempted`, :func:`install_sigterm_handler`, :func:`request_stop`, :func:`stop_at`,
   :func:`clear_stop`: the one stop mechanism (SIGTERM, user requests and tests alike): the loop
   checkpoints and raises :class:`Preempted`; a rerun resumes.
@@ -21,6 +22,7 @@ from unlearnx.train._cost import (
 )
 from unlearnx.train._fit import fit
 from unlearnx.train._loop import loop
+from unlearnx.train._plan import Phase, plan, supervised_phase
 from unlearnx.train._preemption import (
     Preempted,
     clear_stop,
@@ -36,6 +38,7 @@ __all__ = [
     "DEFAULT_UTILISATION",
     "REFERENCE_DEVICES",
     "MetricLogger",
+    "Phase",
     "Preempted",
     "StepCost",
     "TrainState",
@@ -47,9 +50,11 @@ __all__ = [
     "loop",
     "make_train_step",
     "next_token_losses",
+    "plan",
     "predict",
     "request_stop",
     "step_cost",
     "stop_at",
     "stop_requested",
+    "supervised_phase",
 ]
