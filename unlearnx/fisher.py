@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearnx import _fisher_structured as _structured
 from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
 
@@ -40,6 +41,7 @@ def diagonal(
     estimator: Estimator = "empirical",
     chunk_size: int | None = None,
     axis_name: str | None = None,
+    structured: bool = True,
 ) -> PyTree:
     """Diagonal importance of every parameter (see the module docstring for the three estimators).
 
@@ -56,6 +58,10 @@ def diagonal(
       axis_name: when called inside ``shard_map``/``pmap`` over a data axis, the name of that axis; sums over
         examples and batch means are then all-reduced across devices, so every device returns the
         importance of the global data.
+      structured: for ``"empirical"``, use structured per-example squares where the loss's jaxpr shows
+        them (dense layers applied once per example, embedding lookups: see the module docstring); every
+        other leaf, and every leaf when ``False``, takes per-example gradients from ``vmap``. Both are
+        exact; the structured path costs about one batch gradient.
 
     Returns:
       A float32 tree with ``params``' exact structure.
@@ -71,12 +77,15 @@ def diagonal(
     checks.choice("estimator", estimator, ESTIMATORS)
     if chunk_size is not None:
         checks.static_int("chunk_size", chunk_size, low=1)
+    if not isinstance(structured, bool):
+        raise TypeError(f"structured must be a Python bool, got {structured!r}")
     for path, leaf in tree_lib.leaves_with_paths(params):
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
             raise TypeError(f"params: leaf {path!r} has non-floating dtype {jnp.result_type(leaf)}")
     checks.check_tree("params", params)
 
-    contribution = _cached(_contribution_fn, loss_fn, estimator, chunk_size, axis_name)
+    structured = structured and estimator == "empirical"
+    contribution = _cached(_contribution_fn, loss_fn, estimator, chunk_size, axis_name, structured)
     total = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
     count = 0
     padded_size = None
@@ -188,76 +197,88 @@ def _check_loss_shape(loss_fn: LossFn, params: PyTree, batch: PyTree, index: int
 
 @functools.lru_cache(maxsize=64)
 def _contribution_fn(
-    loss_fn: LossFn, estimator: str, chunk_size: int | None, axis_name: str | None
+    loss_fn: LossFn, estimator: str, chunk_size: int | None, axis_name: str | None, structured: bool
 ) -> Callable:
     """Builds the jitted ``(total, params, batch, weights) -> (total + contribution, count, bad)`` update,
     ``bad`` counting the real examples whose loss is not finite.
 
     ``weights`` is 1 for real examples and 0 for padding.
     """
+    if estimator == "empirical":
+        return jax.jit(functools.partial(_empirical, loss_fn, chunk_size, axis_name, structured))
+    return jax.jit(functools.partial(_batch_accumulate, loss_fn, estimator, axis_name))
 
-    def local(params):
-        # Inside shard_map, differentiating replicated (device-invariant) params already all-reduces the
-        # gradient; casting them to device-varying keeps each gradient local so that the explicit psum
-        # below is the only reduction and per-example gradients stay per example.
-        return params if axis_name is None else jax.tree.map(lambda p: _varying(p, axis_name), params)
 
-    def nonfinite(losses, weights):  # real examples (weight > 0) whose loss is NaN/inf
-        return jnp.sum((weights > 0) & ~jnp.isfinite(losses), dtype=jnp.int32)
+def _local(params: PyTree, axis_name: str | None) -> PyTree:
+    """Inside shard_map, differentiating replicated (device-invariant) params already all-reduces the
+    gradient; casting them to device-varying keeps each gradient local so that the explicit psum is the
+    only reduction and per-example gradients stay per example."""
+    return params if axis_name is None else jax.tree.map(lambda p: _varying(p, axis_name), params)
 
-    def batch_mean_gradient(params, batch, weights):
-        def total(p):
-            losses = loss_fn(p, batch)
-            return jnp.sum(weights * losses), losses
 
-        grads, losses = jax.grad(total, has_aux=True)(local(params))
-        grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
-        size = jnp.sum(weights)
-        if axis_name is not None:
-            grads, size = jax.lax.psum((grads, size), axis_name)
-        return jax.tree.map(lambda g: g / size, grads), nonfinite(losses, weights)
+def _nonfinite(losses: jax.Array, weights: jax.Array) -> jax.Array:
+    """The number of real examples (weight > 0) whose loss is NaN/inf."""
+    return jnp.sum((weights > 0) & ~jnp.isfinite(losses), dtype=jnp.int32)
 
-    def per_example_squares(params, batch, weights):
-        def example_loss(p, example):
-            loss = loss_fn(p, jax.tree.map(lambda a: a[None], example))[0]
-            return loss, loss
 
-        grads, losses = jax.vmap(jax.grad(example_loss, has_aux=True), in_axes=(None, 0))(
-            local(params), batch
-        )
-        squares = jax.tree.map(
-            lambda g: jnp.tensordot(weights, jnp.square(g.astype(jnp.float32)), axes=1), grads
-        )
-        return squares, nonfinite(losses, weights)
+def _batch_accumulate(loss_fn, estimator, axis_name, total, params, batch, weights):
+    """Adds the squared (``batch_sq``) or absolute (``batch_abs``) batch-mean gradient to ``total``."""
 
-    def empirical(total, params, batch, weights):
-        size = weights.shape[0]
-        chunk = size if chunk_size is None else min(chunk_size, size)
-        num_chunks = -(-size // chunk)
-        pad = num_chunks * chunk - size
-        # Pad with copies of the first example (valid inputs, so no inf/NaN) carrying weight 0.
-        padded = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, 0)]), batch)
-        weights = jnp.concatenate([weights, jnp.zeros(pad, jnp.float32)])
-        chunks = jax.tree.map(lambda a: a.reshape((num_chunks, chunk) + a.shape[1:]), padded)
-        chunk_weights = weights.reshape(num_chunks, chunk)
+    def weighted_total(p):
+        losses = loss_fn(p, batch)
+        return jnp.sum(weights * losses), losses
 
-        def body(acc, xs):
-            chunk_batch, w = xs
-            squares, bad = per_example_squares(params, chunk_batch, w)
-            return jax.tree.map(jnp.add, acc, squares), bad
+    grads, losses = jax.grad(weighted_total, has_aux=True)(_local(params, axis_name))
+    grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+    size = jnp.sum(weights)
+    if axis_name is not None:
+        grads, size = jax.lax.psum((grads, size), axis_name)
+    reduce = jnp.square if estimator == "batch_sq" else jnp.abs
+    total = jax.tree.map(lambda t, g: t + reduce(g / size), total, grads)
+    return total, jnp.asarray(1.0, jnp.float32), _nonfinite(losses, weights)
 
-        summed, bad = jax.lax.scan(body, local(jax.tree.map(jnp.zeros_like, total)), (chunks, chunk_weights))
-        count = jnp.sum(weights)
-        if axis_name is not None:
-            summed, count = jax.lax.psum((summed, count), axis_name)
-        return jax.tree.map(jnp.add, total, summed), count, jnp.sum(bad)
 
-    def batch_accumulate(total, params, batch, weights):
-        grads, bad = batch_mean_gradient(params, batch, weights)
-        reduce = jnp.square if estimator == "batch_sq" else jnp.abs
-        return jax.tree.map(lambda t, g: t + reduce(g), total, grads), jnp.asarray(1.0, jnp.float32), bad
+def _vmap_squares(loss_fn, params, batch, weights):
+    """Σᵢ wᵢ (∂ℓᵢ/∂θ)² from per-example gradients of the whole tree (``vmap``), and the losses."""
 
-    return jax.jit(empirical if estimator == "empirical" else batch_accumulate)
+    def example_loss(p, example):
+        loss = loss_fn(p, jax.tree.map(lambda a: a[None], example))[0]
+        return loss, loss
+
+    grads, losses = jax.vmap(jax.grad(example_loss, has_aux=True), in_axes=(None, 0))(params, batch)
+    squares = jax.tree.map(lambda g: jnp.tensordot(weights, jnp.square(g.astype(jnp.float32)), axes=1), grads)
+    return squares, losses
+
+
+def _empirical(loss_fn, chunk_size, axis_name, structured, total, params, batch, weights):
+    """Adds Σᵢ wᵢ (∂ℓᵢ/∂θ)² to ``total``, ``chunk_size`` examples at a time (a ``scan`` over chunks)."""
+    size = weights.shape[0]
+    chunk = size if chunk_size is None else min(chunk_size, size)
+    num_chunks = -(-size // chunk)
+    pad = num_chunks * chunk - size
+    # Pad with copies of the first example (valid inputs, so no inf/NaN) carrying weight 0.
+    padded = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, 0)]), batch)
+    weights = jnp.concatenate([weights, jnp.zeros(pad, jnp.float32)])
+    chunks = jax.tree.map(lambda a: a.reshape((num_chunks, chunk) + a.shape[1:]), padded)
+    chunk_weights = weights.reshape(num_chunks, chunk)
+    plan = _structured.analyse(loss_fn, params, jax.tree.map(lambda a: a[0], batch)) if structured else None
+    params = _local(params, axis_name)
+
+    def body(acc, xs):
+        chunk_batch, w = xs
+        if plan is None:
+            squares, losses = _vmap_squares(loss_fn, params, chunk_batch, w)
+        else:
+            cast = functools.partial(_local, axis_name=axis_name)
+            squares, losses = _structured.squares(plan, params, chunk_batch, w, cast)
+        return jax.tree.map(jnp.add, acc, squares), _nonfinite(losses, w)
+
+    initial = _local(jax.tree.map(jnp.zeros_like, total), axis_name)
+    summed, bad = jax.lax.scan(body, initial, (chunks, chunk_weights))
+    count = jnp.sum(weights)
+    if axis_name is not None:
+        summed, count = jax.lax.psum((summed, count), axis_name)
+    return jax.tree.map(jnp.add, total, summed), count, jnp.sum(bad)
 
 
 def _varying(leaf: jax.Array, axis_name: str) -> jax.Array:
