@@ -1,24 +1,36 @@
 """RECE (Gong et al., ECCV 2024): UCE, then rounds of "derive the embedding that still evokes the concept,
 erase it too", over every selected kernel of a parameter tree.
 
-Every selected kernel K_l (Flax layout ``(d_in, d_out_l)``, shared d_in) sees the same keys, so
+Every selected kernel K_l (Flax layout ``(d_in, d_out_l)``, shared d_in) sees the same keys. With the initial
+edit's rows C₀ (erase), C_G₀ (guide), C_P₀ (preserve) and the rounds' rows C, C_G, C_P:
 
-1. UCE erase: K_l ← K_l + G₀⁻¹ α C_Eᵀ (C_G K_l − C_E K_l) = (I + D₀) K_l with the targets V* = C_G K_l
-   (``guide_keys @ K``) and G₀ = λ I + α C_Eᵀ C_E + β C_Pᵀ C_P;
-2. each of ``epochs`` rounds r: c′ = (λ_reg I + Σ_l K′_l K′_lᵀ)⁻¹ (Σ_l K′_l K_lᵀ) c for every concept row c
+1. UCE erase: K_l ← K_l + G₀⁻¹ α C₀ᵀ (C_G₀ K_l − C₀ K_l) = (I + D₀) K_l with the targets V* = C_G₀ K_l and
+   G₀ = λ I + α C₀ᵀ C₀ + β C_P₀ᵀ C_P₀;
+2. each of ``epochs`` rounds r: c′ = (λ_reg I + Σ_l K′_l K′_lᵀ)⁻¹ (Σ_l K′_l K_lᵀ) c for every row c of C
    (K′ the current, K the original kernels), then UCE on the current kernels with erase keys C′, targets
-   C_G K′_l and the round's (α_r, β_r, λ_r): K′_l ← (I + D_r) K′_l.
+   C_G K′_l, preserve rows C_P and the round's (α_r, β_r, λ_r): K′_l ← (I + D_r) K′_l.
 
-Each step multiplies every kernel on the left by one d_in × d_in matrix, D = α G⁻¹ Cᵀ (C_G − C), and with
-M = I + D_total and S = Σ_l K_l K_lᵀ (computed once) the sums of step (a) are Σ K′K′ᵀ = M S Mᵀ and
-Σ K′Kᵀ = M S. The whole edit is therefore a chain of d_in × d_in solves (768 for SD v1.x) followed by one
-product K_l + D_total K_l per kernel, all in float32 at ``Precision.HIGHEST``. This equals the naive
-composition of :func:`unlearnx.erase.uce` and :func:`unlearnx.erase.derive_embedding` per kernel.
+**Which rows each step uses.** The official pipeline (``CharlesGong12/RECE``: ``train.py`` on a checkpoint
+of ``erase_methods/train_uce.py``) keys step 1 on the concept's rows *from its last word token to the end
+of the prompt*, with the guide trimmed to the same number of rows (:func:`unlearnx.erase.last_word_rows`)
+and the preserve prompts ('' for nudity) on all 77 rows; step 2 derives c′ from *all 77 rows* of the bare
+concept prompt (BOS, EOS and padding included) and erases them towards all 77 rows of the guide (" "),
+preserving all rows of its retain prompts (" "). Pass step 1's rows as ``initial_concept_keys``,
+``initial_guide_keys`` and ``initial_preserve_keys``; without them step 1 uses the rounds' rows.
+
+**β counts each preserve row once.** The official round repeats its retain prompts once per erased concept
+(``retain_texts = [' ' for _ in old_texts]``), so with k concepts its effective round β is k·β; pass
+``round_preserve_scale=k * β`` (or the preserve rows k times) to reproduce it. Several concepts are erased
+together by stacking their rows (and their guides' rows) in ``concept_keys``/``guide_keys``.
+
+Each step multiplies every kernel on the left by one d_in × d_in matrix, so the whole edit is a chain of
+d_in × d_in solves (768 for SD v1.x) followed by one product K_l + D_total K_l per kernel, all in float32 at
+``Precision.HIGHEST`` (:mod:`unlearnx.erase._chain`). This equals the naive composition of
+:func:`unlearnx.erase.uce` and :func:`unlearnx.erase.derive_embedding` per kernel.
 """
 
 from __future__ import annotations
 
-import functools
 import operator
 from typing import Any
 
@@ -28,11 +40,9 @@ import numpy as np
 
 from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
-from unlearnx.erase._checks import as_kernel, as_rows, check_scale, flat32, host64, overflow_cause
-from unlearnx.erase._linalg import hi_matmul
-from unlearnx.erase.embedding import mapped_embedding
+from unlearnx.erase._chain import rece_chain
+from unlearnx.erase._checks import as_kernel, as_rows, check_scale, host64, overflow_cause
 from unlearnx.erase.selectors import cross_attention_kv
-from unlearnx.erase.uce import uce_change
 
 PyTree = Any
 
@@ -65,14 +75,6 @@ def _selected_kernels(params: PyTree, where: tree_lib.Where) -> tuple[list, Any,
     return [leaf for _, leaf in flat], treedef, chosen, d_in
 
 
-def _step(keys, guide, preserve, erase_scale, preserve_scale, lamb):
-    """Factors (P, Q) of D = P Q with UCE(K, keys, guide @ K, ·) = (I + D) K for every K:
-    D = α G⁻¹ keysᵀ (guide − keys)."""
-    return uce_change(
-        keys, preserve, guide - keys, erase_scale=erase_scale, preserve_scale=preserve_scale, lamb=lamb
-    )
-
-
 def _check_epochs(epochs) -> int:
     if isinstance(epochs, bool) or not isinstance(epochs, int):
         try:
@@ -91,12 +93,52 @@ def _hyper(**hyper) -> dict:
     return hyper
 
 
+def _aligned(concept_name: str, guide_name: str, concept: Any, guide: Any, d_in: int) -> tuple:
+    concept = as_rows(concept_name, concept, d_in, allow_empty=False)
+    guide = as_rows(guide_name, guide, d_in, allow_empty=False)
+    if guide.shape != concept.shape:
+        raise ValueError(
+            f"{guide_name} must be aligned with {concept_name} (one guide row per concept row): shapes "
+            f"{guide.shape} vs {concept.shape}"
+        )
+    return concept, guide
+
+
+def _keys(d_in: int, concept, guide, preserve, initial_concept, initial_guide, initial_preserve) -> tuple:
+    """Validated ``(initial, rounds)`` row triples (erase, guide, preserve); the initial ones default to
+    the rounds' rows."""
+    rounds = (*_aligned("concept_keys", "guide_keys", concept, guide, d_in),)
+    rounds += (as_rows("preserve_keys", preserve, d_in, allow_empty=True),)
+    if (initial_concept is None) != (initial_guide is None):
+        given, missing = (
+            ("initial_concept_keys", "initial_guide_keys")
+            if initial_guide is None
+            else ("initial_guide_keys", "initial_concept_keys")
+        )
+        raise ValueError(
+            f"{given} was given without {missing}: the initial edit's erase and guide rows must be passed "
+            "together, aligned row by row (see erase.last_word_rows)"
+        )
+    if initial_concept is None:
+        initial = rounds[:2]
+    else:
+        initial = _aligned("initial_concept_keys", "initial_guide_keys", initial_concept, initial_guide, d_in)
+    if initial_preserve is None:
+        initial += (rounds[2],)
+    else:
+        initial += (as_rows("initial_preserve_keys", initial_preserve, d_in, allow_empty=True),)
+    return initial, rounds
+
+
 def rece(
     params: PyTree,
     concept_keys: Any,
     guide_keys: Any,
     preserve_keys: Any,
     *,
+    initial_concept_keys: Any = None,
+    initial_guide_keys: Any = None,
+    initial_preserve_keys: Any = None,
     where: tree_lib.Where = cross_attention_kv,
     epochs: int = 1,
     reg: float = 0.1,
@@ -107,14 +149,25 @@ def rece(
     round_preserve_scale: float = 0.1,
     round_lamb: float = 0.1,
 ) -> tuple[PyTree, dict[str, jax.Array]]:
-    """UCE, then ``epochs`` RECE rounds, on every kernel ``where`` selects (math: the module docstring).
+    """UCE, then ``epochs`` RECE rounds, on every kernel ``where`` selects (math and the rows each step
+    uses: the module docstring).
 
     Args:
       params: parameter tree (Linen dict, NNX ``State``, plain dict, ...).
-      concept_keys: C_E, ``[n, d_in]`` token rows of the concept prompt (e.g. ``[77, 768]`` CLIP states).
-      guide_keys: C_G, ``[n, d_in]`` token rows aligned with ``concept_keys`` (e.g. the prompt " "); the
-        targets of every erase step are ``guide_keys @ K`` with K the kernel being edited.
-      preserve_keys: C_P, ``[m, d_in]`` rows to preserve (m may be 0, or ``None``).
+      concept_keys: C, ``[n, d_in]`` token rows of the concept prompt (e.g. all ``[77, 768]`` CLIP states
+        of "nudity"); every round derives c′ from each of these rows. Rows of several concepts may be
+        stacked.
+      guide_keys: C_G, ``[n, d_in]`` token rows aligned with ``concept_keys`` (e.g. the prompt " "); each
+        round's targets are ``guide_keys @ K′`` with K′ the kernel being edited.
+      preserve_keys: C_P, ``[m, d_in]`` rows each round preserves (m may be 0, or ``None``); each row is
+        counted once (see the module docstring for the official code's repetition).
+      initial_concept_keys: C₀, ``[n₀, d_in]`` erase rows of the initial UCE edit, e.g. the concept's rows
+        from its last word token on (:func:`unlearnx.erase.last_word_rows`, the official pipeline);
+        ``None`` (default): ``concept_keys``. Must be given together with ``initial_guide_keys``.
+      initial_guide_keys: C_G₀, ``[n₀, d_in]`` rows aligned with ``initial_concept_keys``, whose outputs
+        under the original kernels are the initial edit's targets; ``None``: ``guide_keys``.
+      initial_preserve_keys: C_P₀, ``[m₀, d_in]`` preserve rows of the initial edit (e.g. the empty prompt
+        "" of UCE's script; zero rows for none); ``None`` (default): ``preserve_keys``.
       where: selector of the kernels to edit (``unlearnx.tree`` syntax); default: cross-attention keys and
         values. Kernels are ``(d_in, *out)`` with a shared d_in; 3-D kernels are flattened over outputs.
       epochs: number of RECE rounds (≥ 0; 0 is plain UCE).
@@ -131,23 +184,41 @@ def rece(
 
     Raises:
       ValueError: ``where`` selecting nothing, kernels of different d_in or fewer than 2 dimensions, key
-        shapes not ``[rows, d_in]`` or differing between concept and guide, empty concept keys, negative
-        or non-finite scales, λ, λ_reg ≤ 0, negative ``epochs``, non-finite values (when not traced), or
-        non-finite edited kernels or history from finite inputs (float32 overflow, checked when not traced;
-        the message names the quantity that overflowed).
+        shapes not ``[rows, d_in]`` or differing between concept and guide (initial or rounds), empty
+        concept keys, only one of the initial concept/guide keys, negative or non-finite scales, λ,
+        λ_reg ≤ 0, negative ``epochs``, non-finite values (when not traced), or non-finite edited kernels
+        or history from finite inputs (float32 overflow, checked when not traced; the message names the
+        quantity that overflowed).
       TypeError: non-integer ``epochs``, non-floating kernels, traced scales (hyper-parameters are static).
+
+    Example (the official nudity recipe on a toy tree; real keys are CLIP states of "nudity", " ", ""):
+      >>> import numpy as np
+      >>> from unlearnx import erase
+      >>> rng = np.random.default_rng(0)
+      >>> params = {"attn2": {"to_k": {"kernel": rng.normal(size=(8, 4))},
+      ...                     "to_v": {"kernel": rng.normal(size=(8, 6))}}}
+      >>> nudity, space, empty = (rng.normal(size=(5, 8)) for _ in range(3))
+      >>> erase_rows, guide_rows = erase.last_word_rows(nudity, space, concept_tokens=3, guide_tokens=2)
+      >>> new, history = erase.rece(params, nudity, space, space, epochs=3,
+      ...     initial_concept_keys=erase_rows, initial_guide_keys=guide_rows, initial_preserve_keys=empty)
+      >>> history["embeddings"].shape, history["change"].shape
+      ((3, 5, 8), (4,))
+
+    References:
+      Gong et al., "Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models", ECCV 2024
+      (arXiv 2407.12383); code ``CharlesGong12/RECE``.
     """
     epochs = _check_epochs(epochs)
     leaves, treedef, chosen, d_in = _selected_kernels(params, where)
-    concept = as_rows("concept_keys", concept_keys, d_in, allow_empty=False)
-    guide = as_rows("guide_keys", guide_keys, d_in, allow_empty=False)
-    if guide.shape != concept.shape:
-        raise ValueError(
-            f"guide_keys must be aligned with concept_keys (one guide row per concept row): shapes "
-            f"{guide.shape} vs {concept.shape}"
-        )
-    preserve = as_rows("preserve_keys", preserve_keys, d_in, allow_empty=True)
-
+    initial, rounds = _keys(
+        d_in,
+        concept_keys,
+        guide_keys,
+        preserve_keys,
+        initial_concept_keys,
+        initial_guide_keys,
+        initial_preserve_keys,
+    )
     hyper = _hyper(
         erase_scale=erase_scale,
         preserve_scale=preserve_scale,
@@ -157,11 +228,11 @@ def rece(
         round_preserve_scale=round_preserve_scale,
         round_lamb=round_lamb,
     )
-    edited, history = _rece(
-        [jnp.asarray(leaves[i]) for i in chosen], concept, guide, preserve, hyper, epochs=epochs
+    edited, history = rece_chain(
+        [jnp.asarray(leaves[i]) for i in chosen], initial, rounds, hyper, epochs=epochs
     )
     if not checks.is_traced((edited, history)):
-        cause = _RecePeaks([leaves[i] for i in chosen], concept, guide, preserve, hyper)
+        cause = _RecePeaks([leaves[i] for i in chosen], initial, rounds, hyper)
         paths = [checks.path_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
         kernels = {paths[i]: kernel for i, kernel in zip(chosen, edited, strict=True)}
         checks.check_output("rece: the edited kernels", kernels, cause)
@@ -175,14 +246,17 @@ def rece(
 class _RecePeaks:
     """The overflow diagnosis of :func:`rece`, computed on the host only when its message is formatted."""
 
-    def __init__(self, kernels, concept, guide, preserve, hyper):
-        self.args = (kernels, concept, guide, preserve, hyper)
+    def __init__(self, kernels, initial, rounds, hyper):
+        self.args = (kernels, initial, rounds, hyper)
 
     def __str__(self) -> str:
-        kernels, concept, guide, preserve, hyper = self.args
+        kernels, initial, rounds, hyper = self.args
         flat = [host64(k) for k in kernels]
-        c, g = host64(concept), host64(guide)
-        p = host64(preserve) if preserve.shape[0] else np.zeros((0, c.shape[1]))
+        d_in = flat[0].shape[0]
+        c, g, p = (
+            np.concatenate([host64(a) if a.shape[0] else np.zeros((0, d_in)) for a in pair])
+            for pair in zip(initial, rounds, strict=True)
+        )
         alpha = max(float(hyper["erase_scale"]), float(hyper["round_erase_scale"]))
         beta = max(float(hyper["preserve_scale"]), float(hyper["round_preserve_scale"]))
         return overflow_cause(
@@ -193,66 +267,3 @@ class _RecePeaks:
                 "the Gram matrix β C_P C_Pᵀ": lambda: beta * (p @ p.T),
             }
         )
-
-
-@functools.partial(jax.jit, static_argnames="epochs")
-def _rece(originals, concept, guide, preserve, hyper, *, epochs):
-    """The shared-structure computation: a chain of d_in × d_in steps, then one product per kernel."""
-    kernels = [flat32(k) for k in originals]
-    concept, guide, preserve = (a.astype(jnp.float32) for a in (concept, guide, preserve))
-    left, right = _step(
-        concept, guide, preserve, hyper["erase_scale"], hyper["preserve_scale"], hyper["lamb"]
-    )
-    total = hi_matmul(left, right)  # D_total = M − I
-    embeddings, changes, distances = [], [], []
-    if epochs:
-        gram = sum(hi_matmul(k, k.T) for k in kernels)
-        gram = 0.5 * (gram + gram.T)  # S = Σ K Kᵀ
-        gram_trace = jnp.trace(gram)
-        identity = jnp.eye(total.shape[0], dtype=jnp.float32)
-
-        def grams():  # M S = Σ K′Kᵀ and M S Mᵀ = Σ K′K′ᵀ, formed from M: M is near-singular after a few
-            mapped = hi_matmul(identity + total, gram)  # rounds, so low-rank updates would cancel badly
-            return mapped, hi_matmul(mapped, identity + total.T)
-
-        def distance(mapped):  # ‖(M − I) K‖ / ‖K‖ over all kernels: tr((M S − S) (M − I)ᵀ) / tr(S)
-            return jnp.sqrt(jnp.sum((mapped - gram) * total) / gram_trace)
-
-        mapped, current = grams()
-        changes.append(distance(mapped))
-        distances.append(changes[0])
-        for r in range(epochs):
-            if r:
-                mapped, current = grams()
-                distances.append(distance(mapped))
-            embedding = mapped_embedding(identity + total, mapped, current, concept, hyper["reg"])
-            left, right = _step(
-                embedding,
-                guide,
-                preserve,
-                hyper["round_erase_scale"],
-                hyper["round_preserve_scale"],
-                hyper["round_lamb"],
-            )
-            embeddings.append(embedding)
-            step = hi_matmul(left, right)  # formed first: its thin factors cancel heavily
-            changes.append(jnp.sqrt(jnp.sum(hi_matmul(step, current) * step) / jnp.trace(current)))
-            total = total + step + hi_matmul(step, total)
-        edited = [k + hi_matmul(total, k) for k in kernels]
-        distances.append(
-            jnp.sqrt(
-                sum(jnp.sum(jnp.square(e - k)) for e, k in zip(edited, kernels, strict=True)) / gram_trace
-            )
-        )
-    else:
-        edited = [k + hi_matmul(total, k) for k in kernels]
-        change = jnp.sqrt(sum(jnp.sum(jnp.square(e - k)) for e, k in zip(edited, kernels, strict=True)))
-        change = change / jnp.sqrt(sum(jnp.sum(jnp.square(k)) for k in kernels))
-        changes, distances = [change], [change]
-    history = {
-        "embeddings": jnp.stack(embeddings) if embeddings else jnp.zeros((0, *concept.shape), jnp.float32),
-        "change": jnp.stack(changes),
-        "distance": jnp.stack(distances),
-    }
-    edited = [e.reshape(k.shape).astype(k.dtype) for e, k in zip(edited, originals, strict=True)]
-    return edited, history
