@@ -112,6 +112,70 @@ def test_si_importance_matches_the_closed_form_on_a_quadratic():
     np.testing.assert_allclose(float(added["theta"]), want, rtol=1e-4)
 
 
+@pytest.mark.parametrize("decay_penalty", [False, True])
+def test_online_ewc_penalty_conventions_match_float64(decay_penalty):
+    """Two consolidations with γ = 0.7: F̃ = γ F₁ + F₂; the gradient is λ F̃ (θ − θ*₂), or λ γ F̃ (θ − θ*₂)
+    with ``decay_penalty`` (van de Ven's code, Schwarz et al.'s ½‖θ − θ*‖²_{γF̃})."""
+    params, fisher, anchor = _trees()
+    _, fisher2, anchor2 = _trees(1)
+    strength, decay = 2.5, 0.7
+    opt = continual.online_ewc(strength, decay=decay, decay_penalty=decay_penalty)
+    state = opt.init(_as32(params))
+    state = continual.consolidate_online_ewc(state, _as32(fisher), _as32(anchor))
+    state = continual.consolidate_online_ewc(state, _as32(fisher2), _as32(anchor2))
+    zero = jax.tree.map(jnp.zeros_like, _as32(params))
+    got, _ = jax.jit(opt.update)(zero, state, _as32(params))
+    scale = strength * decay if decay_penalty else strength
+    for k in params:
+        want = scale * (decay * fisher[k] + fisher2[k]) * (params[k] - anchor2[k])  # float64 NumPy
+        np.testing.assert_allclose(np.asarray(got[k], np.float64), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="decay_penalty must be a Python bool"):
+        continual.online_ewc(1.0, decay_penalty=1)
+
+
+def _si_reference(path_gradient, *, a, b, theta0, lr, strength, damping, steps):
+    """Float64 SI by hand on tasks L_k = ½ a_k (θ − b_k)² (one SGD loop per task), with ω accumulating
+    −g·Δθ for g the task gradient or the task gradient plus the penalty's 2cΩ(θ − θ̃)."""
+    theta, anchor = np.asarray(theta0, np.float64), np.asarray(theta0, np.float64)
+    importance = np.zeros_like(theta)
+    for a_k, b_k in zip(a, b, strict=True):
+        omega = np.zeros_like(theta)
+        for _ in range(steps):
+            task = a_k * (theta - b_k)
+            total = task + 2 * strength * importance * (theta - anchor)
+            delta = -lr * total
+            omega -= (total if path_gradient == "total" else task) * delta
+            theta = theta + delta
+        importance = importance + omega / ((theta - anchor) ** 2 + damping)
+        anchor = theta
+    return importance, theta
+
+
+@pytest.mark.parametrize("path_gradient", ["task", "total"])
+def test_si_path_gradient_conventions_match_float64(path_gradient):
+    hyper = {"strength": 0.8, "damping": 0.1}
+    a, b = np.array([2.0, 0.5]), np.array([[1.0, -2.0, 0.5], [-1.5, 1.0, 3.0]])
+    theta0, lr, steps = np.array([3.0, 0.0, -1.0]), 0.1, 20
+    opt = optax.chain(continual.synaptic_intelligence(**hyper, path_gradient=path_gradient), optax.sgd(lr))
+    params = {"theta": jnp.asarray(theta0, jnp.float32)}
+    state = opt.init(params)
+    for a_k, b_k in zip(a, b, strict=True):
+        step = jax.jit(lambda p, s, a_k=a_k, b_k=b_k: opt.update({"theta": a_k * (p["theta"] - b_k)}, s, p))
+        for _ in range(steps):
+            updates, state = step(params, state)
+            params = optax.apply_updates(params, updates)
+        state = continual.consolidate_si(state, params)
+    want, theta = _si_reference(path_gradient, a=a, b=b, theta0=theta0, lr=lr, steps=steps, **hyper)
+    np.testing.assert_allclose(np.asarray(params["theta"], np.float64), theta, rtol=1e-5)
+    got = np.asarray(optax.tree.get(state, "SiState").importance["theta"], np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    flipped = {"task": "total", "total": "task"}[path_gradient]
+    other, _ = _si_reference(flipped, a=a, b=b, theta0=theta0, lr=lr, steps=steps, **hyper)
+    assert np.max(np.abs(other - want) / np.abs(want)) > 1e-2  # the conventions differ after task 1
+    with pytest.raises(ValueError, match="path_gradient must be one of"):
+        continual.synaptic_intelligence(1.0, path_gradient="penalty")
+
+
 @pytest.mark.parametrize("flavour", ["linen", "nnx", "plain"])
 def test_penalties_on_every_tree_flavour(flavour):
     params, fisher, anchor = (_as32(t) for t in _trees())

@@ -6,10 +6,24 @@ integrals) live in its ``NamedTuple`` state, so they checkpoint and shard with t
 
 * EWC (Kirkpatrick et al. 2017):  P(θ) = Σₜ (λ/2) Σₚ Fₜ,ₚ (θₚ − θ*ₜ,ₚ)²,   ∇P = λ Σₜ Fₜ ⊙ (θ − θ*ₜ).
 * Online EWC (Schwarz et al. 2018): one running F̃ ← γ F̃ + F_k and one anchor θ* (the latest solution),
-  set by :func:`consolidate_online_ewc` at the end of each task.
+  set by :func:`consolidate_online_ewc` at the end of each task; ∇P = λ F̃ ⊙ (θ − θ*).
 * SI (Zenke et al. 2017): during a task ωₚ += −gₚ·Δθₚ along the path; at its end
   Ωₚ += ωₚ / ((Δₚ)² + ξ) with Δₚ the parameter's total change over the task, the anchor θ̃ moves to the
   task's final parameters (:func:`consolidate_si`), and P(θ) = c Σₚ Ωₚ (θₚ − θ̃ₚ)², ∇P = 2c Ω ⊙ (θ − θ̃).
+
+**Conventions that differ between implementations** (each has an option; defaults are this library's):
+
+* Online EWC's penalty uses F̃ itself, so the latest task's Fisher enters at full weight; Schwarz et al.'s
+  penalty ½‖θ − θ*‖²_{γF̃} and common code (van de Ven's ``continual-learning`` and its forks multiply the
+  running Fisher by γ inside the loss) scale it by γ: ``online_ewc(..., decay_penalty=True)``. With γ = 1
+  the two agree; with γ < 1 the default is the stronger penalty by 1/γ.
+* SI's path integral ω uses the *task* gradient only (the gradient that enters the chain, before the
+  penalty is added), as Zenke et al.'s ω measures each parameter's contribution to the task loss; common
+  code (which reads ``p.grad`` after backpropagating the total loss, penalty included) adds the SI
+  penalty's own gradient 2c Ω ⊙ (θ − θ̃): ``synaptic_intelligence(..., path_gradient="total")``. The two
+  agree on the first task (Ω = 0) and differ from the second on.
+* The Fisher diagonals passed in are whatever :func:`unlearnx.fisher.diagonal` (or the caller) computed; the
+  empirical estimator there averages over the N examples (divides by N).
 """
 
 from __future__ import annotations
@@ -41,6 +55,11 @@ __all__ = [
 def _check_strength(name: str, value: float) -> None:
     """λ / c: a static, finite number ≥ 0 (the library's rule for hyper-parameters)."""
     checks.static_number(name, value, low=0.0)
+
+
+def _check_flag(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a Python bool (it is static), got {value!r}")
 
 
 def _need_params(params: PyTree, name: str) -> None:
@@ -115,11 +134,42 @@ class OnlineEwcState(NamedTuple):
     decay: jax.Array
 
 
-def online_ewc(strength: float, decay: float = 1.0):
-    """Online EWC: λ F̃ ⊙ (θ − θ*) added to the updates; F̃ starts at 0 (no penalty before the first
-    :func:`consolidate_online_ewc`). ``decay`` is γ ∈ [0, 1]."""
+def online_ewc(strength: float, decay: float = 1.0, *, decay_penalty: bool = False):
+    """Online EWC: λ F̃ ⊙ (θ − θ*) (or λ γ F̃ ⊙ (θ − θ*)) added to the updates.
+
+    F̃ starts at 0 (no penalty before the first :func:`consolidate_online_ewc`), which sets
+    F̃ ← γ F̃ + F_k and θ* ← θ at the end of each task k.
+
+    Args:
+      strength: λ ≥ 0.
+      decay: γ ∈ [0, 1].
+      decay_penalty: static. ``False`` (default): the penalty gradient is λ F̃ ⊙ (θ − θ*), the last task's
+        Fisher at full weight. ``True``: λ γ F̃ ⊙ (θ − θ*), the penalty ½ λ ‖θ − θ*‖²_{γF̃} of Schwarz et
+        al. and of common implementations (see the module docstring).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is an :class:`OnlineEwcState`.
+
+    Raises:
+      ValueError: λ < 0 or γ outside [0, 1] (or non-finite).
+      TypeError: traced λ or γ, or a ``decay_penalty`` that is not a bool.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> from unlearnx import continual
+      >>> opt = optax.chain(continual.online_ewc(2.0, decay=0.5, decay_penalty=True), optax.sgd(1.0))
+      >>> params = {"w": jnp.zeros(2)}
+      >>> state = continual.consolidate_online_ewc(opt.init(params), {"w": jnp.ones(2)}, params)
+      >>> updates, _ = opt.update({"w": jnp.zeros(2)}, state, {"w": jnp.ones(2)})
+      >>> updates["w"].tolist()  # −η λ γ F̃ (θ − θ*) = −1 · 2 · 0.5 · 1 · 1
+      [-1.0, -1.0]
+
+    References:
+      Schwarz et al., "Progress & Compress: A scalable framework for continual learning", ICML 2018.
+    """
     _check_strength("strength", strength)
     checks.static_number("decay", decay, low=0.0, high=1.0)
+    _check_flag("decay_penalty", decay_penalty)
 
     def init(params):
         return OnlineEwcState(jax.tree.map(jnp.zeros_like, params), params, jnp.asarray(decay, jnp.float32))
@@ -127,7 +177,8 @@ def online_ewc(strength: float, decay: float = 1.0):
     def update(updates, state, params=None, **extra):
         del extra
         _need_params(params, "online_ewc")
-        penalty = jax.tree.map(lambda f, p, a: strength * f * (p - a), state.fisher, params, state.anchor)
+        scale = strength * state.decay if decay_penalty else strength
+        penalty = jax.tree.map(lambda f, p, a: scale * f * (p - a), state.fisher, params, state.anchor)
         return jax.tree.map(jnp.add, updates, penalty), state
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -166,14 +217,43 @@ class SiState(NamedTuple):
     damping: jax.Array
 
 
-def synaptic_intelligence(strength: float, damping: float = 0.1):
+def synaptic_intelligence(strength: float, damping: float = 0.1, *, path_gradient: str = "task"):
     """SI: accumulates ωₚ += −gₚ Δθₚ and adds 2c Ω ⊙ (θ − θ̃) to the updates (module docstring).
 
     The step's own Δθ is only known at the next call, so each call adds the previous step's term
-    −g_{t−1}·(θ_t − θ_{t−1}); :func:`consolidate_si` adds the last one. ``strength`` is c, ``damping`` ξ > 0.
+    −g_{t−1}·(θ_t − θ_{t−1}); :func:`consolidate_si` adds the last one.
+
+    Args:
+      strength: c ≥ 0.
+      damping: ξ > 0.
+      path_gradient: static, which g enters ω. ``"task"`` (default): the incoming gradient (the task
+        loss's, before this transform adds its penalty). ``"total"``: the incoming gradient plus the
+        penalty's 2c Ω ⊙ (θ − θ̃), i.e. the gradient of the loss actually minimised, as common code
+        computes it (see the module docstring).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is an :class:`SiState`.
+
+    Raises:
+      ValueError: c < 0, ξ ≤ 0 (or non-finite), ``path_gradient`` not ``"task"`` or ``"total"``.
+      TypeError: traced c or ξ.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> from unlearnx import continual
+      >>> opt = optax.chain(continual.synaptic_intelligence(0.5, path_gradient="total"), optax.sgd(0.1))
+      >>> params = {"w": jnp.ones(3)}
+      >>> state = opt.init(params)
+      >>> updates, state = opt.update({"w": jnp.ones(3)}, state, params)
+      >>> updates["w"].tolist()  # no penalty before the first consolidate_si (Ω = 0)
+      [-0.10000000149011612, -0.10000000149011612, -0.10000000149011612]
+
+    References:
+      Zenke, Poole & Ganguli, "Continual Learning Through Synaptic Intelligence", ICML 2017.
     """
     _check_strength("strength", strength)
     checks.static_number("damping", damping, low=0.0, low_open=True)
+    checks.choice("path_gradient", path_gradient, ("task", "total"))
 
     def init(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
@@ -185,10 +265,13 @@ def synaptic_intelligence(strength: float, damping: float = 0.1):
         penalty = jax.tree.map(
             lambda o, p, a: 2.0 * strength * o * (p - a), state.importance, params, state.anchor
         )
+        total = jax.tree.map(jnp.add, updates, penalty)
         new_state = state._replace(
-            omega=_path_integral(state, params), previous_params=params, previous_grads=updates
+            omega=_path_integral(state, params),
+            previous_params=params,
+            previous_grads=total if path_gradient == "total" else updates,
         )
-        return jax.tree.map(jnp.add, updates, penalty), new_state
+        return total, new_state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
