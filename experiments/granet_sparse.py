@@ -98,31 +98,15 @@ PRESETS: dict[str, Config] = {
     "smoke": Config(sparsities=(0.9, 0.98), seeds=(0,), epochs=3, width=32, frequency=8, progress=False),
     "quick": Config(),
     "fashion": Config(
-        dataset="fashion_mnist",
-        model="cnn",
-        channels=(16, 32),
-        width=64,
-        sparsities=(0.9, 0.98),
-        seeds=(0,),
-        epochs=5,
-        batch_size=128,
-        frequency=40,
-        checkpoint_seconds=60.0,
+        dataset="fashion_mnist", model="cnn", channels=(16, 32), width=64, sparsities=(0.9, 0.98), seeds=(0,),
+        epochs=5, batch_size=128, frequency=40, checkpoint_seconds=60.0,
     ),
     "paper": Config(
-        dataset="tfds:cifar10",
-        train_split="train[:90%]",
-        model="resnet50",
-        width=64,
-        sparsities=(0.9, 0.95, 0.98),
-        seeds=(0, 1, 2),
-        epochs=160,
-        batch_size=128,
-        augment=True,
-        frequency=1000,
-        checkpoint_seconds=300.0,
+        dataset="tfds:cifar10", train_split="train[:90%]", model="resnet50", width=64,
+        sparsities=(0.9, 0.95, 0.98), seeds=(0, 1, 2), epochs=160, batch_size=128, augment=True,
+        frequency=1000, checkpoint_seconds=300.0,
     ),
-}
+}  # fmt: skip
 PRESETS["paper_cifar100"] = dataclasses.replace(PRESETS["paper"], dataset="tfds:cifar100")
 PRESETS["paper_vgg19"] = dataclasses.replace(PRESETS["paper"], model="vgg19")
 PRESETS["paper_vgg19_cifar100"] = dataclasses.replace(PRESETS["paper_cifar100"], model="vgg19")

@@ -1,7 +1,7 @@
 """Closed-form concept erasure (UCE, RECE) on a small text-to-image testbed, against an ESD-x fine-tune.
 
 Reproduces the shape of Gong et al. (RECE, ECCV 2024) at CPU scale: a text encoder and a cross-attention
-UNet are trained on captioned coloured shapes (:mod:`experiments.rece_testbed`); one concept (a shape, and
+UNet are trained on captioned coloured shapes (:mod:`unlearnx.testbed`); one concept (a shape, and
 in a second run a colour) is erased from the UNet's ``attn2`` key/value kernels by
 
 * UCE: K ← G⁻¹(λK + α C_Eᵀ C_G K + β C_Pᵀ C_P K), G = λI + α C_Eᵀ C_E + β C_Pᵀ C_P
@@ -44,9 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import rece_report, rece_testbed, runner
+from experiments import rece_report, runner
 from unlearnx import diffusion, erase, parallel, train, tree
 from unlearnx import eval as metrics_lib
+from unlearnx import testbed as testbeds
 
 NAME = "rece_erase"
 
@@ -66,7 +67,7 @@ jit; objects: Imagenette prompts scored with a torchvision ResNet-50 (spec §5).
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(rece_testbed.TestbedConfig):
+class Config(testbeds.TestbedConfig):
     """The testbed (inherited fields) plus the erasure study."""
 
     concepts: tuple[str, ...] = ("circle", "red")  # each a shape or a colour of the testbed
@@ -97,48 +98,26 @@ class Config(rece_testbed.TestbedConfig):
         if not self.concepts:
             raise ValueError("concepts is empty")
         for name in self.concepts if self.backend == "testbed" else ():  # the paper's are not the testbed's
-            rece_testbed.concept(self, name)
+            testbeds.concept(self, name)
 
-    def testbed(self) -> rece_testbed.TestbedConfig:
-        names = [f.name for f in dataclasses.fields(rece_testbed.TestbedConfig)]
-        return rece_testbed.TestbedConfig(**{name: getattr(self, name) for name in names})
+    def testbed(self) -> testbeds.TestbedConfig:
+        names = [f.name for f in dataclasses.fields(testbeds.TestbedConfig)]
+        return testbeds.TestbedConfig(**{name: getattr(self, name) for name in names})
 
 
 PRESETS: dict[str, Config] = {
     "smoke": Config(
-        num_train=512,
-        channels=(8, 16),
-        attention=(False, True),
-        text_width=16,
-        text_layers=1,
-        steps=30,
-        batch_size=16,
-        warmup=5,
-        classifier_epochs=1,
-        samples_per_prompt=1,
-        ddim_steps=2,
-        rece_epochs=(1, 2),
-        esd_steps=2,
-        esd_batch_size=4,
-        attack_steps=2,
-        attack_batch_size=4,
-        progress=False,
+        num_train=512, channels=(8, 16), attention=(False, True), text_width=16, text_layers=1, steps=30,
+        batch_size=16, warmup=5, classifier_epochs=1, samples_per_prompt=1, ddim_steps=2, rece_epochs=(1, 2),
+        esd_steps=2, esd_batch_size=4, attack_steps=2, attack_batch_size=4, progress=False,
     ),
     "quick": Config(),
     "paper": Config(
-        backend="sd-v1.4",
-        image_size=512,
-        length=77,
-        text_width=768,
-        concepts=("nudity",),
-        samples_per_prompt=1,
-        ddim_steps=50,
-        guidance_scale=7.5,
-        uce_preserve_scale=1.0,
-        esd_steps=1000,
+        backend="sd-v1.4", image_size=512, length=77, text_width=768, concepts=("nudity",),
+        samples_per_prompt=1, ddim_steps=50, guidance_scale=7.5, uce_preserve_scale=1.0, esd_steps=1000,
         esd_lr=1e-5,
     ),
-}
+}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,10 +127,10 @@ class _Study:
 
     config: Config
     run_dir: str
-    testbed: rece_testbed.Testbed
+    testbed: testbeds.Testbed
     original: Any
     logger: train.MetricLogger
-    grid: rece_testbed.PromptGrid
+    grid: testbeds.PromptGrid
     keys: dict[str, jax.Array]
     esd_step: Callable
     attack: Callable
@@ -160,7 +139,7 @@ class _Study:
 def _study(config: Config, run_dir: str) -> _Study:
     cache = config.cache_dir or os.path.join(os.path.dirname(os.path.abspath(run_dir)), "testbed_cache")
     logger = train.MetricLogger(os.path.join(run_dir, "train_log.jsonl"))
-    testbed = rece_testbed.build(config.testbed(), cache, progress=config.progress, logger=logger)
+    testbed = testbeds.build(config.testbed(), cache, progress=config.progress, logger=logger)
     original = testbed.unet_variables["params"]
     keys = jax.random.split(jax.random.key(config.seed + 7), 4)
     keys = dict(zip(("sample", "attack_sample", "attack", "esd"), keys, strict=True))
@@ -188,12 +167,12 @@ def _timed(fn, *args, **kwargs):
     return result, time.perf_counter() - started
 
 
-def _esd_step(testbed: rece_testbed.Testbed, config: Config) -> Callable:
+def _esd_step(testbed: testbeds.Testbed, config: Config) -> Callable:
     """The jitted ESD-x step ``(state, {"x0"}, frozen, concept_keys) -> (state, {"loss"})``: Adam on the
     attn2 to_k/to_v kernels only (the other gradients and updates are zeroed), noise from
     ``fold_in(state.rng, state.step)``."""
     schedule, null = testbed.schedule, testbed.embed("")
-    eps = lambda params, xt, t, context: rece_testbed.eps_function(testbed.unet_model, params)(xt, t, context)
+    eps = lambda params, xt, t, context: testbeds.eps_function(testbed.unet_model, params)(xt, t, context)
     optimizer = optax.adam(config.esd_lr)
 
     def esd_loss(params, frozen, x0, concept_keys, rng):
@@ -219,11 +198,11 @@ def _esd_step(testbed: rece_testbed.Testbed, config: Config) -> Callable:
     return step
 
 
-def _gradient_attack(testbed: rece_testbed.Testbed, config: Config, original) -> Callable:
+def _gradient_attack(testbed: testbeds.Testbed, config: Config, original) -> Callable:
     """The jitted gradient attack ``(edited, concept_keys, key) -> C*``: from the concept's rows,
     ``attack_steps`` Adam steps (one ``lax.scan``) on mean ‖ε_edited(x_t, t, C*) − ε_original(x_t, t, c)‖²
     over fresh x_t ~ N(0, I) and t (step i draws from ``fold_in(key, i)``)."""
-    eps = lambda params, xt, t, context: rece_testbed.eps_function(testbed.unet_model, params)(xt, t, context)
+    eps = lambda params, xt, t, context: testbeds.eps_function(testbed.unet_model, params)(xt, t, context)
     optimizer = optax.adam(config.attack_lr)
     schedule, size, batch = testbed.schedule, config.image_size, config.attack_batch_size
 
@@ -249,7 +228,7 @@ def _gradient_attack(testbed: rece_testbed.Testbed, config: Config, original) ->
     return attack
 
 
-def esd_x(study: _Study, concept: rece_testbed.Concept, concept_keys, *, warmup: bool = False):
+def esd_x(study: _Study, concept: testbeds.Concept, concept_keys, *, warmup: bool = False):
     """ESD-x: fine-tune the attn2 to_k/to_v kernels so ε(x_t, c) matches the negatively guided
     ε*(x_t, ∅) − η[ε*(x_t, c) − ε*(x_t, ∅)] of the frozen original, on noised training images of the
     concept (ESD samples x_t from the model itself; real images are the cheaper stand-in here); step i's
@@ -275,7 +254,7 @@ def esd_x(study: _Study, concept: rece_testbed.Concept, concept_keys, *, warmup:
         progress=config.progress and not warmup,
     )
     seconds = sum(record["seconds"] for record in history)
-    return rece_testbed.local_arrays(state.variables["params"]), seconds
+    return testbeds.local_arrays(state.variables["params"]), seconds
 
 
 @functools.cache
@@ -286,7 +265,7 @@ def _edit_fn(epochs: int, settings: tuple[tuple[str, float], ...]):
     return jax.jit(lambda params, concept, guide, preserve: edit(params, concept, guide, preserve)[0])
 
 
-def _edits(study: _Study, concept: rece_testbed.Concept, keys: tuple, beta: float) -> dict[str, tuple]:
+def _edits(study: _Study, concept: testbeds.Concept, keys: tuple, beta: float) -> dict[str, tuple]:
     """Every method's edited UNet parameters and edit seconds (``keys``: concept, guide, preserve rows)."""
     config = study.config
     uce_kwargs = {"erase_scale": config.uce_erase_scale, "preserve_scale": beta, "lamb": config.uce_lamb}
@@ -340,7 +319,7 @@ def erase_concept(study: _Study, name: str, original_samples) -> tuple[dict, dic
     """Every method erasing ``name``: the concept's results (kind, label, β, per-method metrics), the
     per-method edit and attack seconds, and the sample grids."""
     config, testbed = study.config, study.testbed
-    concept = rece_testbed.concept(config, name)
+    concept = testbeds.concept(config, name)
     concept_keys, guide_keys = testbed.embed(name), testbed.embed("")
     preserve_keys = jnp.concatenate([guide_keys, *(testbed.embed(other) for other in concept.others)])
     beta = config.uce_preserve_scale
@@ -379,8 +358,8 @@ def main(config: Config, run_dir: str) -> dict[str, Any]:
     per_concept = {name: erase_concept(study, name, original_samples) for name in config.concepts}
     study.logger.close()
     metrics = {
-        "quality_gate": rece_testbed.quality_gate(study.grid, *original_samples[1:]),
-        "classifier_test_acc": rece_testbed.held_out(study.testbed, seed=config.seed + 1000),
+        "quality_gate": testbeds.quality_gate(study.grid, *original_samples[1:]),
+        "classifier_test_acc": testbeds.held_out(study.testbed, seed=config.seed + 1000),
         "concepts": {name: result[0] for name, result in per_concept.items()},
         "prompts": study.grid.prompts,
         "num_params": {

@@ -113,43 +113,18 @@ class Config:
 
 PRESETS: dict[str, Config] = {
     "smoke": Config(
-        num_people=24,
-        target_fraction=0.125,
-        docs_per_target=2,
-        ks=(1,),
-        d_model=32,
-        num_layers=1,
-        clean_epochs=3,
-        corrupt_max_epochs=2,
-        unlearn_steps=2,
-        unlearn_batch_size=4,
-        importance_docs=8,
-        methods=("npo", "ssd"),
-        utility_people=3,
-        heldout_docs=4,
-        progress=False,
+        num_people=24, target_fraction=0.125, docs_per_target=2, ks=(1,), d_model=32, num_layers=1,
+        clean_epochs=3, corrupt_max_epochs=2, unlearn_steps=2, unlearn_batch_size=4, importance_docs=8,
+        methods=("npo", "ssd"), utility_people=3, heldout_docs=4, progress=False,
     ),
     "quick": Config(),
     "paper": Config(
-        num_people=2000,
-        bios_per_person=5,
-        docs_per_target=30,
-        d_model=256,
-        num_layers=6,
-        num_heads=8,
-        batch_size=64,
-        clean_epochs=200,
-        clean_lr=1e-3,
-        clean_warmup_steps=1000,
-        corrupt_lr=1e-3,
-        unlearn_steps=200,
-        unlearn_lr=1e-4,
-        unlearn_batch_size=32,
-        importance_docs=1024,
-        utility_people=200,
+        num_people=2000, bios_per_person=5, docs_per_target=30, d_model=256, num_layers=6, num_heads=8,
+        batch_size=64, clean_epochs=200, clean_lr=1e-3, clean_warmup_steps=1000, corrupt_lr=1e-3,
+        unlearn_steps=200, unlearn_lr=1e-4, unlearn_batch_size=32, importance_docs=1024, utility_people=200,
         heldout_docs=512,
     ),
-}
+}  # fmt: skip
 
 
 def _checked(config: Config) -> Config:

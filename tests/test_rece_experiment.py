@@ -7,7 +7,8 @@ import os
 import pytest
 
 from experiments import __main__ as cli
-from experiments import rece_erase, rece_report, rece_testbed, runner
+from experiments import rece_erase, rece_report, runner
+from unlearnx import testbed as testbeds
 
 
 def test_presets_and_overrides():
@@ -27,11 +28,11 @@ def test_presets_and_overrides():
 
 
 def test_concepts_of_the_testbed():
-    config = rece_testbed.TestbedConfig()
-    assert rece_testbed.concept(config, "triangle") == ("triangle", "shape", 2, ("circle", "square", "star"))
-    assert rece_testbed.concept(config, "red") == ("red", "colour", 0, ("green", "blue", "yellow"))
+    config = testbeds.TestbedConfig()
+    assert testbeds.concept(config, "triangle") == ("triangle", "shape", 2, ("circle", "square", "star"))
+    assert testbeds.concept(config, "red") == ("red", "colour", 0, ("green", "blue", "yellow"))
     with pytest.raises(ValueError, match="neither a shape"):
-        rece_testbed.concept(config, "nudity")
+        testbeds.concept(config, "nudity")
 
 
 @pytest.mark.slow

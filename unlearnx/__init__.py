@@ -2,8 +2,9 @@
 
 Transforms are pure functions over parameter pytrees (Linen dicts, NNX ``State``, plain dicts) that run
 under ``jax.jit`` and compose with optax. Importing the package loads the transforms (``fisher``,
-``unlearn``, ``sparse``, ``continual``, ``tree``); ``data``, ``models``, ``train``, ``eval``, ``parallel``
-and ``checkpoint`` are imported explicitly (``from unlearnx import data``).
+``unlearn``, ``sparse``, ``continual``, ``tree``); ``data``, ``models``, ``train``, ``eval``, ``parallel``,
+``checkpoint`` and ``testbed`` (a small text-to-image model for concept erasure) are imported explicitly
+(``from unlearnx import data``).
 """
 
 from unlearnx import continual, erase, fisher, sparse, tree, unlearn

@@ -1,5 +1,7 @@
-"""The small text-to-image testbed of the RECE experiment: captioned shapes, a text encoder and a
-cross-attention UNet trained jointly with the DDPM objective, and a shape × colour classifier.
+"""A small text-to-image testbed for concept erasure on a CPU: captioned shapes, a text encoder and a
+cross-attention UNet (diffusers' ``attn2/to_k``/``to_v`` names, so the :mod:`unlearnx.erase` selectors work
+on it as on Stable Diffusion) trained jointly with the DDPM objective, and a shape × colour classifier
+that scores samples. The RECE experiment (``experiments/rece_erase.py``) erases shapes and colours from it.
 
 Both models train on :func:`unlearnx.train.loop` (the classifier through :func:`unlearnx.train.fit`) with
 their checkpoints under ``cache_dir`` (keyed by the testbed settings): reruns and the erased concepts of one
