@@ -138,6 +138,24 @@ def test_kl_forms(form):
     np.testing.assert_allclose(got, grad, rtol=1e-4, atol=1e-6)
 
 
+def test_relation_to_open_unlearning_conventions():
+    """The documented differences, in float64: open-unlearning's NPO averages the empty row in at
+    (2/β)·log 2, and its KL retain term KL(P_ref ‖ P_θ) over all positions is −kl(form="forward", ones)."""
+    beta = 0.5
+    logp, ref_logp, mask = hand_batch(4)  # row 2 has no target token
+    sums, ref_sums = (mask * logp).sum(1), (mask * ref_logp).sum(1)
+    every_row = (2 / beta) * np.mean(np.log1p(np.exp(beta * (sums - ref_sums))))  # open-unlearning's mean
+    ours = float(obj.npo(jnp.asarray(logp), jnp.asarray(ref_logp), jnp.asarray(mask), beta=beta))
+    assert every_row == pytest.approx((2 * ours + (2 / beta) * np.log(2)) / 3, rel=1e-5)
+    rng = np.random.default_rng(5)
+    logits, ref_logits = rng.normal(size=(2, 4, 6)), rng.normal(size=(2, 4, 6))
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    log_r = ref_logits - np.log(np.exp(ref_logits).sum(-1, keepdims=True))
+    batchmean = np.sum(np.exp(log_r) * (log_r - log_p)) / (2 * 4)  # kl_div(..., "batchmean") on [B·T, V]
+    got = obj.kl(jnp.asarray(logits), jnp.asarray(ref_logits), jnp.ones((2, 4)), form="forward")
+    assert -float(got) == pytest.approx(batchmean, rel=1e-5)
+
+
 def test_token_log_probs_helpers():
     rng = np.random.default_rng(5)
     logits = rng.normal(size=(2, 5, 7))

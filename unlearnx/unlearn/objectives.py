@@ -24,6 +24,23 @@ meanᵦ runs over the sequences with at least one masked token (rows without any
 nothing). σ and log(1 + eˣ) are evaluated as ``jax.nn.log_sigmoid`` / ``jax.nn.softplus``, so large
 arguments never overflow.
 
+**Where these differ from common implementations** (numbers compared with them will differ):
+
+* *Rows with no target token* are skipped by ``npo`` and ``simnpo``. open-unlearning averages every row of
+  the batch, and a row without target tokens has S = S_ref = 0 there, adding (2/β)·log 2 to the mean
+  with zero gradient (NPO; SimNPO at δ = 0, (2/β)·log(1 + e^{βδ}) in general), which shrinks the
+  gradient by the fraction of such rows.
+* *SimNPO's length* |yᵦ| counts the predicted tokens, the mask entries paired with ``logp`` (after the
+  one-position shift of a causal LM, :func:`next_token_log_probs` with ``mask[:, 1:]``). open-unlearning
+  divides the shifted sum by the number of labels before the shift, one more when the first token of a
+  row is itself a label (whole-document forget sets); on prompt-masked QA data the two agree.
+* *"KL"*: ``kl(form="cross_entropy")`` is RESTOR's code (it maximises the cross-entropy −Σ_v P_θ log P_c
+  on the forget positions, which is not a divergence); ``"forward"`` and ``"reverse"`` are the true
+  divergences, maximised on the masked positions. open-unlearning's ``KL`` retain term is a different
+  quantity: KL(P_ref ‖ P_θ) *minimised* on the retain batch, averaged over all B·T positions (padding and
+  the final position included, no label mask); it equals −``kl(logits, ref_logits, ones, form="forward")``
+  on retain data.
+
 Two exact relations (tested): on one sequence with |y| = T tokens, ``npo_batch_mean`` at β equals ``npo``
 at β/T divided by T, since both are (2/β)·softplus(β(S − S_ref)/T); and at θ = θ_ref,
 ∂ npo / ∂ logp = 2σ(0)·mask = mask per sequence, i.e. the NPO gradient is ∇ℓ_θ, the sequence-summed
@@ -178,7 +195,8 @@ def npo(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array, *, beta: float = 
       beta: inverse temperature β > 0.
 
     Returns:
-      A float32 scalar.
+      A float32 scalar. Rows of ``mask`` without a target token are left out of the mean (open-unlearning
+      averages them in at (2/β)·log 2 each; module docstring).
     """
     checks.static_number("beta", beta, low=0.0, low_open=True)
     _check_pair(logp, mask)
@@ -213,6 +231,10 @@ def npo_batch_mean(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array, *, bet
 
 def simnpo(logp: jax.Array, mask: jax.Array, *, beta: float = 4.5, delta: float = 0.0) -> jax.Array:
     """SimNPO (Fan et al. 2024): L = −(2/β) · meanᵦ log σ(β(−Sᵦ/|yᵦ| − δ)), no reference model.
+
+    |yᵦ| = Σₜ maskᵦₜ counts the predicted (masked target) tokens of row b, and rows without any are left
+    out of the mean; open-unlearning counts the labels before the causal shift and averages every row
+    (module docstring).
 
     Args:
       logp: ``[B, T]`` target-token log-probabilities.
@@ -272,6 +294,10 @@ def kl(
     * ``"cross_entropy"`` (RESTOR's code): L = meanₜ Σ_v P_θ(v) log P_c(v) (= −cross-entropy, maximised);
     * ``"forward"``: L = −meanₜ KL(P_c ‖ P_θ) = −meanₜ Σ_v P_c(v)(log P_c(v) − log P_θ(v));
     * ``"reverse"``: L = −meanₜ KL(P_θ ‖ P_c).
+
+    RESTOR's code calls the first form "KL"; open-unlearning's "KL" is a retain regulariser,
+    +KL(P_ref ‖ P_θ) averaged over every position of the retain batch, i.e. −``kl(..., mask=ones,
+    form="forward")`` with the original model as reference (module docstring).
 
     Args:
       logits: ``[B, T, V]`` logits of θ at the positions that predict each target token.
