@@ -36,19 +36,16 @@ with ``<|endoftext|>`` (the SD v1.4 tokenizer's pad token is EOS), without an at
     np.savez("nudity_states.npz", concept=concept, guide=guide, preserve=states([" "])[0],
              initial_preserve=states([""])[0], concept_tokens=concept_tokens, guide_tokens=guide_tokens)
 
-The token counts feed :func:`unlearnx.erase.last_word_rows` (the official pipeline's initial edit); read
-them with ``numpy.load``. The paper run (RECE, nudity, SD v1.4) is then::
+The token counts feed :func:`unlearnx.erase.last_word_rows` (the official pipeline's initial edit). The
+paper run (nudity, SD v1.4; ``unet = "…/unet/diffusion_pytorch_model.safetensors"``,
+``s = load_text_states(file, (…, "initial_preserve"), flatten=False)``, ``counts = np.load(file)``)::
 
-    params = diffusers_io.read_cross_attention("unet/diffusion_pytorch_model.safetensors")
-    s = diffusers_io.load_text_states("nudity_states.npz", ("concept", "guide", "preserve",
-                                      "initial_preserve"), flatten=False, dim=768)
-    counts = np.load("nudity_states.npz")
     rows, targets = erase.last_word_rows(s["concept"][0], s["guide"][0],
         concept_tokens=int(counts["concept_tokens"][0]), guide_tokens=int(counts["guide_tokens"][0]))
-    new, _ = erase.rece(params, s["concept"][0], s["guide"][0], s["preserve"][0], epochs=3,
-        initial_concept_keys=rows, initial_guide_keys=targets, initial_preserve_keys=s["initial_preserve"][0])
-    diffusers_io.write_cross_attention("unet/diffusion_pytorch_model.safetensors", new,
-                                       "rece_unet/diffusion_pytorch_model.safetensors")
+    new, _ = erase.rece(read_cross_attention(unet), s["concept"][0], s["guide"][0], s["preserve"][0],
+        epochs=3, initial_concept_keys=rows, initial_guide_keys=targets,
+        initial_preserve_keys=s["initial_preserve"][0])
+    write_cross_attention(unet, new, "rece_unet/diffusion_pytorch_model.safetensors")
 
 References: diffusers ``UNet2DConditionModel`` parameter naming and its Flax conversion
 (``convert_pytorch_state_dict_to_flax``); the safetensors format (an 8-byte little-endian header size, a
@@ -66,8 +63,8 @@ import struct
 from typing import Any
 
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
+from flax import traverse_util
 from safetensors import safe_open
 
 from unlearnx import _validation as checks
@@ -84,7 +81,7 @@ _FLOAT_DTYPES = {
     "F16": np.dtype(np.float16),
     "F32": np.dtype(np.float32),
     "F64": np.dtype(np.float64),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "BF16": np.dtype(jnp.bfloat16),  # ml_dtypes.bfloat16
 }
 _PREFIX = "params/"
 
@@ -148,17 +145,6 @@ def _entries(name: str, path: str) -> tuple[dict[str, tuple[str, str, tuple[int,
     return entries, metadata, keys
 
 
-def _nest(flat: dict[str, np.ndarray]) -> dict:
-    nested: dict = {}
-    for path, leaf in flat.items():
-        *parents, last = path.split("/")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = leaf
-    return nested
-
-
 def read_cross_attention(path: str | os.PathLike, *, dtype: Any = None) -> dict:
     """Reads the cross-attention key/value weights of a diffusers SD UNet ``.safetensors`` file, Flax layout.
 
@@ -218,7 +204,7 @@ def read_cross_attention(path: str | os.PathLike, *, dtype: Any = None) -> dict:
                 ) from error
             kernel = np.ascontiguousarray(weight.T)
             flat[flax] = kernel if dtype is None else kernel.astype(dtype)
-    return _nest(flat)
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def _encode(where: str, kernel: Any, dtype: str, shape: tuple[int, ...]) -> bytes:
@@ -234,7 +220,8 @@ def _encode(where: str, kernel: Any, dtype: str, shape: tuple[int, ...]) -> byte
         raise TypeError(f"{where} must be a floating-point array, got dtype {kernel.dtype}")
     if not np.isfinite(kernel.astype(np.float64)).all():
         raise ValueError(f"{where} holds non-finite values")
-    weight = np.ascontiguousarray(kernel.T).astype(_FLOAT_DTYPES[dtype])
+    with np.errstate(over="ignore"):  # overflow is reported below, naming the key
+        weight = np.ascontiguousarray(kernel.T).astype(_FLOAT_DTYPES[dtype])
     if not np.isfinite(weight.astype(np.float64)).all():
         peak = np.abs(kernel.astype(np.float64)).max()
         raise ValueError(f"{where} overflows the source dtype {dtype} (its largest |value| is {peak:g})")
