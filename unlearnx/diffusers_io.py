@@ -278,7 +278,7 @@ def write_cross_attention(
       The safetensors keys that were replaced, sorted.
 
     Raises:
-      FileNotFoundError: ``source_path`` is not a file.
+      FileNotFoundError: ``source_path`` is not a file, or ``out_path``'s folder does not exist.
       ValueError: ``out_path`` naming the source file; a source without ``attn2`` key/value weights or of an
         unsupported kernel dtype (see :func:`read_cross_attention`); a leaf of ``edited_tree`` that is not
         one of the source's kernels, or a source kernel missing from it; an edited kernel whose shape is not
@@ -308,6 +308,8 @@ def write_cross_attention(
         out = os.fspath(out_path)
     except TypeError:
         raise TypeError(f"out_path must be a path (str or os.PathLike), got {out_path!r}") from None
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise FileNotFoundError(f"out_path: the folder of {out!r} does not exist")
     if os.path.exists(out) and os.path.samefile(source, out):
         raise ValueError(f"write_cross_attention: out_path {out!r} is the source file; write to a new file")
     entries, metadata, keys = _entries("write_cross_attention", source)
