@@ -182,12 +182,12 @@ def analyse(loss_fn: Callable, params: PyTree, example: PyTree) -> Plan | None:
     dtypes only are read), or ``None`` when no leaf is structured or the loss cannot be traced alone."""
     param_leaves, params_def = jax.tree.flatten(params)
     example_leaves, example_def = jax.tree.flatten(example)
-    specs = [
-        [jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in leaves]
-        for leaves in (param_leaves, example_leaves)
-    ]
     try:
-        closed = jax.make_jaxpr(_single_example_loss(loss_fn, params_def, example_def))(*specs)
+        # The values themselves (not shape structs) so that inside shard_map the jaxpr is typed with their
+        # varying manual axes and carries the pvary casts that binding its equations again needs.
+        closed = jax.make_jaxpr(_single_example_loss(loss_fn, params_def, example_def))(
+            param_leaves, example_leaves
+        )
     except Exception:  # noqa: BLE001 -- anything untraceable alone falls back to the exact vmap path
         return None
     analysis = _Analysis()
@@ -201,7 +201,7 @@ def analyse(loss_fn: Callable, params: PyTree, example: PyTree) -> Plan | None:
         uses = analysis.uses.get(leaf, [])
         if not uses:
             unused.append(leaf)
-        elif len(uses) == 1 and uses[0] is not None and _is_f32(specs[0][leaf]):
+        elif len(uses) == 1 and uses[0] is not None and jnp.result_type(param_leaves[leaf]) == jnp.float32:
             sites[leaf] = uses[0]
         else:
             fallback.append(leaf)
@@ -264,7 +264,15 @@ def _example_pass(plan: Plan, leaves: list, example_leaves: list, cast: Callable
     return deltas, grads, value, recorded
 
 
-def _dense_squares(site: Site, inputs: jax.Array, deltas: jax.Array, weights: jax.Array) -> jax.Array:
+def _transpose(forward: Callable, spec: jax.ShapeDtypeStruct, cotangent: jax.Array, cast: Callable):
+    """The transpose of the linear ``forward`` at ``cotangent``. A ``vjp`` at a zero marked per-device
+    rather than ``linear_transpose`` of an abstract (device-invariant) input, whose transpose inside
+    ``shard_map`` would all-reduce; XLA drops the unused forward value."""
+    _, pullback = jax.vjp(forward, cast(jnp.zeros(spec.shape, spec.dtype)))
+    return pullback(cotangent)[0]
+
+
+def _dense_squares(site: Site, inputs: jax.Array, deltas: jax.Array, weights: jax.Array, cast) -> jax.Array:
     """Σᵢ wᵢ gᵢ² for gᵢ = the ``dot_general`` transpose of (xᵢ, δᵢ): the transpose of (x², w δ²)."""
     squared_inputs = jnp.square(inputs)
     weighted = jnp.square(deltas) * weights.reshape((-1,) + (1,) * (deltas.ndim - 1))
@@ -277,11 +285,10 @@ def _dense_squares(site: Site, inputs: jax.Array, deltas: jax.Array, weights: ja
 
         return jax.vmap(one)(squared_inputs)
 
-    (squares,) = jax.linear_transpose(forward, site.operand)(weighted)
-    return squares
+    return _transpose(forward, site.operand, weighted, cast)
 
 
-def _embed_squares(site: Site, ids: jax.Array, deltas: jax.Array, weights: jax.Array) -> jax.Array:
+def _embed_squares(site: Site, ids: jax.Array, deltas: jax.Array, weights: jax.Array, cast) -> jax.Array:
     """Σᵢ wᵢ gᵢ² for a row lookup: per example, δ summed over the positions reading each row, squared."""
     rows_count, width = site.operand.shape
     size = ids.shape[0]
@@ -304,7 +311,7 @@ def _embed_squares(site: Site, ids: jax.Array, deltas: jax.Array, weights: jax.A
     return jnp.zeros((rows_count, width), sums.dtype).at[segment_rows].add(squares, mode="drop")
 
 
-def _pull_back(site: Site, leaf: jax.ShapeDtypeStruct, squares: jax.Array) -> jax.Array:
+def _pull_back(site: Site, leaf: jax.ShapeDtypeStruct, squares: jax.Array, cast: Callable) -> jax.Array:
     """Maps squares of the operand back to the leaf through the element-preserving chain."""
     if not site.chain:
         return squares
@@ -314,8 +321,7 @@ def _pull_back(site: Site, leaf: jax.ShapeDtypeStruct, squares: jax.Array) -> ja
             value = primitive.bind(value, **primitive.get_bind_params(params))
         return value
 
-    (back,) = jax.linear_transpose(forward, leaf)(squares)
-    return back
+    return _transpose(forward, leaf, squares, cast)
 
 
 def squares(plan: Plan, params: PyTree, batch: PyTree, weights: jax.Array, cast: Callable) -> tuple:
@@ -332,9 +338,9 @@ def squares(plan: Plan, params: PyTree, batch: PyTree, weights: jax.Array, cast:
     for leaf, site in plan.sites.items():
         operand = recorded[(site.index, site.position)]
         build = _dense_squares if site.kind == "dense" else _embed_squares
-        value = build(site, operand, deltas[site.index], weights)
+        value = build(site, operand, deltas[site.index], weights, cast)
         spec = jax.ShapeDtypeStruct(jnp.shape(leaves[leaf]), jnp.result_type(leaves[leaf]))
-        out[leaf] = _pull_back(site, spec, value)
+        out[leaf] = _pull_back(site, spec, value, cast)
     for leaf, grad in zip(plan.fallback, grads, strict=True):
         out[leaf] = jnp.tensordot(weights, jnp.square(grad.astype(jnp.float32)), axes=1)
     for leaf in plan.unused:

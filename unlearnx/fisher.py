@@ -261,8 +261,8 @@ def _empirical(loss_fn, chunk_size, axis_name, structured, total, params, batch,
     weights = jnp.concatenate([weights, jnp.zeros(pad, jnp.float32)])
     chunks = jax.tree.map(lambda a: a.reshape((num_chunks, chunk) + a.shape[1:]), padded)
     chunk_weights = weights.reshape(num_chunks, chunk)
-    plan = _structured.analyse(loss_fn, params, jax.tree.map(lambda a: a[0], batch)) if structured else None
     params = _local(params, axis_name)
+    plan = _structured.analyse(loss_fn, params, jax.tree.map(lambda a: a[0], batch)) if structured else None
 
     def body(acc, xs):
         chunk_batch, w = xs
