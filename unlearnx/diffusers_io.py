@@ -405,6 +405,15 @@ def load_text_states(
                 f"{sorted(archive.files)})"
             )
         states = {name: archive[name] for name in names}
+    _check_states(path, states, dim)
+    return {
+        name: np.asarray(state.reshape(-1, state.shape[-1]) if flatten else state, np.float32)
+        for name, state in states.items()
+    }
+
+
+def _check_states(path: str, states: dict[str, np.ndarray], dim: int | None) -> None:
+    """Each state is a non-empty finite floating ``[L, d]`` / ``[N, L, d]`` array of one width d (= dim)."""
     width, first = dim, None
     for name, state in states.items():
         where = f"load_text_states: array {name!r} of {path!r}"
@@ -419,7 +428,3 @@ def load_text_states(
             width, first = state.shape[-1], name
         if not np.isfinite(state).all():
             raise ValueError(f"{where} holds non-finite values")
-    return {
-        name: np.asarray(state.reshape(-1, state.shape[-1]) if flatten else state, np.float32)
-        for name, state in states.items()
-    }
