@@ -1,7 +1,9 @@
 """Exact top-k masks: magnitude pruning (global or per tensor) and per-tensor drop-and-grow.
 
 Every mask keeps an exact number of entries: ties are broken by position (lower flat index first), so the
-count never depends on how many weights share a magnitude.
+count never depends on how many weights share a magnitude. The k-th largest score is found by a bisection
+on the scores' bit patterns, linear in the tensor size (see :mod:`unlearnx.sparse._select`), with the same
+result as a stable sort.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 
 from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
+from unlearnx.sparse import _select
 
 PyTree = Any
 
@@ -24,47 +27,85 @@ def keep_top(scores: jax.Array, count) -> jax.Array:
     """A bool mask of ``scores``' shape keeping the ``count`` largest entries (ties: lower index first).
 
     ``count`` is step-dependent data and may be traced; a concrete count must be a non-negative integer
-    (``ValueError`` otherwise). A count above ``scores.size`` keeps every entry.
+    (``ValueError`` otherwise). A count above ``scores.size`` keeps every entry. NaN ranks below −inf and
+    −0 ties with +0, as in a sort. Cost: about 32 linear passes over the scores (a further ~log₂ N when
+    the count-th largest value is tied), not a sort.
     """
     dtype = jnp.result_type(scores)
     if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
         raise TypeError(f"scores must be real numbers, got dtype {dtype}")
     if not checks.is_traced(count):
         count = min(checks.static_int("count", count, low=0), int(np.size(scores)))
-    flat = jnp.ravel(scores)
-    order = jnp.argsort(-flat, stable=True)
-    ranks = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
-    return (ranks < count).reshape(scores.shape)
+    return _select.top_flat(jnp.asarray(scores), count).reshape(np.shape(scores))
 
 
 def _kept_count(size: int, sparsity) -> jax.Array:
-    return jnp.round((1.0 - jnp.asarray(sparsity, jnp.float32)) * size).astype(jnp.int32)
+    """round((1 − s)·N): in Python for a concrete s, in float32 (float64 with x64) for a traced one."""
+    if not checks.is_traced(sparsity):
+        return jnp.asarray(round((1.0 - float(sparsity)) * size), jnp.int32)
+    return jnp.round((1.0 - jnp.asarray(sparsity, jnp.result_type(float))) * size).astype(jnp.int32)
+
+
+def _check_same_paths(weights: dict, masks: dict) -> None:
+    if set(weights) != set(masks):
+        raise ValueError(
+            f"weights and masks must have the same paths: weights only {sorted(set(weights) - set(masks))}, "
+            f"masks only {sorted(set(masks) - set(weights))}"
+        )
+
+
+def _prune_to_count(weights: dict[str, jax.Array], masks: dict[str, jax.Array], kept) -> dict[str, jax.Array]:
+    """:func:`prune_globally` keeping ``kept`` entries (an int32, possibly traced)."""
+    paths = sorted(weights)
+    keys = jnp.concatenate(
+        [
+            _select.order_keys(jnp.where(masks[p], jnp.abs(weights[p]).astype(jnp.float32), -1.0))
+            for p in paths
+        ]
+    )
+    flat = _select.top_from_keys(keys, kept)
+    out, start = {}, 0
+    for p in paths:
+        size = int(np.size(weights[p]))
+        out[p] = flat[start : start + size].reshape(np.shape(weights[p]))
+        start += size
+    return out
 
 
 def prune_globally(
     weights: dict[str, jax.Array], masks: dict[str, jax.Array], sparsity
 ) -> dict[str, jax.Array]:
     """Global magnitude pruning over flat ``{path: tensor}`` dicts: keeps round((1 − s)·N) entries with the
-    largest raw |w| across all tensors, inactive entries ranked below every active one. ``sparsity`` may be
-    traced (a schedule's value at a traced step); a concrete one must lie in [0, 1]."""
-    if set(weights) != set(masks):
-        raise ValueError(
-            f"weights and masks must have the same paths: weights only {sorted(set(weights) - set(masks))}, "
-            f"masks only {sorted(set(masks) - set(weights))}"
-        )
+    largest raw |w| across all tensors, inactive entries ranked below every active one (ties: the order of
+    the sorted paths, then the flat index). ``sparsity`` may be traced (a schedule's value at a traced
+    step); a concrete one must lie in [0, 1]. |w| is ranked in float32."""
+    _check_same_paths(weights, masks)
     if not checks.is_traced(sparsity):
         checks.static_number("sparsity", sparsity, low=0.0, high=1.0)
-    paths = sorted(weights)
-    scores = jnp.concatenate(
-        [jnp.where(masks[p], jnp.abs(weights[p]), -1.0).ravel().astype(jnp.float32) for p in paths]
+    size = sum(int(np.size(w)) for w in weights.values())
+    return _prune_to_count(weights, masks, _kept_count(size, sparsity))
+
+
+def drop_count(fraction, active) -> jax.Array:
+    """⌈p·n⌉ as Python's ``math.ceil(p * n)`` gives it in float64, exactly, without float64 on the device.
+
+    ``fraction`` is a Python float, a traced float scalar, or an exact ``(limbs, shift)`` pair from
+    :func:`unlearnx.sparse._select.fraction_table`; ``active`` an int32 count.
+    """
+    if isinstance(fraction, tuple):
+        return _select.ceil_times(*fraction, active)
+    return _select.ceil_fraction_times(fraction, active)
+
+
+def _drop_and_grow(weights, mask, grow_scores, fraction) -> jax.Array:
+    active = jnp.sum(mask.astype(jnp.int32))
+    drop = jnp.minimum(drop_count(fraction, active), active)
+    kept = _select.top_from_keys(
+        _select.order_keys(jnp.where(mask, jnp.abs(weights).astype(jnp.float32), -1.0)), active - drop
     )
-    kept = keep_top(scores, _kept_count(scores.size, sparsity))
-    out, start = {}, 0
-    for p in paths:
-        size = weights[p].size
-        out[p] = kept[start : start + size].reshape(weights[p].shape)
-        start += size
-    return out
+    candidates = jnp.where(kept.reshape(mask.shape), -jnp.inf, grow_scores.astype(jnp.float32))
+    grown = _select.top_from_keys(_select.order_keys(candidates), drop)
+    return (kept | grown).reshape(mask.shape)
 
 
 def drop_and_grow(weights: jax.Array, mask: jax.Array, grow_scores: jax.Array, fraction) -> jax.Array:
@@ -72,8 +113,10 @@ def drop_and_grow(weights: jax.Array, mask: jax.Array, grow_scores: jax.Array, f
 
     With n active entries, drops r = ⌈fraction·n⌉ more of them (smallest |w| first; inactive entries rank
     lowest), then activates exactly r of the entries not kept (just-dropped ones included) with the largest
-    ``grow_scores``. The active count stays n. ``fraction`` may be traced (a schedule's value at a traced
-    step); a concrete one must lie in [0, 1].
+    ``grow_scores``. The active count stays n. r is what Python's ``math.ceil(fraction * n)`` gives in
+    float64, computed exactly (no float32 rounding, even for layers of millions of weights). ``fraction``
+    may be traced (a schedule's value at a traced step); a concrete one must lie in [0, 1]. |w| and the
+    scores are ranked in float32.
     """
     if not (jnp.shape(weights) == jnp.shape(mask) == jnp.shape(grow_scores)):
         raise ValueError(
@@ -81,13 +124,11 @@ def drop_and_grow(weights: jax.Array, mask: jax.Array, grow_scores: jax.Array, f
             "must have one shape"
         )
     if not checks.is_traced(fraction):
-        checks.static_number("fraction", fraction, low=0.0, high=1.0)
+        fraction = checks.static_number("fraction", fraction, low=0.0, high=1.0)
     checks.check_binary("mask", mask)
-    active = jnp.sum(mask.astype(jnp.int32))
-    drop = jnp.ceil(jnp.asarray(fraction, jnp.float32) * active).astype(jnp.int32)
-    kept = keep_top(jnp.where(mask, jnp.abs(weights).astype(jnp.float32), -1.0), active - drop)
-    grown = keep_top(jnp.where(kept, -jnp.inf, grow_scores.astype(jnp.float32)), drop)
-    return kept | grown
+    return _drop_and_grow(
+        jnp.asarray(weights), jnp.asarray(mask).astype(bool), jnp.asarray(grow_scores), fraction
+    )
 
 
 def magnitude_masks(
@@ -139,7 +180,7 @@ def magnitude_masks(
         kept = prune_globally(weights, everything, next(iter(per_tensor.values())))
     else:
         kept = {
-            p: keep_top(jnp.abs(w).astype(jnp.float32), _kept_count(w.size, per_tensor[p]))
+            p: keep_top(jnp.abs(w).astype(jnp.float32), round((1.0 - per_tensor[p]) * w.size))
             for p, w in weights.items()
         }
     return jax.tree_util.tree_map_with_path(

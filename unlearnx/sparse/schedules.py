@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from unlearnx import _validation as checks
 
@@ -48,8 +52,9 @@ def cubic_sparsity(step, *, initial: float, final: float, begin_step: int, end_s
 def cosine_drop_fraction(step, *, initial: float = 0.5, minimum: float = 0.005, total_steps: int):
     """GraNet's death rate p_t = η_min + ½(p₀ − η_min)(1 + cos(π t / T)), t clipped to [0, T].
 
-    ``step`` may be traced; ``initial``, ``minimum`` (in [0, 1], minimum ≤ initial) and ``total_steps`` ≥ 1
-    are static hyper-parameters (``ValueError`` out of range, ``TypeError`` when traced).
+    ``step`` may be traced (the value is float32, float64 with ``jax_enable_x64``); ``initial``, ``minimum``
+    (in [0, 1], minimum ≤ initial) and ``total_steps`` ≥ 1 are static hyper-parameters (``ValueError`` out
+    of range, ``TypeError`` when traced).
     """
     checks.static_int("total_steps", total_steps, low=1, high=checks.INT32_MAX)
     checks.static_number("initial", initial, low=0.0, high=1.0)
@@ -57,5 +62,41 @@ def cosine_drop_fraction(step, *, initial: float = 0.5, minimum: float = 0.005, 
     if not 0.0 <= minimum <= initial <= 1.0:
         raise ValueError(f"need 0 <= minimum <= initial <= 1, got minimum={minimum}, initial={initial}")
     checks.check_numbers("step", step)
-    t = jnp.clip(jnp.asarray(step, jnp.float32), 0.0, total_steps)
+    t = jnp.clip(jnp.asarray(step, jnp.result_type(float)), 0.0, total_steps)  # float64 with x64
     return minimum + 0.5 * (initial - minimum) * (1.0 + jnp.cos(jnp.pi * t / total_steps))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Exact per-event values (private): the schedules in Python float64 at the steps where masks change, looked
+# up by the traced step, so that counts derived from them are exact whatever the device's float width.
+
+_MAX_EVENTS = 1 << 16  # larger tables fall back to the traced schedule
+
+
+def _cubic_value(step: int, *, initial: float, final: float, begin_step: int, end_step: int, frequency: int):
+    """:func:`cubic_sparsity` at a Python int step, in Python float64."""
+    k, first, last = step // frequency, begin_step // frequency, end_step // frequency
+    if k < first:
+        return float(initial)
+    if k >= last:
+        return float(final)
+    return final + (initial - final) * (1.0 - (k - first) / (last - first)) ** 3
+
+
+def _cosine_value(step: int, *, initial: float, minimum: float, total_steps: int) -> float:
+    """:func:`cosine_drop_fraction` at a Python int step, in Python float64."""
+    t = min(max(step, 0), total_steps)
+    return minimum + 0.5 * (initial - minimum) * (1.0 + math.cos(math.pi * t / total_steps))
+
+
+def _event_steps(frequency: int, begin: int, end: int) -> range | None:
+    """The steps t ≥ 1 with t mod ΔT = 0 in [begin, end], or ``None`` when there are over ``_MAX_EVENTS``."""
+    first = -(-max(begin, 1) // frequency) * frequency
+    steps = range(first, end + 1, frequency)
+    return steps if len(steps) <= _MAX_EVENTS else None
+
+
+def _lookup(table: np.ndarray, steps: range, step: jax.Array) -> jax.Array:
+    """``table[i]`` for the event ``steps[i]`` at (or, clipped, nearest to) the traced ``step``."""
+    index = jnp.clip((jnp.asarray(step) - steps.start) // steps.step, 0, max(len(steps) - 1, 0))
+    return jnp.asarray(table)[index]

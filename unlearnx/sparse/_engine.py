@@ -1,0 +1,178 @@
+"""The machinery shared by the sparse transforms (private): state, masking, the update step.
+
+See :mod:`unlearnx.sparse.transforms` for the step's order and the momentum policies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from unlearnx import _validation as checks
+from unlearnx import tree as tree_lib
+from unlearnx.sparse import distributions
+from unlearnx.sparse.masks import keep_top
+
+PyTree = Any
+MOMENTUM_POLICIES = ("mask_every_step", "reset_regrown", "none")
+
+
+class SparseState(NamedTuple):
+    """``count``: optimizer steps taken; ``masks``: bool tree with params' structure (all True for dense
+    tensors); ``inner_state``: the wrapped optimizer's state."""
+
+    count: jax.Array
+    masks: PyTree
+    inner_state: optax.OptState
+
+
+def _flat(tree: PyTree, paths) -> dict[str, jax.Array]:
+    values = dict(tree_lib.leaves_with_paths(tree))
+    return {p: values[p] for p in paths}
+
+
+def _unflat(like: PyTree, values: dict[str, jax.Array], default: PyTree) -> PyTree:
+    defaults = dict(tree_lib.leaves_with_paths(default))
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: values.get(tree_lib.key_path_str(path), defaults[tree_lib.key_path_str(path)]), like
+    )
+
+
+def _initial_masks(params: PyTree, sparsities: PyTree, seed: int) -> PyTree:
+    """Random masks with exactly round((1 − s_l)·N_l) active entries per selected tensor."""
+    per_tensor = {p: s for p, s in tree_lib.leaves_with_paths(sparsities) if s is not None}
+    key = jax.random.key(seed)
+    out = {}
+    for index, (path, leaf) in enumerate(tree_lib.leaves_with_paths(params)):
+        if path in per_tensor:
+            scores = jax.random.uniform(jax.random.fold_in(key, index), np.shape(leaf))
+            out[path] = keep_top(scores, round((1.0 - per_tensor[path]) * np.size(leaf)))
+    dense = jax.tree.map(lambda leaf: jnp.ones(np.shape(leaf), bool), params)
+    return _unflat(params, out, dense)
+
+
+def _check_momentum_policy(inner: optax.GradientTransformation, params: PyTree, policy: str) -> None:
+    checks.choice("momentum_policy", policy, MOMENTUM_POLICIES)
+    if policy == "none":
+        return
+    state = jax.eval_shape(inner.init, params)
+    found = []
+    try:
+        optax.tree_utils.tree_map_params(
+            inner, lambda leaf: found.append(leaf) or leaf, state, transform_non_params=lambda leaf: leaf
+        )
+    except Exception as error:  # the inner init does not accept a parameter-shaped placeholder tree
+        raise ValueError(
+            f"momentum_policy={policy!r} cannot find the inner optimizer's per-parameter state ({error}); "
+            "use momentum_policy='none' or an inner optimizer whose state mirrors the parameters"
+        ) from error
+    param_sizes = {int(np.size(leaf)) for leaf in jax.tree.leaves(params)} | {
+        sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+    }
+    candidates = [
+        leaf for leaf in jax.tree.leaves(state) if np.ndim(leaf) >= 1 and np.size(leaf) in param_sizes
+    ]
+    if len(candidates) > len(found):
+        raise ValueError(
+            f"momentum_policy={policy!r} cannot find the inner optimizer's per-parameter state: it holds "
+            f"{len(candidates)} parameter-sized arrays outside a parameter-shaped tree (e.g. optax.flatten); "
+            "use momentum_policy='none' or an inner optimizer whose state mirrors the parameters"
+        )
+
+
+def _mask_inner_state(inner, state, policy: str, new_masks: PyTree, carried: PyTree):
+    """Zeroes the inner state of inactive entries (``mask_every_step``) and of entries that did not carry
+    over (active now, not ``carried``: regrown), by ``policy``."""
+    if policy == "none":
+        return state
+    if policy == "mask_every_step":
+        keep = jax.tree.map(lambda new, kept: new & kept, new_masks, carried)
+    else:  # reset_regrown: zero the state only where a weight has just become active
+        keep = jax.tree.map(lambda new, kept: kept | ~new, new_masks, carried)
+    return optax.tree_utils.tree_map_params(
+        inner,
+        lambda leaf, m: jnp.where(m, leaf, jnp.zeros_like(leaf)),
+        state,
+        keep,
+        transform_non_params=lambda leaf: leaf,
+    )
+
+
+def sparse_transform(
+    inner: optax.GradientTransformation,
+    *,
+    initial_sparsities: Callable[[PyTree], PyTree],
+    update_masks: Callable[..., dict[str, jax.Array]] | None,
+    is_update_step: Callable[[jax.Array], jax.Array],
+    where: tree_lib.Where,
+    momentum_policy: str,
+    seed: int,
+) -> optax.GradientTransformationExtraArgs:
+    """Builds a masked optimizer; ``update_masks(weights, masks, grads, step) -> (masks, carried)`` acts on
+    flat ``{path: array}`` dicts of the selected tensors and runs on steps where ``is_update_step(step)``;
+    ``carried`` marks the entries whose value and state carry over (a subset of the old masks)."""
+    inner = optax.with_extra_args_support(inner)
+
+    def init(params):
+        _check_momentum_policy(inner, params, momentum_policy)
+        distributions._selected_paths(params, where)  # raises if nothing is selected
+        return SparseState(
+            jnp.zeros([], jnp.int32),
+            _initial_masks(params, initial_sparsities(params), seed),
+            inner.init(params),
+        )
+
+    def update(grads, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError("sparse transforms need params: call update(grads, state, params)")
+        tree_lib.check_same_structure(params, grads, names=("params", "grads"))
+        tree_lib.check_same_structure(params, state.masks, names=("params", "state.masks"))
+        updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
+        step = state.count + 1
+        new_masks = carried = state.masks
+        if update_masks is not None:
+            paths = list(distributions._selected_paths(params, where))
+            old = _flat(state.masks, paths)
+
+            def refresh():
+                # The inner step again, so that the branch reads only inputs and gradients: the cheap branch
+                # then leaves the masking fused with the inner step, as in a static sparse step.
+                again, _ = inner.update(grads, state.inner_state, params, **extra_args)
+                weights, steps = _flat(params, paths), _flat(again, paths)
+                candidate = {p: jnp.where(old[p], weights[p] + steps[p], 0.0) for p in paths}
+                return update_masks(candidate, old, _flat(grads, paths), step)
+
+            fresh, kept = jax.lax.cond(is_update_step(step), refresh, lambda: (old, old))
+            new_masks = _unflat(state.masks, fresh, state.masks)
+            carried = _unflat(state.masks, kept, state.masks)
+        final = jax.tree.map(
+            lambda p, u, m, c: (jnp.where(m & c, p + u, jnp.zeros_like(p)) - p).astype(p.dtype),
+            params,
+            updates,
+            new_masks,
+            carried,
+        )
+        inner_state = _mask_inner_state(inner, inner_state, momentum_policy, new_masks, carried)
+        return final, SparseState(step, new_masks, inner_state)
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def every(frequency: int, begin: int, end: int) -> Callable[[jax.Array], jax.Array]:
+    return lambda step: (step % frequency == 0) & (step >= begin) & (step <= end)
+
+
+def check_window(begin_step: int, end_step: int, total_steps: int | None = None) -> None:
+    checks.static_int("begin_step", begin_step, low=0, high=checks.INT32_MAX)
+    checks.static_int("end_step", end_step, low=0, high=checks.INT32_MAX)
+    if total_steps is not None:
+        checks.static_int("total_steps", total_steps, low=1, high=checks.INT32_MAX)
+    if end_step <= begin_step:
+        raise ValueError(f"end_step ({end_step}) must be greater than begin_step ({begin_step})")
+    if total_steps is not None and total_steps < end_step:
+        raise ValueError(f"total_steps ({total_steps}) must be at least end_step ({end_step})")
