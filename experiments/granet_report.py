@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from experiments.report import figure, fmt, markdown_table, stat
+from experiments.report import diverged_line, figure, fmt, markdown_table, scored, stat
+
+SPARSITY_STATS = ("train_flops", "mask_sparsity", "param_sparsity")
 
 
 def _key(sparsity: float) -> str:
@@ -30,10 +32,8 @@ def summarise(config, runs: dict[str, dict[str, Any]], schedule, paths: dict[str
             group = [r for r in runs.values() if r["method"] == method and r["sparsity"] == sparsity]
             first = next(r for r in group if r["seed"] == first_seed)
             summary[method][_key(sparsity)] = {
-                **{
-                    name: stat(r[name] for r in group)
-                    for name in ("test_acc", "train_flops", "mask_sparsity", "param_sparsity")
-                },
+                "test_acc": stat(scored(r["test_acc"], r["diverged"]) for r in group),
+                **{name: stat(r[name] for r in group) for name in SPARSITY_STATS},
                 "sparsity_curve": np.mean([r["sparsity_curve"] for r in group], axis=0).tolist(),
                 "layer_mask_sparsity": first["layer_mask_sparsity"],
             }
@@ -53,6 +53,7 @@ def summarise(config, runs: dict[str, dict[str, Any]], schedule, paths: dict[str
         "selected_sizes": paths,
         "summary": summary,
         "runs": runs,
+        "diverged": sorted(label for label, run in runs.items() if run["diverged"]),
     }
 
 
@@ -71,11 +72,12 @@ def _table(config, summary, fmt) -> str:
 def _ranking(config, summary) -> list[str]:
     lines = []
     for sparsity in config.sparsities:
-        scores = sorted(
-            ((summary[m][_key(sparsity)]["test_acc"]["mean"], m) for m in config.methods if m != "dense"),
-            reverse=True,
-        )
-        lines.append(f"- {sparsity:g}: " + " > ".join(f"{m} {acc * 100:.1f}" for acc, m in scores))
+        scores = [(summary[m][_key(sparsity)]["test_acc"]["mean"], m) for m in config.methods if m != "dense"]
+        ranked = sorted(((acc, m) for acc, m in scores if np.isfinite(acc)), reverse=True)
+        line = " > ".join(f"{m} {acc * 100:.1f}" for acc, m in ranked)
+        unranked = [m for acc, m in scores if not np.isfinite(acc)]  # diverged, or no run
+        tail = f" (not ranked: {', '.join(unranked)})" if unranked else ""
+        lines.append(f"- {sparsity:g}: {line}{tail}")
     return lines
 
 
@@ -112,6 +114,7 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any], descriptions
         f"{config.distribution.upper()} (static, SET, RigL, GraNet s_i = "
         f"{config.granet_initial_sparsity:g}).",
         legend + ".",
+        *diverged_line(metrics["diverged"]),
         "## Test accuracy % (mean ± std)",
         _table(config, summary, lambda c: fmt(c["test_acc"], digits=2, scale=100)),
         "## Training FLOPs relative to dense",

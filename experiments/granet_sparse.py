@@ -42,7 +42,7 @@ import jax
 import numpy as np
 import optax
 
-from experiments import granet_report, runner
+from experiments import granet_report, report, runner
 from unlearnx import data, eval, sparse, train, tree
 
 NAME = "granet_sparse"
@@ -292,11 +292,13 @@ def _measure(
     paths = study.paths
     param_sparsity, param_layers, param_zeros = zero_stats(final["params"], paths)
     logits = train.predict(study.model, final, study.test_arrays["x"])
+    finite = report.finite(final, logits)
     return {
         "method": method,
         "sparsity": sparsity,
         "seed": seed,
-        "test_acc": eval.accuracy(logits, study.test_arrays["y"]),
+        "test_acc": eval.accuracy(logits, study.test_arrays["y"]) if finite else None,
+        "diverged": not finite,
         "mask_sparsity": curve[-1],
         "mask_zeros": last.get("mask_zeros", 0),
         "param_sparsity": param_sparsity,

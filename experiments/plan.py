@@ -1,15 +1,22 @@
 """``--plan``: the training loops of each experiment's config as :class:`unlearnx.train.Phase` objects,
-priced by :func:`unlearnx.train.plan` without reading data (``data.describe`` gives the shapes)."""
+priced by :func:`unlearnx.train.plan` without reading data (``data.describe`` gives the shapes; the
+generated worlds are generated, as they are small)."""
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
 from experiments import runner
-from unlearnx import data, models
+from unlearnx import data, erase, models, train
+from unlearnx import testbed as testbeds
 from unlearnx.train import Phase, supervised_phase
 
 __all__ = ["PLANS"]
@@ -79,9 +86,101 @@ def _powerlaw_rehearsal(config: Any) -> list[Phase]:
                              repeats=repeats)]  # fmt: skip
 
 
+def _restor_recovery(config: Any) -> list[Phase]:
+    """θ_clean, θ_c per k (to its epoch cap) and every gradient unlearning run per k (SSD trains nothing)."""
+    from experiments import restor_recovery, restor_world
+
+    s = restor_world.build(config)
+    lm = {"loss": train.next_token_losses, "input_dtype": jnp.int32}
+    length, batch = s.corpus["x"].shape[1], config.batch_size
+    phases = [supervised_phase("clean", s.model, optax.adam(config.clean_lr), (length,), batch,
+                               config.clean_epochs * max(len(s.corpus["x"]) // batch, 1), **lm)]  # fmt: skip
+    for k, forget in s.forget_sets.items():
+        steps = config.corrupt_max_epochs * math.ceil(len(forget.arrays["x"]) / batch)
+        phases.append(supervised_phase(f"corrupt_k{k}", s.model, optax.adam(config.corrupt_lr), (length,),
+                                       batch, steps, **lm))  # fmt: skip
+    size = min(config.unlearn_batch_size, min(len(f.arrays["x"]) for f in s.forget_sets.values()))
+    tokens = jax.ShapeDtypeStruct((size, length), jnp.int32)
+    pair = {"forget": {"x": tokens, "m": tokens}, "retain": {"x": tokens, "mask": tokens}}
+    optimizer = restor_recovery.unlearn_optimizer(s.model, config.unlearn_lr)
+    params = jax.eval_shape(s.model.init, jax.random.key(0))
+    state = jax.eval_shape(lambda: train.TrainState.create(params, optimizer, jax.random.key(0),
+                                                           extra=params["params"]))  # fmt: skip
+    for method in dict.fromkeys(job[0] for job in restor_recovery.jobs(config) if job[0] != "ssd"):
+        runs = sum(job[0] == method for job in restor_recovery.jobs(config)) * len(config.ks)
+        step = restor_recovery.unlearn_step(s.model, "finetune" if method == "task_vector" else method,
+                                            config, optimizer)  # fmt: skip
+        phases.append(Phase(f"unlearn {method}", step, state, pair, config.unlearn_steps, runs))
+    return phases
+
+
+def _repeated_data(config: Any) -> list[Phase]:
+    """One loop per size: every (f, E, seed) run of the size stacked under ``jax.vmap``."""
+    from experiments import repeated_data
+
+    count = len(repeated_data.runs(config))
+    seeds = [run["seed"] for run in repeated_data.runs(config)]
+    batch = {"x": jax.ShapeDtypeStruct((count, config.batch_size, config.seq_len), jnp.int32)}
+    phases = []
+    for sizes, mlp_ratio in ((config.sizes, config.mlp_ratio), (config.attention_only_sizes, 0)):
+        for size in sizes:
+            family = repeated_data.family_for(config, size, mlp_ratio)
+            state = jax.eval_shape(functools.partial(family.init, seeds, repeated_data.parse_size(size)[0]))
+            name = repeated_data.loop_name(size, mlp_ratio)
+            phases.append(Phase(name, family.step, state, batch, config.steps, batch_axis=1))
+    return phases
+
+
+def _rece_erase(config: Any) -> list[Phase]:
+    """The testbed: its diffusion training and classifier; Stable Diffusion (``paper``):
+    the closed-form UCE + RECE edit of SD v1.4's 32 cross-attention kernels (nothing trains; sampling and
+    scoring run in diffusers)."""
+    if config.backend == "testbed":
+        return _testbed(config.testbed())
+    d, length = config.text_width, config.length
+    shapes = erase.sd_cross_attention_shapes(d)
+    kernels = traverse_util.unflatten_dict({tuple(p.split("/")): jax.ShapeDtypeStruct(shape, jnp.float32)
+                                            for p, shape in shapes.items()})  # fmt: skip
+    rows = jax.ShapeDtypeStruct((length, d), jnp.float32)
+    epochs = max(config.rece_epochs, default=0)
+
+    def edit(state, _):
+        keys = state["keys"]
+        params = {name: value for name, value in state.items() if name != "keys"}
+        return erase.rece(params, keys["concept"], keys["guide"], keys["preserve"], epochs=epochs)
+
+    state = {**kernels, "keys": {"concept": rows, "guide": rows, "preserve": rows}}
+    return [Phase(f"UCE + {epochs} RECE rounds (SD v1.4 kernels)", edit, state, {}, 1)]
+
+
+def _testbed(config: Any) -> list[Phase]:
+    """The testbed's joint text-encoder + UNet training and its classifier (ESD-x's few steps, which need
+    the trained text encoder, are left out)."""
+    bed = testbeds.Testbed(config)
+    optimizer = testbeds.make_optimizer(config)
+
+    def create():
+        key = jax.random.key(0)
+        params = {"text": bed.text_model.init(key)["params"], "unet": bed.unet_model.init(key)["params"]}
+        return train.TrainState.create({"params": params}, optimizer, key, extra={"ema": params})
+
+    size, batch = config.image_size, config.batch_size
+    images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    tokens = jax.ShapeDtypeStruct((batch, config.length), jnp.int32)
+    step = testbeds.diffusion_step(bed, optimizer)
+    return [
+        Phase("testbed", step, jax.eval_shape(create), {"x": images, "tokens": tokens}, config.steps),
+        supervised_phase("testbed_classifier", bed.classifier, optax.adam(1e-3), (size, size, 3), 128,
+                         config.classifier_epochs * (config.num_train // 128)),
+    ]  # fmt: skip
+
+
 #: ``plan(config)`` per experiment: the loops ``--plan`` prices.
 PLANS: dict[str, Callable[[Any], list[Phase]]] = {
     "ssd_forget": _ssd_forget,
     "granet_sparse": _granet_sparse,
     "powerlaw_rehearsal": _powerlaw_rehearsal,
+    "restor_recovery": _restor_recovery,
+    "repeated_data": _repeated_data,
+    "rece_erase": _rece_erase,
 }

@@ -261,7 +261,7 @@ def main(config: Config, run_dir: str) -> dict[str, Any]:
                 tag = f"sweep-{axis}={value}-{method}-seed{seed}"
                 result, seconds[tag] = finished_sequence(config, run_dir, tag, method, seed, tasks, setting)
                 cell = sweeps.setdefault(axis, {}).setdefault(str(value), {}).setdefault(method, {})
-                cell[str(seed)] = result["metrics"]
+                cell[str(seed)] = {**result["metrics"], "diverged": result["diverged"]}
     metrics = powerlaw_report.summarise(config, runs, sweeps)
     timing = {"per_run": seconds, "total": float(sum(seconds.values()))}
     runner.write_outputs(run_dir, metrics, timing, powerlaw_report.report(config, metrics, timing))

@@ -6,9 +6,15 @@ from typing import Any
 
 import numpy as np
 
-from experiments.report import figure, fmt, markdown_table, stat
+from experiments.report import diverged_line, figure, fmt, markdown_table, scored, stat
 
 METRICS = ("acc", "bwt", "fwt", "forgetting")
+
+
+def _stats(entries) -> dict[str, Any]:
+    """Mean ± std over seeds of every metric; a diverged seed makes it diverged (:func:`report.scored`)."""
+    entries = list(entries)
+    return {name: stat(scored(entry[name], entry["diverged"]) for entry in entries) for name in METRICS}
 
 
 def summarise(config, runs: dict[str, dict[str, Any]], sweeps: dict[str, Any]) -> dict[str, Any]:
@@ -18,7 +24,7 @@ def summarise(config, runs: dict[str, dict[str, Any]], sweeps: dict[str, Any]) -
     for method, by_seed in runs.items():
         seeds = list(by_seed.values())
         summary[method] = {
-            **{name: stat(run["metrics"][name] for run in seeds) for name in METRICS},
+            **_stats([{**run["metrics"], "diverged": run["diverged"]} for run in seeds]),
             "R_mean": np.mean([run["R"] for run in seeds], axis=0),
             "steps_to_threshold": [
                 stat(run["steps_to_threshold"][t] for run in seeds) for t in range(config.num_tasks)
@@ -30,15 +36,18 @@ def summarise(config, runs: dict[str, dict[str, Any]], sweeps: dict[str, Any]) -
         }
     sweep_summary = {
         axis: {
-            value: {
-                method: {name: stat(m[name] for m in by_seed.values()) for name in METRICS}
-                for method, by_seed in cell.items()
-            }
+            value: {method: _stats(by_seed.values()) for method, by_seed in cell.items()}
             for value, cell in cells.items()
         }
         for axis, cells in sweeps.items()
     }
-    return {"summary": summary, "runs": runs, "sweeps": sweep_summary}
+    diverged = [f"{method}-seed{seed}" for method, by_seed in runs.items() for seed, run in by_seed.items()
+                if run["diverged"]]  # fmt: skip
+    for axis, cells in sweeps.items():
+        for value, cell in cells.items():
+            diverged += [f"sweep-{axis}={value}-{method}-seed{seed}" for method, by_seed in cell.items()
+                         for seed, m in by_seed.items() if m["diverged"]]  # fmt: skip
+    return {"summary": summary, "runs": runs, "sweeps": sweep_summary, "diverged": diverged}
 
 
 def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
@@ -53,6 +62,7 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
         f"{config.memory_size} per task; clock: time since first learned, last_seen[i] = i). "
         f"EWC λ = {config.ewc_strength:g} (empirical Fisher), online EWC γ = {config.online_decay:g}, "
         f"SI c = {config.si_strength:g}, ξ = {config.si_damping:g}. Not tuned.",
+        *diverged_line(metrics["diverged"]),
         "",
         "## ACC / BWT / FWT / forgetting, % (mean ± std over seeds)",
         "",

@@ -264,4 +264,5 @@ def run_sequence(
         "R": matrix,
         "random_acc": random_acc,
         "metrics": continual.cl_metrics(matrix, random_acc),
+        "diverged": not np.isfinite(matrix).all(),  # R is NaN where a model's logits were non-finite
     }

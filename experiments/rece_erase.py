@@ -27,7 +27,7 @@ checkpoints in its cache) and ESD-x (loop ``esd_x_<concept>``; ``run_dir/checkpo
 from the config and the testbed, so ``--resume`` after a kill reproduces ``metrics.json`` byte for byte.
 
 Presets: ``smoke`` (seconds; tests), ``quick`` (testbed trained in ≤ 15 min on 2 CPU cores, cached),
-``paper`` (SD v1.4; documents the same calls, see :data:`PAPER_NOTES`; not runnable here).
+``paper`` (an SD v1.x UNet file edited by the official RECE pipeline, :mod:`experiments.rece_paper`).
 """
 
 from __future__ import annotations
@@ -44,26 +44,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import rece_report, runner
+from experiments import rece_paper, rece_report, report, runner
 from unlearnx import diffusion, erase, parallel, train, tree
 from unlearnx import eval as metrics_lib
 from unlearnx import testbed as testbeds
 
 NAME = "rece_erase"
-
-PAPER_NOTES = """\
-Paper scale (SD v1.4, not runnable on CPU): convert the UNet to a Flax tree (diffusers < 0.40
-`FlaxUNet2DConditionModel.from_pretrained(..., from_pt=True)`, or transpose each PyTorch linear weight);
-its 32 kernels `…/attn2/to_k/kernel`, `…/attn2/to_v/kernel` (768 → 320/640/1280) are exactly what
-`unlearnx.erase.cross_attention_kv` selects. Precompute CLIP ViT-L/14 last hidden states ([77, 768], padded
-with EOS as in SD) for the concept ("nudity"), the guide " " and the preserve prompts (" "), then call the
-same functions as this experiment:
-`unlearnx.erase.rece(unet_params, C_nudity, C_space, C_space, epochs=3, reg=0.1, erase_scale=1,
-preserve_scale=1, lamb=0.5, round_erase_scale=1, round_preserve_scale=0.1, round_lamb=0.1)`,
-`unlearnx.erase.derive_embedding(edited_kernels, original_kernels, C_nudity, reg=0.1)` for the attack, and
-`unlearnx.eval.kv_output_change(...)` on COCO prompt embeddings. Sample I2P prompts with 50 steps,
-guidance 7.5 at 512² sharded over the accelerator's devices and score with NudeNet (threshold 0.6) outside
-jit; objects: Imagenette prompts scored with a torchvision ResNet-50 (spec §5)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +77,9 @@ class Config(testbeds.TestbedConfig):
     attack_lr: float = 0.05
     attack_batch_size: int = 16
     cache_dir: str | None = None  # None: <out>/rece_erase/testbed_cache (shared by reruns)
-    backend: str = "testbed"  # "sd-v1.4" (paper preset): documented in PAPER_NOTES, not runnable here
+    backend: str = "testbed"  # "sd-v1.4" (paper preset): a diffusers UNet file, experiments.rece_paper
+    unet_path: str | None = None  # sd-v1.4: the UNet's .safetensors
+    states_path: str | None = None  # sd-v1.4: the prompts' CLIP states (.npz)
     progress: bool = True
 
     def __post_init__(self):
@@ -291,8 +279,11 @@ def _evaluate(study: _Study, concept, method: str, params, concept_keys, samples
     is_shape = concept.kind == "shape"
     prompt_label, predicted = (grid.shape, shape) if is_shape else (grid.colour, colour)
     erase_rows, keep_rows = prompt_label == concept.label, prompt_label != concept.label
-    attacked, attack_seconds = _timed(study.attack, params, concept_keys, study.keys["attack"])
     count = config.samples_per_prompt * len(config.colours if is_shape else config.shapes)
+    if not report.finite(params):  # a diverged edit (ESD-x) is not scored, attacked or drawn
+        blank = np.zeros((len(range(0, 2 * count, config.samples_per_prompt)), *images.shape[1:]))
+        return report.diverged(rece_report.METRICS), 0.0, {"samples": np.zeros_like(images), "attack": blank}
+    attacked, attack_seconds = _timed(study.attack, params, concept_keys, study.keys["attack"])
     embeddings = (c_primes[0], attacked, c_primes[1])
     contexts = jnp.concatenate([jnp.broadcast_to(rows, (count, *rows.shape)) for rows in embeddings])
     attack_images, *attack_labels = _sample(study, params, contexts, study.keys["attack_sample"])
@@ -349,10 +340,10 @@ def erase_concept(study: _Study, name: str, original_samples) -> tuple[dict, dic
 def main(config: Config, run_dir: str) -> dict[str, Any]:
     """Trains (or restores) the testbed, checks its quality gate, erases each concept with every method and
     writes ``metrics.json``, ``timing.json``, ``report.md`` and the sample grids."""
+    if config.backend == "sd-v1.4":
+        return rece_paper.main(config, run_dir)
     if config.backend != "testbed":
-        raise ValueError(
-            f"backend {config.backend!r} does not run here; to apply these calls to it:\n{PAPER_NOTES}"
-        )
+        raise ValueError(f"backend must be 'testbed' or 'sd-v1.4', got {config.backend!r}")
     study = _study(config, run_dir)
     original_samples = _sample(study, study.original, study.grid.contexts, study.keys["sample"])
     per_concept = {name: erase_concept(study, name, original_samples) for name in config.concepts}
@@ -361,6 +352,12 @@ def main(config: Config, run_dir: str) -> dict[str, Any]:
         "quality_gate": testbeds.quality_gate(study.grid, *original_samples[1:]),
         "classifier_test_acc": testbeds.held_out(study.testbed, seed=config.seed + 1000),
         "concepts": {name: result[0] for name, result in per_concept.items()},
+        "diverged": [
+            f"{name}/{method}"
+            for name, (result, *_) in per_concept.items()
+            for method, m in result["metrics"].items()
+            if np.isinf(m["kv_change"])
+        ],  # fmt: skip
         "prompts": study.grid.prompts,
         "num_params": {
             "unet": study.testbed.unet_model.num_params(study.testbed.unet_variables),

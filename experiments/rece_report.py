@@ -20,6 +20,7 @@ COLUMNS = (
     ("asr_uce_derived", "ASR UCE's c′ % ↓"),
     ("asr_gradient", "ASR gradient % ↓"),
 )
+METRICS = tuple(key for key, _ in COLUMNS)
 
 
 def table(metrics: dict[str, Any], timing: dict[str, Any], name: str) -> str:
@@ -57,6 +58,7 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
         f"{_percent(gate['shape_acc'])}%, prompted colour {_percent(gate['colour_acc'])}% "
         f"(bar: 80% each) — {'passed' if gate['passed'] else 'FAILED'}. Classifier on held-out real images: "
         f"shape {_percent(test['shape_acc'])}%, colour {_percent(test['colour_acc'])}%.",
+        *shared.diverged_line(metrics["diverged"]),
         "",
     ]
     for name, result in metrics["concepts"].items():

@@ -47,7 +47,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from experiments import repeated_linear, repeated_report, runner
+from experiments import repeated_linear, repeated_report, report, runner
 from unlearnx import parallel, train
 from unlearnx.checkpoint import interval_policy
 from unlearnx.data import repeated_mixture, text
@@ -313,7 +313,10 @@ def train_family(config: Config, data: Data, size: str, mlp_ratio: int, run_dir:
         key: np.asarray(value, np.float64)
         for key, value in family.probes(state.variables, place(data.probes, mesh)).items()
     }
+    per_run = [jax.tree.map(lambda leaf, i=i: leaf[i], state.variables) for i in range(len(data.runs))]
+    finite = [report.finite(v, loss) for v, loss in zip(per_run, result["test_loss"], strict=True)]
     result.update(
+        diverged=~np.asarray(finite),
         size=size,
         attention_only=mlp_ratio == 0,
         non_embedding_params=non_embedding_params(jax.tree.map(lambda leaf: leaf[0], state.variables)),
@@ -322,7 +325,6 @@ def train_family(config: Config, data: Data, size: str, mlp_ratio: int, run_dir:
         repeated_curve=np.asarray([record["repeated_loss"] for record in evaluated], np.float64).T,
     )
     if mlp_ratio == 0:
-        per_run = [jax.tree.map(lambda leaf, i=i: leaf[i], state.variables) for i in range(len(data.runs))]
         result["ov_copying"] = np.stack([induction.decoder_ov_scores(v, family.heads) for v in per_run])
     return result
 

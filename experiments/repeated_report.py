@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.report import figure, fmt, markdown_table, stat
+from experiments.report import diverged_line, figure, fmt, markdown_table, scored, stat
 from unlearnx.eval import scaling
 
 PER_RUN = ("test_loss", "icl", "copying_loss")
@@ -34,7 +34,8 @@ def settings(runs: list[dict[str, Any]]) -> list[tuple[float, int]]:
 def _setting_entry(family: dict[str, Any], index: list[int], fraction: float, epochs: int) -> dict[str, Any]:
     """One (f, E) of one size: mean ± std over its seeds' runs ``index``."""
     entry = {"fraction": fraction, "epochs": epochs}
-    entry.update({key: stat(family[key][index]) for key in PER_RUN})
+    diverged = family["diverged"][index]
+    entry.update({key: stat(map(scored, family[key][index], diverged)) for key in PER_RUN})
     entry["repeated_loss"] = stat(family["repeated_curve"][index, -1])
     entry["bump"] = stat(max_rise(family["test_curve"][i]) for i in index)
     entry["prefix_matching"] = family["prefix_matching"][index].mean(axis=0)
@@ -59,7 +60,7 @@ def _size_summary(family: dict[str, Any], runs: list[dict[str, Any]]) -> dict[st
         "settings": per_setting,
         "per_run": {
             key: family[key]
-            for key in (*PER_RUN, "prefix_matching", "test_curve", "repeated_curve", "ov_copying")
+            for key in (*PER_RUN, "prefix_matching", "test_curve", "repeated_curve", "ov_copying", "diverged")
             if key in family
         },
     }
@@ -116,7 +117,10 @@ def summarise(config, runs, families, linear, corpus) -> dict[str, Any]:
         "curves_mean": linear["curves"].mean(axis=1),
         "seeds": mse.shape[1],
     }
+    diverged = [f"{_label(f)} f={r['fraction']:g} E={r['epochs']} seed {r['seed']}"
+                for f in families for r, bad in zip(runs, f["diverged"], strict=True) if bad]  # fmt: skip
     return {
+        "diverged": diverged,
         "corpus": corpus,
         "runs": runs,
         "sizes": sizes,
@@ -258,7 +262,8 @@ def _linear_lines(metrics: dict[str, Any], timing: dict[str, Any]) -> list[str]:
 
 def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
     """``report.md``: the paper's tables (test loss, N_eff / N, peaks, probes) and the linear companion."""
-    lines = _intro(config, metrics) + _fit_and_peak_lines(config, metrics)
+    lines = _intro(config, metrics) + diverged_line(metrics["diverged"])
+    lines += _fit_and_peak_lines(config, metrics)
     lines += _measurement_lines(config, metrics) + _linear_lines(metrics, timing)
     return "\n".join(lines)
 

@@ -12,16 +12,58 @@ import numpy as np
 
 from unlearnx import parallel
 
-__all__ = ["figure", "fmt", "markdown_table", "mean_std", "stat"]
+__all__ = [
+    "diverged",
+    "diverged_line",
+    "figure",
+    "finite",
+    "fmt",
+    "markdown_table",
+    "mean_std",
+    "scored",
+    "stat",
+]
 
 DIVERGED = "diverged"
 
 
+def finite(*trees: Any) -> bool:
+    """Whether every leaf of ``trees`` (parameters, logits, losses) is finite."""
+    import jax
+
+    return all(bool(np.isfinite(np.asarray(leaf)).all()) for leaf in jax.tree.leaves(trees))
+
+
+def diverged(keys: Iterable[str]) -> dict[str, float]:
+    """The metrics of a diverged model (non-finite parameters or outputs): +inf each, so :func:`fmt` shows
+    "diverged", a mean over seeds that includes it is +inf too (never a number), and ``metrics.json``
+    stores null; the experiment lists the model under ``"diverged"`` there."""
+    return dict.fromkeys(keys, float("inf"))
+
+
+def scored(value: Any, has_diverged: bool) -> Any:
+    """``value``, or +inf (:func:`diverged`) when its model has diverged: the form that survives a JSON
+    round trip is a stored ``"diverged": true`` next to a null, turned back into +inf here."""
+    return float("inf") if has_diverged else value
+
+
+def diverged_line(labels: Sequence[str]) -> list[str]:
+    """The report's mark for diverged models (none: no line)."""
+    if not labels:
+        return []
+    count = len(labels)
+    return [
+        f"**Diverged ({count}; metrics null in `metrics.json`, shown as diverged):** {', '.join(labels)}."
+    ]
+
+
 def mean_std(values: Iterable[float | None]) -> tuple[float, float]:
     """Mean and population standard deviation, ignoring missing (``None``/NaN) entries; NaN when none is
-    left."""
+    left; +inf (a diverged model, :func:`diverged`) when any entry is infinite."""
     array = np.asarray([np.nan if v is None else v for v in values], np.float64)
     array = array[~np.isnan(array)]
+    if np.isinf(array).any():
+        return float("inf"), float("nan")
     if array.size == 0:
         return float("nan"), float("nan")
     return float(array.mean()), float(array.std())

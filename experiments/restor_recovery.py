@@ -180,7 +180,7 @@ def _loss_terms(model, method: str, config: Config):
 
 
 @functools.cache
-def _unlearn_step(model, method: str, config: Config, optimizer):
+def unlearn_step(model, method: str, config: Config, optimizer):
     """The jitted ``step(state, {"forget", "retain"}) -> (state, {"loss"})`` of ``method``; θ_c (the
     reference of KL and NPO) rides in ``state.extra``."""
     loss = _loss_terms(model, method, config)
@@ -197,7 +197,7 @@ def _unlearn_step(model, method: str, config: Config, optimizer):
 
 
 @functools.cache
-def _unlearn_optimizer(model, learning_rate: float) -> optax.GradientTransformation:
+def unlearn_optimizer(model, learning_rate: float) -> optax.GradientTransformation:
     """Adam followed by a per-element update mask that lives in the optimizer state (named ``mask``): all
     True for the unlocalised runs, SSD's selection for the localised ones, so each method compiles once."""
     shapes = jax.eval_shape(model.init, jax.random.key(0))["params"]
@@ -238,7 +238,7 @@ def unlearn_run(s: restor_world.Setup, method: str, corrupted, forget: dict, sel
     size = min(config.unlearn_batch_size, len(forget["x"]))
     forget_at = data.EpochBatches(forget, size, seed=config.seed, drop_remainder=True)
     retain_at = data.EpochBatches(s.retain, size, seed=config.seed + 5, drop_remainder=True)
-    optimizer = _unlearn_optimizer(s.model, config.unlearn_lr)
+    optimizer = unlearn_optimizer(s.model, config.unlearn_lr)
     state = train.TrainState.create(
         corrupted, optimizer, jax.random.key(config.seed), extra=corrupted["params"]
     )
@@ -246,7 +246,7 @@ def unlearn_run(s: restor_world.Setup, method: str, corrupted, forget: dict, sel
         mask = jax.tree.map(jnp.asarray, selection)
         state = state._replace(opt_state=optax.tree.set(state.opt_state, mask=mask))
     state, _ = train.loop(
-        _unlearn_step(s.model, "finetune" if method == "task_vector" else method, config, optimizer),
+        unlearn_step(s.model, "finetune" if method == "task_vector" else method, config, optimizer),
         state,
         lambda i: {"forget": forget_at(i), "retain": retain_at(i % retain_at.per_epoch)},
         config.unlearn_steps,
@@ -272,7 +272,7 @@ def _unlearned(s: restor_world.Setup, job, corrupted, forget: dict, localisation
     return unlearn_run(s, method, corrupted, arrays, selection if local else None, **loop_args)
 
 
-def _jobs(config: Config) -> list[tuple[str, str, bool]]:
+def jobs(config: Config) -> list[tuple[str, str, bool]]:
     return [
         (method, mask_kind, local)
         for method in config.methods
@@ -307,7 +307,7 @@ def _study_k(s: restor_world.Setup, k: int, clean, clean_eval, run_dir: str, log
             localisation[mask_kind] = (i_f, i_d, alpha, localize.selection(i_f, i_d, alpha=alpha))
             entry["alpha"][mask_kind] = alpha
             entry["selected_fraction"][mask_kind] = localize.selected_fraction(localisation[mask_kind][3])
-    for job in tqdm(_jobs(config), desc=f"k={k} methods", disable=None if config.progress else True):
+    for job in tqdm(jobs(config), desc=f"k={k} methods", disable=None if config.progress else True):
         name = run_name(*job)
         unit = os.path.join(run_dir, "units", f"k{k}", name.replace("/", "_") + ".json")
         directory = os.path.join(run_dir, "checkpoints", f"unlearn_k{k}", name.replace("/", "_"))
@@ -357,6 +357,7 @@ def main(config: Config, run_dir: str) -> dict[str, Any]:
         "clean": restor_report.flat(clean_eval),
         "k": {str(k): _study_k(s, k, clean, clean_eval, run_dir, logger, timing) for k in config.ks},
     }
+    metrics["diverged"] = restor_report.diverged(metrics)
     timing["total"] = time.perf_counter() - started
     restor_report.plots(metrics, run_dir, VARIANTS)
     runner.write_outputs(run_dir, metrics, timing, restor_report.report(config, metrics, VARIANTS))

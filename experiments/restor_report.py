@@ -14,16 +14,22 @@ from typing import Any
 
 import numpy as np
 
-from experiments.report import figure, fmt, markdown_table
+from experiments.report import diverged_line, figure, fmt, markdown_table, scored
 from unlearnx.eval import restor
 
 RECOVERED_R = 0.25
 FORGOT_F = 0.5
 COLLAPSE_FRACTION = 0.5
+FLAT = ("acc_correct", "rate_corrupted", "acc_nontarget", "acc_interleaved", "heldout_ppl")
+PROBE = ("correct", "corrupted", "random")
+SCORES = ("recovery", "forgetting", "confidence_corr")
 
 
 def flat(result: dict[str, Any]) -> dict[str, Any]:
-    """The JSON-able metrics of one evaluated model (no per-fact arrays; a non-finite perplexity is None)."""
+    """The JSON-able metrics of one evaluated model (no per-fact arrays; a non-finite perplexity is None);
+    a diverged model's are all None, with ``"diverged": true``."""
+    if result["diverged"]:
+        return {**dict.fromkeys(FLAT, None), "probe": dict.fromkeys(PROBE, None), "diverged": True}
     return {
         "acc_correct": result["acc_correct"],
         "rate_corrupted": result["rate_corrupted"],
@@ -31,6 +37,7 @@ def flat(result: dict[str, Any]) -> dict[str, Any]:
         "acc_interleaved": result["acc_interleaved"],
         "heldout_ppl": result["heldout_ppl"] if result["finite"] else None,
         "probe": result["probe"],
+        "diverged": False,
     }
 
 
@@ -38,6 +45,8 @@ def scores(correct: np.ndarray, clean_eval, corrupted_eval, result) -> dict[str,
     """R, F, the confidence correlation and the :func:`flat` metrics of one evaluated model (``correct``: the
     true value of every target fact; R or F is None where its denominator vanishes)."""
     out = flat(result)
+    if result["diverged"] or corrupted_eval["diverged"] or clean_eval["diverged"]:
+        return {**out, **dict.fromkeys(SCORES, None)}
     try:
         out["recovery"] = restor.recovery(
             result["acc_correct"], corrupted_eval["acc_correct"], clean_eval["acc_correct"]
@@ -62,9 +71,19 @@ def scores(correct: np.ndarray, clean_eval, corrupted_eval, result) -> dict[str,
     return out
 
 
+def diverged(metrics: dict[str, Any]) -> list[str]:
+    """The diverged models of a study: ``clean``, ``corrupt_k<k>`` and ``k<k>/<run>``."""
+    names = ["clean"] if metrics["clean"]["diverged"] else []
+    for k, entry in metrics["k"].items():
+        names += [f"corrupt_k{k}"] if entry["corrupted"]["diverged"] else []
+        names += [f"k{k}/{name}" for name, m in entry["runs"].items() if m["diverged"]]
+    return names
+
+
 def _row(name: str, m: dict[str, Any]) -> list[str]:
     keys = ("acc_correct", "rate_corrupted", "recovery", "forgetting", "acc_nontarget", "acc_interleaved")
-    return [name, *(fmt(m.get(key), digits=2) for key in (*keys, "heldout_ppl", "confidence_corr"))]
+    keys += ("heldout_ppl", "confidence_corr")
+    return [name, *(fmt(scored(m.get(key), m["diverged"]), digits=2) for key in keys)]
 
 
 def _utility(m: dict[str, Any]) -> float | None:
@@ -75,6 +94,8 @@ def verdict(m: dict[str, Any], corrupted: dict[str, Any]) -> str:
     """``recovered`` / ``forgot only`` / ``neither``, with ``, collapsed`` when unlearning destroyed utility
     (non-target accuracy below ``COLLAPSE_FRACTION`` × the corrupted model's, the run's starting point)."""
     recovery, forgetting = m.get("recovery"), m.get("forgetting")
+    if m["diverged"]:
+        return "diverged"
     if recovery is not None and recovery >= RECOVERED_R:
         label = "recovered"
     elif forgetting is not None and forgetting >= FORGOT_F:
@@ -115,6 +136,7 @@ def _header(config, metrics: dict[str, Any]) -> list[str]:
         "ppl = held-out perplexity; conf = correlation of θ_clean's per-fact margin with per-fact recovery. "
         "Run names are method/loss mask (doc = whole documents, span = corrupted values only)/"
         "(full = all parameters, ssd_local = updates restricted to SSD's selection); n/a = not defined.",
+        *diverged_line(metrics["diverged"]),
         "",
     ]
 
@@ -166,7 +188,7 @@ def report(config, metrics: dict[str, Any], variants) -> str:
         named = {"θ_clean": entry["clean"], "θ_corrupted": entry["corrupted"], **entry["runs"]}
         for name, m in named.items():
             probe_rows.append(
-                [k, name, *(fmt(m["probe"][key], digits=2) for key in ("correct", "corrupted", "random"))]
+                [k, name, *(fmt(scored(m["probe"][key], m["diverged"]), digits=2) for key in PROBE)]
             )
     lines += [markdown_table(["k", "model", "correct", "corrupted", "random"], probe_rows), ""]
     lines += [

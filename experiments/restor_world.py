@@ -31,6 +31,7 @@ import jax
 import numpy as np
 import optax
 
+from experiments import report
 from unlearnx import data, models, train
 from unlearnx.checkpoint import interval_policy
 from unlearnx.data import knowledge, knowledge_corpus
@@ -213,12 +214,14 @@ def target_eval(s: Setup, variables) -> dict[str, Any]:
 
 def evaluate(s: Setup, variables, interleaved) -> dict[str, Any]:
     """:func:`target_eval` plus QA accuracy on the utility people outside ``interleaved`` and on (up to
-    ``utility_people`` of) the ``interleaved`` people, and held-out perplexity (``finite``: whether it is)."""
+    ``utility_people`` of) the ``interleaved`` people, and held-out perplexity (``finite``: whether it is;
+    ``diverged``: non-finite parameters or a NaN perplexity, so no metric of the model is scored)."""
     result = target_eval(s, variables)
     result["acc_nontarget"] = _people_accuracy(s, variables, np.setdiff1d(s.utility_people, interleaved))
     result["acc_interleaved"] = _people_accuracy(s, variables, interleaved[: s.config.utility_people])
     result["heldout_ppl"] = restor.perplexity(s.model, variables, s.heldout)
     result["finite"] = bool(np.isfinite(result["heldout_ppl"]))
+    result["diverged"] = not report.finite(variables) or bool(np.isnan(result["heldout_ppl"]))
     return result
 
 

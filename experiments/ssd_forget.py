@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import optax
 
-from experiments import runner, ssd_importance
+from experiments import report, runner, ssd_importance
 from experiments.ssd_importance import dampen, timed
 from unlearnx import data, eval, models, train, unlearn
 
@@ -106,8 +106,7 @@ class Config:
 PRESETS: dict[str, Config] = {
     "smoke": Config(
         seeds=(0,), epochs=3, width=64, finetune_epochs=1, neggrad_epochs=1, amnesiac_epochs=1,
-        alpha_sweep=(1.0, 10.0), progress=False,
-    ),
+        alpha_sweep=(1.0, 10.0), progress=False),
     "quick": Config(),
     # ~15 min on 2 CPU cores (a CNN step on Fashion-MNIST costs ~25× an MLP step on digits).
     "fashion": Config(
@@ -226,11 +225,11 @@ def _fit(run: _Seed, phase: str, variables, arrays, cls: int | None = None) -> t
 
 
 def _evaluate(run: _Seed, variables, split: _Split) -> dict[str, float]:
-    """The METRICS of one edited model; all NaN when it has diverged (non-finite outputs)."""
+    """The METRICS of one edited model; :func:`report.diverged` when it has diverged (non-finite outputs)."""
     sets = ("retain", "forget", "test", "forget_test", "retain_test")
     logits = {name: train.predict(run.model, variables, getattr(split, name)["x"]) for name in sets}
     if not all(np.isfinite(values).all() for values in logits.values()):
-        return dict.fromkeys(METRICS, float("nan"))
+        return report.diverged(METRICS)
     return {
         "retain_test_acc": eval.accuracy(logits["retain_test"], split.retain_test["y"]),
         "forget_test_acc": eval.accuracy(logits["forget_test"], split.forget_test["y"]),
@@ -312,12 +311,13 @@ def _baselines(run: _Seed, original, split: _Split) -> dict[str, tuple[Any, floa
 
 
 def _alpha_sweep(run: _Seed, original, split: _Split, forget_imp, full_imp) -> dict[str, list[float]]:
-    """Forget/retain test accuracy of SSD at each α of ``config.alpha_sweep`` (λ from the config)."""
+    """Forget/retain test accuracy of SSD at each α of ``config.alpha_sweep`` (+inf: diverged)."""
     sweep = {"forget_test_acc": [], "retain_test_acc": []}
     for alpha in run.config.alpha_sweep:
         swept = dampen(original, forget_imp, full_imp, alpha=alpha, lam=run.config.lam)
         for key, arrays in (("forget_test_acc", split.forget_test), ("retain_test_acc", split.retain_test)):
-            sweep[key].append(eval.accuracy(train.predict(run.model, swept, arrays["x"]), arrays["y"]))
+            accuracy = eval.accuracy(train.predict(run.model, swept, arrays["x"]), arrays["y"])
+            sweep[key].append(float("inf") if np.isnan(accuracy) else accuracy)  # NaN: non-finite logits
     return sweep
 
 
@@ -360,10 +360,11 @@ def class_sweep(run: _Seed, original) -> dict[str, dict[str, list[float]]]:
         }
         edits = _ssd_edits(run, original, split, importances, CLASS_SWEEP_METHODS)
         for method, (edited, _, _) in edits.items():
-            correct = np.argmax(train.predict(run.model, edited, test["x"]), 1) == test["y"]
-            in_class = test["y"] == cls
-            out[method]["forget_test_acc"].append(float(correct[in_class].mean()))
-            out[method]["retain_test_acc"].append(float(correct[~in_class].mean()))
+            logits = train.predict(run.model, edited, test["x"])
+            correct = np.argmax(logits, 1) == test["y"]
+            in_class, ok = test["y"] == cls, report.finite(logits)
+            out[method]["forget_test_acc"].append(float(correct[in_class].mean()) if ok else float("inf"))
+            out[method]["retain_test_acc"].append(float(correct[~in_class].mean()) if ok else float("inf"))
     return out
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.report import figure, fmt, markdown_table, stat
+from experiments.report import diverged_line, figure, fmt, markdown_table, stat
 from experiments.ssd_forget import METHODS, METRICS
 
 COST_ROWS = ("retrain", "finetune", "neggrad+", "amnesiac", "bad_teacher", "ssd", "ssd (I_D cached)")
@@ -56,7 +56,16 @@ def summarise(config, per_seed: dict[str, dict[str, Any]]) -> tuple[dict[str, An
         },
         "median": seconds,
     }
-    return {"classes": classes, "class_sweep": class_sweep}, timing
+    diverged = sorted(
+        {
+            f"seed {seed} class {cls} {method}"
+            for seed, run in per_seed.items()
+            for cls, result in run["classes"].items()
+            for method, values in result["metrics"].items()
+            if np.isinf(values["retain_test_acc"])
+        }
+    )
+    return {"classes": classes, "class_sweep": class_sweep, "diverged": diverged}, timing
 
 
 def _pct(value: dict[str, float]) -> str:
@@ -139,6 +148,7 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
         "class_weight='balanced', solver='lbfgs', C=1). Loss MIA: 5-fold cross-validated accuracy of a "
         "logistic regression telling D_f from as many forget-class test examples by loss (50% = chance). "
         f"I_D batches follow the `{config.importance_order}` order (see `importance_order`).",
+        *diverged_line(metrics["diverged"]),
     ]
     for cls, result in metrics["classes"].items():
         sections += _class_section(config, cls, result, timing["median"][cls])
@@ -159,25 +169,12 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
                 ["class", *(f"ssd (α = {config.alpha:g})" if m == "ssd" else m for m in methods)], rows
             ),
         ]
-    diverged = sorted(
-        {
-            f"{method} (class {cls})"
-            for cls, result in metrics["classes"].items()
-            for per_seed in result["per_seed"].values()
-            for method, values in per_seed.items()
-            if np.isnan(values["retain_test_acc"])
-        }
-    )
     notes = [
         "- Because D includes D_f, the exact empirical Fisher has I_D ≥ (|D_f|/|D|)·I_f, so no parameter "
         "passes a fixed α ≥ |D|/|D_f|; with the reference's unshuffled, class-grouped D the batch estimators "
         "obey nearly the same bound (the forget batches reappear in D). On CIFAR-100 (|D|/|D_f| = 100) "
         "α = 10 is far below it; on 10-class data it is not.",
     ]
-    if diverged:
-        notes.append(
-            f"- Diverged (non-finite outputs; metrics NaN, left out of the means): {', '.join(diverged)}."
-        )
     images = ["![accuracy](accuracy.png)", "![alpha sweep](alpha_sweep.png)"]
     if metrics["class_sweep"]:
         images.append("![class sweep](class_sweep.png)")

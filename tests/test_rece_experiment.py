@@ -1,14 +1,24 @@
 """The RECE erasure experiment end to end on the smoke preset: outputs, table, grids, seed-determined metrics,
 the testbed cache reused by a rerun, and exact resume after interrupts in the testbed and ESD-x loops."""
 
+import glob
 import json
 import os
+import re
+import subprocess
+import sys
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
+import safetensors.numpy
 
 from experiments import __main__ as cli
 from experiments import rece_erase, rece_report, runner
+from unlearnx import diffusers_io, erase, tree
 from unlearnx import testbed as testbeds
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_presets_and_overrides():
@@ -22,7 +32,7 @@ def test_presets_and_overrides():
     assert config.testbed() == quick.testbed()  # the testbed (cache key) ignores the erasure settings
     assert config.testbed().key() == quick.testbed().key()
     assert runner.apply_overrides(quick, ["--steps", "10"]).testbed().key() != quick.testbed().key()
-    assert "SD v1.4" in rece_erase.PAPER_NOTES and "cross_attention_kv" in rece_erase.PAPER_NOTES
+    assert rece_erase.PRESETS["paper"].backend == "sd-v1.4"
     with pytest.raises(ValueError, match="neither a shape"):  # checked before any training
         runner.apply_overrides(quick, ["--concepts", "circle,purple"])
 
@@ -98,3 +108,77 @@ def test_interrupted_testbed_and_esd_resume_to_identical_metrics(tmp_path):
         expected = handle.read()
     with open(os.path.join(resumed, "metrics.json"), "rb") as handle:
         assert handle.read() == expected
+
+
+def _tiny_unet_and_states(folder, d_in=12, length=8):
+    """A UNet file with SD v1.4 key names (four attn2 blocks, small widths, fp16, plus untouched tensors)
+    and the prompts' states file the paper preset reads."""
+    rng = np.random.default_rng(0)
+    tensors = {"conv_in.weight": rng.normal(size=(8, 4, 3, 3)).astype(np.float16)}
+    for prefix, width in (("down_blocks.0.attentions.0", 8), ("down_blocks.1.attentions.1", 16),
+                          ("mid_block.attentions.0", 16), ("up_blocks.3.attentions.2", 8)):  # fmt: skip
+        block = f"{prefix}.transformer_blocks.0"
+        for name, shape in (("attn2.to_k", (width, d_in)), ("attn2.to_v", (width, d_in)),
+                            ("attn1.to_k", (width, width))):  # fmt: skip
+            tensors[f"{block}.{name}.weight"] = (rng.normal(size=shape) / np.sqrt(shape[1])).astype(
+                np.float16
+            )
+    unet = os.path.join(folder, "unet.safetensors")
+    safetensors.numpy.save_file(tensors, unet, metadata={"format": "pt"})
+    counts = {"concept": 1, "guide": 1, "preserve": 2, "initial_preserve": 1}
+    states = {name: rng.normal(size=(n, length, d_in)).astype(np.float32) for name, n in counts.items()}
+    path = os.path.join(folder, "states.npz")
+    np.savez(path, **states, concept_tokens=np.array([3]), guide_tokens=np.array([2]))
+    return unet, path, tensors, states
+
+
+def test_paper_preset_edits_a_unet_file_by_the_official_pipeline(tmp_path):
+    """The paper preset end to end on a generated SD-named checkpoint: only attn2 to_k/to_v change, each equal
+    to erase.rece run by hand with the official rows; everything else byte for byte; and 8 simulated devices
+    write the same file."""
+    unet, states_path, tensors, states = _tiny_unet_and_states(str(tmp_path))
+    args = ["--unet_path", unet, "--states_path", states_path]
+    run_dir = cli.run_one("rece_erase", "paper", args, out=str(tmp_path / "runs"), resume=False)
+    edited = safetensors.numpy.load_file(os.path.join(run_dir, "unet", "diffusion_pytorch_model.safetensors"))
+    assert list(edited) == list(safetensors.numpy.load_file(unet)) and edited.keys() == tensors.keys()
+    config = rece_erase.PRESETS["paper"]
+    concept, guide = states["concept"][0], states["guide"][0]
+    rows, targets = erase.last_word_rows(concept, guide, concept_tokens=3, guide_tokens=2)
+    expected, _ = erase.rece(
+        diffusers_io.read_cross_attention(unet, dtype=jnp.float32), concept, guide,
+        states["preserve"].reshape(-1, 12), epochs=max(config.rece_epochs), reg=config.rece_reg,
+        initial_concept_keys=rows, initial_guide_keys=targets,
+        initial_preserve_keys=states["initial_preserve"][0],
+        erase_scale=1.0, preserve_scale=config.uce_preserve_scale, lamb=config.uce_lamb,
+        round_erase_scale=config.round_erase_scale, round_preserve_scale=config.round_preserve_scale,
+        round_lamb=config.round_lamb,
+    )  # fmt: skip
+    kernels = dict(tree.leaves_with_paths(expected))
+    changed = 0
+    for key, before in tensors.items():
+        assert edited[key].dtype == before.dtype and edited[key].shape == before.shape
+        if ".attn2.to_" in key:
+            path = (
+                "params/"
+                + re.sub(r"\.(\d+)", r"_\1", key.removesuffix(".weight")).replace(".", "/")
+                + "/kernel"
+            )
+            np.testing.assert_array_equal(edited[key], np.asarray(kernels[path]).T.astype(np.float16))
+            changed += not np.array_equal(edited[key], before)
+        else:
+            assert edited[key].tobytes() == before.tobytes()
+    assert changed == 8
+    with open(os.path.join(run_dir, "metrics.json")) as handle:
+        metrics = json.load(handle)
+    assert metrics["rece_rounds"] == 3 and metrics["initial_rows"] == 8 - 1
+    assert metrics["kernel_relative_change"] > 0
+    eight = subprocess.run(
+        [sys.executable, "-m", "experiments", "rece_erase", "--preset", "paper", *args,
+         "--out", str(tmp_path / "eight")],
+        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert eight.returncode == 0, eight.stderr[-2000:]
+    (other,) = glob.glob(str(tmp_path / "eight" / "rece_erase" / "*" / "unet" / "*.safetensors"))
+    for key, value in safetensors.numpy.load_file(other).items():
+        np.testing.assert_allclose(value.astype(np.float32), edited[key].astype(np.float32), atol=2e-3)

@@ -31,7 +31,20 @@ from unlearnx.data import shapes as shapes_data
 from unlearnx.models.text_encoder import text_encoder
 from unlearnx.models.unet import unet
 
-__all__ = ["Concept", "PromptGrid", "Testbed", "TestbedConfig", "build", "concept", "quality_gate"]
+__all__ = [
+    "Concept",
+    "PromptGrid",
+    "Testbed",
+    "TestbedConfig",
+    "build",
+    "concept",
+    "diffusion_step",
+    "eps_function",
+    "held_out",
+    "local_arrays",
+    "make_optimizer",
+    "quality_gate",
+]
 
 # Bumped whenever the cached checkpoints change structure, so a cache written by older code is never read
 # (2: TrainState with the EMA in ``extra`` and a named optimizer chain, on train.loop / train.fit).
@@ -250,7 +263,7 @@ def _sampler(unet_model: models.Model, num_steps: int, guidance_scale: float):
     return jax.jit(run)
 
 
-def _optimizer(config: TestbedConfig) -> optax.GradientTransformation:
+def make_optimizer(config: TestbedConfig) -> optax.GradientTransformation:
     """Adam with global-norm clipping 1, linear warm-up to ``lr``, then cosine decay to 0.1·lr."""
     schedule = optax.join_schedules(
         [
@@ -262,7 +275,7 @@ def _optimizer(config: TestbedConfig) -> optax.GradientTransformation:
     return optax.named_chain(("clip", optax.clip_by_global_norm(1.0)), ("adam", optax.adam(schedule)))
 
 
-def _diffusion_step(testbed: Testbed, optimizer: optax.GradientTransformation) -> Callable:
+def diffusion_step(testbed: Testbed, optimizer: optax.GradientTransformation) -> Callable:
     """The jitted joint step ``(state, {"x", "tokens"}) -> (state, {"loss"})``: Min-SNR-γ ε loss with the
     caption dropped to the empty prompt with probability ``p_uncond``, noise from ``fold_in(state.rng,
     state.step)``, then the EMA update of ``state.extra["ema"]`` (decay min(ema_decay, (1+k)/(10+k)))."""
@@ -307,11 +320,11 @@ def _train_diffusion(
         "text": jax.jit(testbed.text_model.init)(keys[0])["params"],
         "unet": jax.jit(testbed.unet_model.init)(keys[1])["params"],
     }
-    optimizer = _optimizer(config)
+    optimizer = make_optimizer(config)
     state = train.TrainState.create({"params": params}, optimizer, keys[2], extra={"ema": params})
     arrays = {"x": _to_model_range(testbed.data.images), "tokens": testbed.data.tokens}
     state, _ = train.loop(
-        _diffusion_step(testbed, optimizer),
+        diffusion_step(testbed, optimizer),
         state,
         data.EpochBatches(arrays, config.batch_size, seed=config.seed),
         config.steps,
