@@ -54,30 +54,36 @@ def order_keys(scores: jax.Array) -> jax.Array | None:
     return lax.bitcast_convert_type(flat.astype(jnp.int32), jnp.uint32) ^ jnp.uint32(0x80000000)
 
 
+@jax.jit  # compiled once per key shape, the count traced (eager callers: initial masks, tests)
 def top_from_keys(keys: jax.Array, count) -> jax.Array:
-    """Bool mask over flat ``keys`` keeping the ``count`` largest (ties: lower index first)."""
+    """Bool mask over flat ``keys`` keeping the ``count`` largest (ties: lower index first).
+
+    The passes run in ``fori_loop``s, not unrolled: on XLA:CPU a ``lax.cond`` pays on every call for each
+    operation inside its branches, taken or not, and this keeps a mask update to a few dozen of them.
+    """
     size = keys.size
     count = jnp.asarray(count, jnp.int32)
-    threshold = jnp.uint32(0)
-    for bit in range(31, -1, -1):  # the largest t with #{key ≥ t} ≥ count: the count-th largest key
-        candidate = threshold | jnp.uint32(1 << bit)
+
+    def value_bit(i, threshold):  # the largest t with #{key ≥ t} ≥ count: the count-th largest key
+        candidate = threshold | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
         enough = jnp.sum(keys >= candidate, dtype=jnp.int32) >= count
-        threshold = jnp.where(enough, candidate, threshold)
+        return jnp.where(enough, candidate, threshold)
+
+    threshold = lax.fori_loop(0, 32, value_bit, jnp.uint32(0))
     above = keys > threshold
     tied = keys == threshold
     need = count - jnp.sum(above, dtype=jnp.int32)  # how many of the tied entries to keep, lowest first
     index = jnp.arange(size, dtype=jnp.int32)
+    positions = jnp.where(tied, index, size)
+    bits = max(size - 1, 1).bit_length()
 
-    def last_kept_index():
-        positions = jnp.where(tied, index, size)
-        last = jnp.int32(0)
-        for bit in range(max(size - 1, 1).bit_length() - 1, -1, -1):
-            candidate = last | (1 << bit)
-            last = jnp.where(jnp.sum(positions < candidate, dtype=jnp.int32) < need, candidate, last)
-        return last  # the need-th tied position (0-based need − 1)
+    def index_bit(i, last):  # the largest m with #{tied position < m} < need: the need-th tied position
+        candidate = last | (jnp.int32(1) << (bits - 1 - i))
+        return jnp.where(jnp.sum(positions < candidate, dtype=jnp.int32) < need, candidate, last)
 
-    all_tied = need >= jnp.sum(tied, dtype=jnp.int32)
-    last = lax.cond(all_tied, lambda: jnp.int32(size), last_kept_index)
+    all_tied = need >= jnp.sum(tied, dtype=jnp.int32)  # the usual case: no bisection on the index
+    last = lax.fori_loop(0, jnp.where(all_tied, 0, bits), index_bit, jnp.int32(0))
+    last = jnp.where(all_tied, size, last)
     return above | (tied & (index <= last) & (need > 0))
 
 
