@@ -1,7 +1,8 @@
 """Structured per-example squares of ``fisher.diagonal(estimator="empirical")``.
 
 Checked against float64 NumPy per-example gradients derived by hand (dense layers, embeddings with repeated
-and clamped ids, dense layers over sequence positions, tied weights) and against the per-example ``vmap``
+and clamped ids, a strided, dilated, padded NCHW convolution, dense layers over sequence positions, tied
+weights) and against the per-example ``vmap``
 path (``structured=False``) on the model zoo: MLP, BatchNorm CNN in eval mode, ResNet-18 on a small input and
 the decoder LM, each as a Linen dict, an NNX ``State`` and a plain flat dict, eagerly and under ``jit``, and
 on 8 simulated devices (``shard_map``) in a subprocess.
@@ -87,6 +88,44 @@ def test_embedding_with_repeated_ids_matches_float64(mode):
     np.testing.assert_allclose(got["E"], (per_example**2).mean(0), rtol=RTOL, atol=ATOL)
 
 
+def test_convolution_matches_float64():
+    """NCHW/OIHW layout, strides (2, 1), kernel dilation (1, 2), asymmetric padding: per offset k,
+    ∂ℓᵢ/∂W[o, c, k] = Σₚ x̃ᵢ[c, p·s + k·r] cᵢ[o, p] with x̃ the padded input and ℓᵢ = Σ cᵢ ∘ conv(xᵢ, W)."""
+    rng = np.random.default_rng(4)
+    size, strides, dilation, padding = 7, (2, 1), (1, 2), ((1, 0), (2, 1))
+    x, w = rng.normal(size=(size, 2, 6, 5)), rng.normal(size=(3, 2, 2, 3))
+
+    def conv(inputs, kernel):
+        return jax.lax.conv_general_dilated(
+            inputs,
+            kernel,
+            strides,
+            padding,
+            rhs_dilation=dilation,
+            dimension_numbers=("NCHW", "OIHW", "NCHW"),
+        )
+
+    out_shape = conv(jnp.zeros((1, 2, 6, 5)), jnp.zeros((3, 2, 2, 3))).shape[1:]
+    c = rng.normal(size=(size, *out_shape))
+    loss_fn = lambda p, batch: jnp.sum(conv(batch["x"], p["w"]) * batch["c"], axis=(1, 2, 3))
+    params = {"w": jnp.asarray(w, jnp.float32)}
+    batches = [
+        {"x": jnp.asarray(x[s : s + 4], jnp.float32), "c": jnp.asarray(c[s : s + 4], jnp.float32)}
+        for s in (0, 4)
+    ]
+    plan = _fisher_structured.analyse(loss_fn, params, jax.tree.map(lambda a: a[0], batches[0]))
+    assert [site.kind for site in plan.sites.values()] == ["conv"]
+    padded = np.pad(x, ((0, 0), (0, 0), *padding))
+    grads = np.zeros((size, *w.shape))
+    for kh in range(w.shape[2]):
+        for kw in range(w.shape[3]):
+            rows = slice(kh * dilation[0], kh * dilation[0] + (out_shape[1] - 1) * strides[0] + 1, strides[0])
+            cols = slice(kw * dilation[1], kw * dilation[1] + (out_shape[2] - 1) * strides[1] + 1, strides[1])
+            grads[:, :, :, kh, kw] = np.einsum("bchw,bohw->boc", padded[:, :, rows, cols], c)
+    got = fisher.diagonal(loss_fn, params, batches)
+    np.testing.assert_allclose(got["w"], (grads**2).mean(0), rtol=RTOL, atol=ATOL)
+
+
 def test_sequence_dense_and_tied_weights_fall_back_exactly():
     """Over positions gᵢ = Σₜ xᵢₜ ⊗ δᵢₜ is summed before squaring; a weight used twice sums its uses."""
     rng = np.random.default_rng(2)
@@ -146,14 +185,16 @@ def zoo(name):
             "cnn": (
                 (8, 8, 3),
                 models.cnn((8, 8, 3), 5, channels=(4, 8), hidden=8),
-                {"params/Dense_0/kernel", "params/Dense_1/kernel"},
+                {f"params/{layer}/kernel" for layer in ("Conv_0", "Conv_1", "Dense_0", "Dense_1")},
             ),
-            "resnet": ((8, 8, 3), models.resnet18((8, 8, 3), 5, width=4), {"params/Dense_0/kernel"}),
+            "resnet": ((8, 8, 3), models.resnet18((8, 8, 3), 5, width=4), None),  # every kernel
         }[name]
         size = 6 if name == "resnet" else 10
         arrays = {"x": rng.normal(size=(size, *shape)).astype(np.float32), "y": rng.integers(0, 5, size)}
         loss_fn = _classifier_loss(model)
     variables = model.init(jax.random.key(0))
+    if structured is None:
+        structured = {path for path, _ in tree_lib.leaves_with_paths(variables) if path.endswith("/kernel")}
     if "batch_stats" in variables:  # eval-mode BatchNorm with statistics away from their initial values
         variables["batch_stats"] = jax.tree.map(lambda a: a + 0.25, variables["batch_stats"])
     half = len(arrays["x"]) // 2 + 1  # a short second batch

@@ -10,24 +10,29 @@ neither contracted with W nor a dot batch dimension (a dense layer on a [1, d] e
 sequence: no, because gᵢ = Σₜ xᵢₜ ⊗ δᵢₜ sums over positions before squaring). For a row lookup
 y = W[r] (an embedding) gᵢ[v] = Σ_{t: rᵢₜ = v} δᵢₜ; the positions of each example are grouped by row
 (a sort of the B·T (example, row) pairs), summed, squared and scatter-added, which is exact for repeated
-tokens too. Every other parameter (biases, normalisation scales, convolution kernels, dense layers applied
-at many positions, parameters used twice) keeps its exact per-example gradient from ``vmap`` of the
-per-example gradient (for a bias that is the per-example sum of δ), restricted to those leaves only.
+tokens too. For a convolution kernel gᵢ[k] = Σₚ x̃ᵢ[p·s + k·r] ⊗ δᵢ[p] (x̃ the zero-padded input, s the
+strides, r the kernel dilation) sums over output positions p, so it is formed per example, one kernel offset k
+at a time (a batched matmul: B × C_in × C_out floats at once instead of B × |θ|), squared and summed, rather
+than by ``vmap`` of the whole gradient, which XLA runs as a slow per-example grouped convolution. Every other
+parameter (biases, normalisation scales, dense layers applied at many positions, parameters used twice)
+keeps its exact per-example gradient from ``vmap`` of the per-example gradient restricted to those leaves
+(for a bias that is the per-example sum of δ, cheap).
 
 How the structure is found: a jaxpr pattern match (as kfac-jax's graph matcher, written anew here). The loss
 of ONE example, ``loss_fn(params, example[None])[0]``, is traced to a jaxpr; calls (``jit``) are inlined;
 each parameter leaf is followed through element-preserving reshapes, transposes and size-preserving
-broadcasts to the operations that consume it. A leaf is structured when its only consumer is a float32
-``dot_general`` meeting the single-product condition, or a float32 row ``gather`` (``jnp.take(W, ids,
-axis=0)``, ``W[ids]``). The jaxpr is then re-evaluated by a small interpreter that adds a zero perturbation
+broadcasts to the operations that consume it. A leaf is structured when its only consumer is one of the
+float32 operations matched: ``dot_general`` meeting the single-product condition, ``conv_general_dilated``
+on its kernel operand (one feature group, no input dilation, non-negative padding) or a row ``gather``
+(``jnp.take(W, ids, axis=0)``, ``W[ids]``). The jaxpr is then re-evaluated by a small interpreter that adds a zero perturbation
 p to the output of each matched operation and records its other operand; ``vmap`` over examples of
 ``grad`` with respect to p yields δ for every example (the standard trick), with the batch axis known to be
 axis 0 because ``vmap`` put it there. We chose this over Flax interception (Linen ``intercept_methods``, an
 NNX wrapper) because ``fisher.diagonal`` sees only ``loss_fn(params, batch)`` over any pytree: the jaxpr is
 the same for Linen dicts, NNX ``State`` and plain dicts, for NNX models behind the ``unlearnx.models``
 bridge and for hand-written losses, and it cannot miss a use of a parameter outside a tagged layer (every
-use is visible, so any unrecognised use sends the leaf to the exact fallback). kfac-jax itself was not used:
-its patterns target curvature blocks rather than exact per-example squares, and it would be a heavy
+use is visible, so any unrecognised use sends the leaf to the exact fallback). kfac-jax itself was not
+used: its patterns target curvature blocks rather than exact per-example squares, and it would be a heavy
 dependency for one function.
 
 The module is private; ``unlearnx.fisher.diagonal(..., estimator="empirical")`` uses it.
@@ -36,6 +41,7 @@ The module is private; ``unlearnx.fisher.diagonal(..., estimator="empirical")`` 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -103,6 +109,11 @@ def _match(eqn: Any, position: int) -> str | None:
         other = avals[1 - position].shape
         free = [other[d] for d in range(len(other)) if d not in kept[0] and d not in kept[1]]
         return "dense" if math.prod(free) == 1 else None
+    if name == "conv_general_dilated" and position == 1 and all(map(_is_f32, avals + [eqn.outvars[0].aval])):
+        params = eqn.params
+        plain = params["feature_group_count"] == 1 and params["batch_group_count"] == 1
+        plain = plain and set(params["lhs_dilation"]) == {1} and isinstance(params["padding"], tuple | list)
+        return "conv" if plain and all(lo >= 0 and hi >= 0 for lo, hi in params["padding"]) else None
     if name == "gather" and position == 0 and _is_f32(avals[0]) and avals[0].ndim == 2:
         numbers, indices = eqn.params["dimension_numbers"], avals[1]
         row_lookup = (
@@ -288,6 +299,32 @@ def _dense_squares(site: Site, inputs: jax.Array, deltas: jax.Array, weights: ja
     return _transpose(forward, site.operand, weighted, cast)
 
 
+def _conv_squares(site: Site, inputs: jax.Array, deltas: jax.Array, weights: jax.Array, cast) -> jax.Array:
+    """Σᵢ wᵢ gᵢ² for a convolution kernel, one kernel offset k at a time: gᵢ[k] = Σₚ x̃ᵢ[p·s + k·r] ⊗ δᵢ[p]
+    (x̃ the zero-padded input, s the strides, r the kernel dilation) as a per-example matmul over the output
+    positions p, squared and summed over examples (B × C_in × C_out floats live per offset)."""
+    params = site.params
+    numbers = params["dimension_numbers"]
+    x = jnp.transpose(inputs, (0, *(d + 1 for d in numbers.lhs_spec)))  # [B, N, C, spatial...]
+    delta = jnp.transpose(deltas, (0, *(d + 1 for d in numbers.out_spec)))  # [B, N, O, positions...]
+    x = jnp.pad(x, [(0, 0)] * 3 + [tuple(pair) for pair in params["padding"]])
+    kernel_spatial = [site.operand.shape[d] for d in numbers.rhs_spec[2:]]
+    positions = delta.shape[3:]
+    blocks = []
+    for offset in itertools.product(*map(range, kernel_spatial)):
+        steps = zip(offset, params["rhs_dilation"], positions, params["window_strides"], strict=True)
+        window = tuple(slice(k * r, k * r + (p - 1) * s + 1, s) for k, r, p, s in steps)
+        per_example = jnp.einsum(
+            "bnc...,bno...->bco", x[(slice(None),) * 3 + window], delta, precision=params["precision"]
+        )
+        blocks.append(jnp.tensordot(weights, jnp.square(per_example), axes=1))
+    spatial = len(kernel_spatial)
+    canonical = jnp.stack(blocks).reshape(*kernel_spatial, *blocks[0].shape)  # [spatial..., C, O]
+    source = {numbers.rhs_spec[0]: spatial + 1, numbers.rhs_spec[1]: spatial}
+    source.update({d: i for i, d in enumerate(numbers.rhs_spec[2:])})
+    return jnp.transpose(canonical, [source[axis] for axis in range(spatial + 2)])
+
+
 def _embed_squares(site: Site, ids: jax.Array, deltas: jax.Array, weights: jax.Array, cast) -> jax.Array:
     """Σᵢ wᵢ gᵢ² for a row lookup: per example, δ summed over the positions reading each row, squared."""
     rows_count, width = site.operand.shape
@@ -337,7 +374,7 @@ def squares(plan: Plan, params: PyTree, batch: PyTree, weights: jax.Array, cast:
     out = [None] * len(leaves)
     for leaf, site in plan.sites.items():
         operand = recorded[(site.index, site.position)]
-        build = _dense_squares if site.kind == "dense" else _embed_squares
+        build = {"dense": _dense_squares, "conv": _conv_squares, "embed": _embed_squares}[site.kind]
         value = build(site, operand, deltas[site.index], weights, cast)
         spec = jax.ShapeDtypeStruct(jnp.shape(leaves[leaf]), jnp.result_type(leaves[leaf]))
         out[leaf] = _pull_back(site, spec, value, cast)
