@@ -27,13 +27,15 @@ on its kernel operand (one feature group, no input dilation, non-negative paddin
 (``jnp.take(W, ids, axis=0)``, ``W[ids]``). The jaxpr is then re-evaluated by a small interpreter that
 adds a zero perturbation p to the output of each matched operation and records its other operand; ``vmap``
 over examples of ``grad`` with respect to p yields δ for every example (the standard trick), with the batch
-axis known to be axis 0 because ``vmap`` put it there. We chose this over Flax interception (Linen ``intercept_methods``, an
-NNX wrapper) because ``fisher.diagonal`` sees only ``loss_fn(params, batch)`` over any pytree: the jaxpr is
-the same for Linen dicts, NNX ``State`` and plain dicts, for NNX models behind the ``unlearnx.models``
-bridge and for hand-written losses, and it cannot miss a use of a parameter outside a tagged layer (every
-use is visible, so any unrecognised use sends the leaf to the exact fallback). kfac-jax itself was not
-used: its patterns target curvature blocks rather than exact per-example squares, and it would be a heavy
-dependency for one function.
+axis known to be axis 0 because ``vmap`` put it there.
+
+We chose this over Flax interception (Linen ``intercept_methods``, an NNX wrapper) because
+``fisher.diagonal`` sees only ``loss_fn(params, batch)`` over any pytree: the jaxpr is the same for Linen
+dicts, NNX ``State`` and plain dicts, for NNX models behind the ``unlearnx.models`` bridge and for
+hand-written losses, and it cannot miss a use of a parameter outside a tagged layer (every use is visible,
+so any unrecognised use sends the leaf to the exact fallback). kfac-jax itself was not used: its patterns
+target curvature blocks rather than exact per-example squares, and it would be a heavy dependency for one
+function.
 
 The module is private; ``unlearnx.fisher.diagonal(..., estimator="empirical")`` uses it.
 """
