@@ -158,6 +158,64 @@ def test_granet_prunes_globally_then_regrows_hand_built():
     np.testing.assert_array_equal(np.asarray(sparse.masks(state)["b"]), [[1, 0], [1, 0]])
 
 
+@pytest.mark.parametrize("policy", ["mask_every_step", "reset_regrown"])
+def test_granet_globally_pruned_then_regrown_restarts_at_zero_with_zero_momentum(policy):
+    params = {"a": jnp.asarray([[9.0, 8.0], [0.3, 0.2]]), "b": jnp.asarray([[7.0, 0.1], [0.05, 6.0]])}
+    masks = jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
+    grads = {"a": jnp.asarray([[1.0, 3.0], [0.0, 5.0]]), "b": jnp.asarray([[2.0, 0.0], [0.0, 4.0]])}
+    opt = sparse.granet(
+        optax.sgd(0.0, momentum=0.9),  # lr 0: weights do not move; the trace after the step is g
+        final_sparsity=0.5,
+        begin_step=0,
+        end_step=2,
+        frequency=1,
+        total_steps=4,
+        drop_fraction=0.5,
+        minimum_drop_fraction=0.5,
+        momentum_policy=policy,
+    )
+    new_params, state = _one_event(opt, params, masks, grads)
+    # Step 1: s = 0.4375, the global prune keeps round(0.5625 · 8) = 4 weights: 9, 8 (a) and 7, 6 (b).
+    # Then p = 0.5 per tensor, r = ⌈0.5 · 2⌉ = 1: a drops 8 and regrows the largest |g| among 8's, 0.3's and
+    # 0.2's slots: 0.2's (|g| = 5), which the global prune removed -> it restarts at 0 with zero momentum
+    # (a stale 0.2 with momentum 5 before the fix). b drops 6 and regrows 6's own slot (|g| = 4 beats 0.1's
+    # and 0.05's 0): dropped and regrown by the per-tensor step, it keeps its value and momentum, as in the
+    # official code, where only the global prune applies the mask before regrowth.
+    np.testing.assert_array_equal(np.asarray(sparse.masks(state)["a"]), [[1, 0], [0, 1]])
+    np.testing.assert_array_equal(np.asarray(sparse.masks(state)["b"]), [[1, 0], [0, 1]])
+    np.testing.assert_array_equal(np.asarray(new_params["a"]), [[9.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(np.asarray(new_params["b"]), [[7.0, 0.0], [0.0, 6.0]])
+    trace = state.inner_state[0].trace
+    np.testing.assert_array_equal(np.asarray(trace["a"])[[0, 1], [0, 1]], [1.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(trace["b"])[[0, 1], [0, 1]], [2.0, 4.0])
+    if policy == "mask_every_step":  # inactive entries carry no momentum
+        np.testing.assert_array_equal(np.asarray(trace["a"])[[0, 1], [1, 0]], [0.0, 0.0])
+
+
+def test_granet_death_rates_and_kept_counts_are_the_float64_schedules():
+    from unlearnx.sparse import _select, schedules, transforms
+
+    rates = transforms._death_rates(0.5, 0.005, 1000, 10, 0, 1000)
+    kept = transforms._kept_counts(
+        dict(initial=0.0, final=0.9, begin_step=0, end_step=700, frequency=10), 0, 700
+    )
+    steps = jnp.arange(10, 1001, 10)
+    got_rates = jax.jit(jax.vmap(lambda t: _select.ceil_times(*rates(t), jnp.int32(2_000_003))))(steps)
+    exact = [0.005 + 0.5 * (0.5 - 0.005) * (1 + math.cos(math.pi * t / 1000)) for t in range(10, 1001, 10)]
+    np.testing.assert_array_equal(np.asarray(got_rates), [math.ceil(p * 2_000_003) for p in exact])
+    got_kept = jax.jit(jax.vmap(lambda t: kept(t, 3_000_001)))(steps[:70])
+    want_kept = []
+    for t in range(10, 701, 10):
+        k = t // 10
+        s = 0.9 if k >= 70 else 0.9 + (0.0 - 0.9) * (1 - k / 70) ** 3
+        want_kept.append(round((1 - s) * 3_000_001))
+    np.testing.assert_array_equal(np.asarray(got_kept), want_kept)
+    assert want_kept[-1] == round(0.1 * 3_000_001)  # the last event reaches s_f exactly
+    # The traced schedules agree with the tables to float32 precision.
+    traced = schedules.cosine_drop_fraction(steps, initial=0.5, minimum=0.005, total_steps=1000)
+    np.testing.assert_allclose(np.asarray(traced), exact, rtol=1e-6, atol=1e-7)
+
+
 def test_gmp_only_prunes_static_never_changes_set_keeps_counts():
     params, x, y = _problem()
     gmp = sparse.gmp(optax.sgd(0.1), final_sparsity=0.9, begin_step=0, end_step=30, frequency=5)
