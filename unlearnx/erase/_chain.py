@@ -4,8 +4,8 @@ one product per kernel.
 Every erase step multiplies every kernel on the left by one matrix I + D, D = α G⁻¹ Cᵀ (C_G − C), so after
 the initial edit and r rounds K′_l = M K_l with M = I + D_total, and the sums of the embedding derivation
 are Σ K′Kᵀ = M S and Σ K′K′ᵀ = M S Mᵀ with S = Σ K Kᵀ, formed once (:func:`unlearnx.erase._linalg.gram`,
-exploiting its symmetry). Per round this costs four d_in³ products and one d_in-square solve; the kernels
-are touched twice in all (S, then K + D_total K).
+exploiting its symmetry). Per round this costs three d_in³ products (M S Mᵀ, D·M S, D·M) and one
+Cholesky solve of order d_in; the kernels are touched twice in all (S, then K + D_total K).
 """
 
 from __future__ import annotations
@@ -60,18 +60,18 @@ def rece_chain(originals, initial, rounds, hyper, *, epochs):
     s_trace = jnp.trace(s)
     identity = jnp.eye(s.shape[0], dtype=jnp.float32)
 
-    def distance():  # ‖(M − I) K‖ / ‖K‖ over all kernels = sqrt(tr(D S Dᵀ) / tr(S))
-        return jnp.sqrt(jnp.sum(hi_matmul(total, s) * total) / s_trace)
+    def distance(mapped):  # ‖(M − I) K‖ / ‖K‖ over all kernels = sqrt(tr((M S − S)(M − I)ᵀ) / tr(S))
+        return jnp.sqrt(jnp.sum((mapped - s) * total) / s_trace)
 
-    embeddings, changes, distances = [], [distance()], []
+    # M S = Σ K′Kᵀ is formed from M once, then carried; M S Mᵀ = Σ K′K′ᵀ is formed from it each round (M
+    # is near-singular after a few rounds, so low-rank updates of M S Mᵀ itself would cancel badly).
+    mapped = hi_matmul(identity + total, s)
+    embeddings, changes, distances = [], [distance(mapped)], []
     distances.append(changes[0])
     for r in range(epochs):
-        # M S = Σ K′Kᵀ and M S Mᵀ = Σ K′K′ᵀ, formed from M: M is near-singular after a few rounds, so
-        # low-rank updates of the previous round's products would cancel badly.
-        mapped = hi_matmul(identity + total, s)
         current = hi_matmul(mapped, identity + total.T)
         if r:
-            distances.append(jnp.sqrt(jnp.sum((mapped - s) * total) / s_trace))
+            distances.append(distance(mapped))
         embedding = mapped_embedding(identity + total, mapped, current, concept, hyper["reg"])
         embeddings.append(embedding)
         step = _step(
@@ -82,9 +82,14 @@ def rece_chain(originals, initial, rounds, hyper, *, epochs):
             hyper["round_preserve_scale"],
             hyper["round_lamb"],
         )
-        changes.append(jnp.sqrt(jnp.sum(hi_matmul(step, current) * step) / jnp.trace(current)))
-        total = total + step + hi_matmul(step, total)
-    distances.append(distance())
+        # M′ = (I + D) M, so M′ − I = total + D M and M′ S = M S + D (M S); the round's change
+        # ‖D K′‖² = tr(D M S Mᵀ Dᵀ) = Σ (D M S) ⊙ (D M) reuses both products.
+        step_mapped = hi_matmul(step, mapped)
+        step_total = step + hi_matmul(step, total)
+        changes.append(jnp.sqrt(jnp.sum(step_mapped * step_total) / jnp.trace(current)))
+        total = total + step_total
+        mapped = mapped + step_mapped
+    distances.append(distance(mapped))
     edited = [
         (k + hi_matmul(total, k)).reshape(o.shape).astype(o.dtype)
         for k, o in zip(kernels, originals, strict=True)

@@ -22,7 +22,7 @@ import numpy as np
 from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
 from unlearnx.erase._checks import as_kernel, as_rows, check_scale, flat32, host64, overflow_cause
-from unlearnx.erase._linalg import hi_matmul, solve_refined
+from unlearnx.erase._linalg import hi_matmul, solve_spd_refined
 
 __all__ = ["derive_embedding", "mapped_embedding"]
 
@@ -36,7 +36,7 @@ def mapped_embedding(
 ) -> jax.Array:
     """C′ for edited kernels K′_l = M K_l, from M, Σ K′Kᵀ = M S and Σ K′K′ᵀ = M S Mᵀ (S = Σ K Kᵀ).
 
-    c′ = (λ_reg I + M S Mᵀ)⁻¹ M S c, refined once with the residual M S (c − Mᵀx) − λ_reg x.
+    c′ = (λ_reg I + M S Mᵀ)⁻¹ M S c by Cholesky (SPD), refined once with the residual M S (c − Mᵀx) − λ_reg x.
     """
     d_in = mapping.shape[0]
     lhs = reg * jnp.eye(d_in, dtype=jnp.float32) + 0.5 * (current_gram + current_gram.T)
@@ -44,7 +44,7 @@ def mapped_embedding(
     def residual(x):
         return hi_matmul(mapped_gram, concept_keys.T - hi_matmul(mapping.T, x)) - reg * x
 
-    return solve_refined(lhs, hi_matmul(mapped_gram, concept_keys.T), residual).T
+    return solve_spd_refined(lhs, hi_matmul(mapped_gram, concept_keys.T), residual).T
 
 
 def derive_embedding(
@@ -133,4 +133,4 @@ def _derive(edited, original, concept_keys, reg):
         misses = [t - hi_matmul(k.T, x) for k, t in zip(edited, targets, strict=True)]
         return sum(hi_matmul(k, m) for k, m in zip(edited, misses, strict=True)) - reg * x
 
-    return solve_refined(0.5 * (lhs + lhs.T), rhs, residual).T
+    return solve_spd_refined(0.5 * (lhs + lhs.T), rhs, residual).T
