@@ -25,7 +25,7 @@ def summarise(config, runs: dict[str, dict[str, Any]], sweeps: dict[str, Any]) -
         seeds = list(by_seed.values())
         summary[method] = {
             **_stats([{**run["metrics"], "diverged": run["diverged"]} for run in seeds]),
-            "R_mean": np.mean([run["R"] for run in seeds], axis=0),
+            "R_mean": np.mean([np.asarray(run["R"], float) for run in seeds], axis=0),  # null: NaN
             "steps_to_threshold": [
                 stat(run["steps_to_threshold"][t] for run in seeds) for t in range(config.num_tasks)
             ],

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import runner
+from experiments import report, runner
 from unlearnx import checkpoint, continual, data, eval, fisher, train
 
 if TYPE_CHECKING:
@@ -246,6 +246,10 @@ def run_sequence(
             where = {"seed": seed, "phase": phase, "name": f"{name}-task{phase}"}
             where["directory"] = os.path.join(directory, f"task{phase}")
             state, curve, first_epoch = train_phase(config, model, spec, carry, tasks, arrays, **where)
+            if not report.finite(state.variables):  # diverged: neither consolidated nor trained further
+                logs["R"] += [[float("nan")] * num_tasks] * (num_tasks - phase)
+                logs.update({key: logs[key] + [None] * (num_tasks - phase) for key in LOGS[1:]})
+                break
             carry = consolidate(config, model, spec, carry, state, tasks, seed=seed, phase=phase)
             reached = np.nonzero(curve >= config.threshold)[0]
             logs["R"].append(evaluate_all(model, carry["variables"], tasks, num_tasks).tolist())

@@ -58,12 +58,9 @@ CLASS_SWEEP_METHODS = ("ssd", "assd", "assd_empirical")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One SSD full-class forgetting study.
-
-    Learning rates of the short baselines are scaled for small data sets in the CPU presets: the
-    reference's values (finetune SGD 0.02 × 5 epochs, amnesiac 1e-4 × 3, bad teacher Adam 1e-4 × 1) assume
-    ~400 steps per epoch on CIFAR, while digits has ~20, so the quick preset uses 10× the learning rate.
-    """
+    """One SSD full-class forgetting study. The reference's baseline learning rates (finetune SGD 0.02 × 5
+    epochs, amnesiac 1e-4 × 3, bad teacher Adam 1e-4 × 1) assume ~400 steps per epoch on CIFAR; digits has
+    ~20, so the quick preset uses 10× the learning rate."""
 
     dataset: str = "digits"
     data_dir: str | None = None
@@ -370,9 +367,11 @@ def class_sweep(run: _Seed, original) -> dict[str, dict[str, list[float]]]:
 
 def run_seed(config: Config, seed: int, run_dir: str, logger: train.MetricLogger) -> dict[str, Any]:
     """Trains the original model once (the loop ``seed<s>/original``), then forgets each of
-    ``config.forget_classes`` from it."""
+    ``config.forget_classes`` from it; a diverged original (non-finite parameters) ends the run."""
     run = _setup(config, seed, run_dir, logger)
     original, original_seconds, _ = _fit(run, "original", run.model.init(run.keys["init"]), run.train)
+    if not report.finite(original):
+        raise FloatingPointError(f"seed {seed}: the original model diverged (non-finite parameters)")
     classes = {str(cls): forget_class(run, original, original_seconds, cls) for cls in config.forget_classes}
     return {"classes": classes, "class_sweep": class_sweep(run, original) if config.class_sweep else None}
 
