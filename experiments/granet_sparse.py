@@ -11,21 +11,12 @@ GraNet dense-to-sparse (s_i = 0) and sparse-to-sparse (s_i = 0.5) with the same 
 regeneration every ΔT steps to the end. The kernels (every tensor of rank ≥ 2, first layer and classifier
 included) are sparsified, as GraNet does on CIFAR; biases and BatchNorm stay dense.
 
-Presets:
-
-- ``smoke``: seconds, for tests.
-- ``quick``: digits + MLP 256-256, all methods × sparsities (0.8, 0.9, 0.95, 0.98), seeds 0 and 1, 30
-  epochs of 22 steps (batch 64). ΔT = 13 steps gives 25 pruning events up to t_f = step 330 and 50 GraNet
-  mask updates in all (the paper's CIFAR schedule: 28 and 56, ΔT = 1000 of 56,160 steps), the last one 10
-  steps before the end, so weights regrown at zero get trained (ΔT = 12 would put an update on the final
-  step). A few minutes on 2 CPU cores: the mask updates' full sorts and one compilation per run dominate.
-- ``fashion``: Fashion-MNIST + BatchNorm CNN (16, 32 channels, dense 64), sparsities 0.9 and 0.98, one seed,
-  5 epochs of 468 steps (batch 128), ΔT = 40 (29 pruning events, 58 GraNet mask updates). 13 runs of 2–3
-  min each: expect 30–45 min on 2 CPU cores (an epoch took 30–40 s on 2 shared cores).
-- ``paper`` / ``paper_cifar100`` (CIFAR ResNet-50) and ``paper_vgg19`` / ``paper_vgg19_cifar100`` (CIFAR
-  VGG-19-BN): CIFAR-10 / CIFAR-100 from TFDS on 45k training images (the reference's ``valid_split = 0.1``),
-  160 epochs, batch 128, LR 0.1, weight decay 5e-4, crop + flip augmentation, ΔT = 1000, pruning ends at
-  epoch 80, sparsities 0.9/0.95/0.98, 3 seeds, checkpointed.
+Presets (``PRESETS``): ``smoke`` (tests); ``quick`` (digits + MLP 256-256, sparsities 0.8–0.98, seeds 0, 1,
+30 epochs of 22 steps, ΔT = 13: 25 pruning events and 50 GraNet updates, the last 10 steps before the end
+so regrown weights train; the paper's CIFAR schedule has 28 and 56 at ΔT = 1000); ``fashion`` (BN-CNN);
+``paper`` / ``paper_cifar100`` (ResNet-50) and ``paper_vgg19`` / ``paper_vgg19_cifar100`` (VGG-19-BN): CIFAR
+from TFDS on 45k training images, 160 epochs of batch 128, LR 0.1, weight decay 5e-4, crop + flip,
+ΔT = 1000, pruning until epoch 80, sparsities 0.9/0.95/0.98, 3 seeds.
 """
 
 from __future__ import annotations

@@ -32,27 +32,14 @@ Forward facilitation: during each phase the accuracy on ``probe_size`` training 
 measured after every step; we record the steps to reach ``threshold``, the area under that curve (its
 mean) and the test accuracy on the new task after the first epoch.
 
-Resuming: each phase trains through ``unlearnx.train.loop`` named ``{tag}-task{phase}`` (tag
-``{method}-seed{seed}``, or ``sweep-{axis}={value}-{method}-seed{seed}`` in a sweep cell), checkpointed
-under ``checkpoints/{tag}/task{phase}``; the state carried between phases (variables, step, replay buffer,
-penalty state) and the phase logs (rows of R, counts, curves) are checkpointed in ``checkpoints/{tag}/carry``
-(``powerlaw_sequence.run_sequence``); a finished sequence's results are kept in ``results/{tag}.json`` and
-its checkpoints deleted. So ``--resume`` after any stop or kill continues where the run was and writes the
-same ``metrics.json``.
+Resuming: each phase is the loop ``{method}-seed{seed}-task{phase}`` (``sweep-{axis}={value}-…`` in a sweep
+cell); the carry between phases is checkpointed too and finished sequences are kept in ``results/``
+(:mod:`experiments.powerlaw_sequence`), so ``--resume`` after any kill writes the same ``metrics.json``.
 
-Presets:
-
-- ``smoke``: seconds, for tests (3 tasks, 2 seeds of a narrow MLP, four methods, one budget sweep cell).
-- ``quick``: digits (8 × 8), 10 tasks, MLP 2 × 100, Adam 1e-3, 4 epochs of batch 32 per task, B = 300,
-  memories of 200 examples, seeds 0–2, every method. No sweeps (see ``sweeps``).
-- ``sweeps``: ``quick`` plus the robustness sweeps (tasks 5, width 50 / 200, B 100 / 1000) for
-  naive / uniform / exponential / power-law d = 1, 3 seeds each.
-- ``fashion``: permuted Fashion-MNIST (784 pixels), 5 tasks, MLP 2 × 256, 2 epochs of batch 128, B = 2000,
-  memories of 1000, one seed.
-- ``paper``: permuted MNIST from TFDS (``tfds:mnist``, 28 × 28 — the 32 × 32 padding of the public
-  implementation is left out), 10 tasks, MLP 2 × 1000 (the public implementation uses 4 × 1000 with
-  BatchNorm and dropout; ``runner.build_model`` has two hidden layers), batch 256, 10 epochs per task,
-  B = 14,482 (a quarter of its 57,927 new examples per phase), memories of 15,000, EWC λ = 500, 3 seeds.
+Presets (``PRESETS``): ``smoke`` (tests), ``quick`` (digits, 10 tasks, MLP 2 × 100, B = 300, 3 seeds, every
+method), ``sweeps`` (``quick`` plus tasks / width / budget sweeps), ``fashion`` (permuted Fashion-MNIST) and
+``paper`` (permuted MNIST from TFDS at 28 × 28, MLP 2 × 1000 — the public code's 32 × 32 padding and
+4 × 1000 BatchNorm/dropout MLP are not reproduced —, B = 14,482 of its 57,927 new examples per phase).
 """
 
 from __future__ import annotations

@@ -22,15 +22,9 @@ random bytes repeated twice and, for the attention-only sizes, the OV copying sc
 f = 0 fit (``unlearnx.eval.scaling``); the duplicated-row linear regression (``experiments.repeated_linear``)
 runs alongside. Sizes are ``"d_model x layers x heads"`` strings.
 
-Presets:
-
-- ``smoke``: seconds, for the end-to-end test (3 tiny sizes + 1 attention-only, 24 steps, 1 seed).
-- ``quick``: the Python stdlib corpus, sizes 32/64/96 × 2 layers × 4 heads (+ attention-only 32 × 2 × 4),
-  context 128, batch 8, 160 steps (D = 163,840 bytes), f = 0.1 with E ∈ {3, 10, 30, 100}, f ∈ {0.03, 0.3}
-  at E = 10, seeds 0 and 1, AdamW 2e-3 with warm-up and cosine decay.
-- ``paper``: for accelerators: ``tfds_text:lm1b`` bytes, sizes ≈ 10M–400M non-embedding parameters,
-  context 1024, batch 256, 8,000 steps (D ≈ 2.1B tokens), E ∈ {10, 10², 10³, 10⁴}, f ∈ {0.03, 0.3, 0.5}
-  at E = 100, ICL at 500 vs 50.
+Presets (``PRESETS``): ``smoke`` (tests), ``quick`` (Python stdlib bytes, sizes 32/64/96 × 2 × 4 plus an
+attention-only 32 × 2 × 4, 160 steps of batch 8 × 128, E ∈ {3, 10, 30, 100} at f = 0.1, 2 seeds) and ``paper``
+(``tfds_text:lm1b`` bytes, ≈ 10M–400M non-embedding parameters, 8,000 steps of 256 × 1024, E up to 10⁴).
 """
 
 from __future__ import annotations

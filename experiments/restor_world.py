@@ -7,17 +7,8 @@ Both models train on :func:`unlearnx.train.loop` (loops ``clean`` and ``corrupt_
 ``run_dir/checkpoints/<loop>``; the checkpoints are the cache of a run directory (whose ``config.json`` keys
 it), so ``--resume`` reuses finished models and continues unfinished ones bit for bit.
 
-Loading a real decoder LM instead of training θ_clean (not run here): read the checkpoint with
-``safetensors.numpy.load_file(path)`` and map its tensors onto ``unlearnx.models.decoder_lm``'s tree
-(GPT-2 names: ``wte.weight`` → ``embed/embedding``, ``wpe.weight`` → ``pos_embed/embedding``,
-``h.{i}.ln_1.{weight,bias}`` → ``blocks_{i}/ln_1/{scale,bias}``, ``h.{i}.attn.c_attn.weight`` split in three
-along its output axis → ``blocks_{i}/attn/{to_q,to_k,to_v}/kernel``, ``h.{i}.attn.c_proj`` →
-``blocks_{i}/attn/to_out_0``, ``h.{i}.mlp.c_fc``/``c_proj`` → ``blocks_{i}/mlp/fc_in``/``fc_out``,
-``ln_f`` → ``ln_f``, ``wte.weight.T`` → ``unembed/kernel`` with a zero bias), build the tokenizer's
-vocabulary from the model's, save a :class:`unlearnx.train.TrainState` holding it (with the clean
-optimizer's state) as step ``clean_epochs`` × batches per epoch of ``run_dir/checkpoints/clean``, with the
-record ``{"history": [], "pending": {}}``, and rerun with ``--resume``: :func:`unlearnx.train.fit` returns it
-at once and the corruption, unlearning and evaluation stages are unchanged.
+A real decoder LM can replace θ_clean: save its :class:`unlearnx.train.TrainState` as the final step of
+``run_dir/checkpoints/clean`` and rerun with ``--resume`` (README, "Running on accelerators").
 """
 
 from __future__ import annotations

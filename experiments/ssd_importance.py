@@ -56,12 +56,10 @@ def importances(
     chunk = chunk_size if estimator == "empirical" else None
     mesh = parallel.data_mesh()
 
-    def importance(arrays):
-        batches = (
-            parallel.shard_batch(parallel.process_share(batch), mesh)
-            for batch in data.batches(arrays, batch_size)
-        )
-        return timed(fisher.diagonal, loss_fn, variables, batches, estimator=estimator, chunk_size=chunk)
+    def importance(arrays):  # fisher pads every batch to a multiple of the devices and splits it over them
+        batches = data.batches(arrays, batch_size)
+        options = {"estimator": estimator, "chunk_size": chunk, "mesh": mesh}
+        return timed(fisher.diagonal, loss_fn, variables, batches, **options)
 
     importance(forget)
     (forget_importance, forget_seconds), (full_importance, full_seconds) = map(importance, (forget, full))

@@ -53,8 +53,22 @@ def tree_flavours(w, b):
     }
 
 
+# XLA:CPU aborts a collective whose 8 device threads arrive more than its terminate timeout apart (40 s by
+# default), which a loaded 2-core machine running 8 simulated devices can exceed: a SIGABRT mid-run, not an
+# error. The simulated devices get 30 minutes instead.
+EIGHT_DEVICE_FLAGS = (
+    "--xla_force_host_platform_device_count=8 --xla_cpu_collective_call_terminate_timeout_seconds=1800 "
+    "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300"
+)
+
+
+def eight_device_env() -> dict:
+    """This environment with 8 simulated CPU devices, for a subprocess (XLA reads its flags once)."""
+    return dict(os.environ, XLA_FLAGS=EIGHT_DEVICE_FLAGS, JAX_PLATFORMS="cpu")
+
+
 def run_on_eight_devices(script, *args, timeout=300):
     """Runs ``python -c script *args`` on 8 simulated CPU devices (``XLA_FLAGS`` must be set before JAX
     starts, hence a subprocess)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = eight_device_env()
     subprocess.run([sys.executable, "-c", script, *map(str, args)], env=env, check=True, timeout=timeout)

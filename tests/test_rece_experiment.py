@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
+from problems import eight_device_env
 
 from experiments import __main__ as cli
 from experiments import rece_erase, rece_report, runner
@@ -175,7 +176,7 @@ def test_paper_preset_edits_a_unet_file_by_the_official_pipeline(tmp_path):
     eight = subprocess.run(
         [sys.executable, "-m", "experiments", "rece_erase", "--preset", "paper", *args,
          "--out", str(tmp_path / "eight")],
-        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+        env=eight_device_env(),
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert eight.returncode == 0, eight.stderr[-2000:]

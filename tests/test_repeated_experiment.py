@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from problems import eight_device_env
 
 from experiments import __main__ as cli
 from experiments import repeated_data, repeated_report
@@ -59,7 +60,7 @@ SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_eight_devices_train_and_measure_like_one(tmp_path):
     output = tmp_path / "eight.npz"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = eight_device_env()
     here = os.path.dirname(os.path.abspath(__file__))
     subprocess.run(
         [sys.executable, "-c", SCRIPT, str(output), here, str(tmp_path / "eight")],

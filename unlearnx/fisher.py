@@ -28,9 +28,11 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from unlearnx import _fisher_structured as _structured
 from unlearnx import _validation as checks
+from unlearnx import parallel
 from unlearnx import tree as tree_lib
 
 PyTree = Any
@@ -50,6 +52,7 @@ def diagonal(
     chunk_size: int | None = None,
     axis_name: str | None = None,
     structured: bool = True,
+    mesh: Mesh | None = None,
 ) -> PyTree:
     """Diagonal importance of every parameter (see the module docstring for the three estimators).
 
@@ -70,6 +73,9 @@ def diagonal(
         them (float32 dense layers applied once per example, convolution kernels, embedding lookups: see
         the module docstring); every other leaf, and every leaf when ``False``, takes per-example gradients
         from ``vmap``. Both are exact; the structured path costs about one batch gradient.
+      mesh: data parallelism without ``shard_map``: each host batch (this process's share on several
+        hosts) is padded with zero-weight rows to a multiple of the mesh's device count and split over
+        it, so a short last batch is never replicated work; the result is the same importance.
 
     Returns:
       A float32 tree with ``params``' exact structure.
@@ -111,15 +117,20 @@ def diagonal(
     count = 0
     padded_size = None
     bad_losses = []
+    devices = 1 if mesh is None else mesh.devices.size
     for index, batch in enumerate(batches):
         size = _batch_size(batch, index)
-        # A short (last) batch is padded to the first batch's size with zero-weight copies of its first
-        # example, so one compiled update (and one loss-shape check) serves every batch.
+        # A short (last) batch is padded to the first batch's size (and every batch to a multiple of the
+        # mesh's devices) with zero-weight copies of its first example, so one compiled update (and one
+        # loss-shape check) serves every batch.
         padded_size = size if padded_size is None else max(padded_size, size)
+        padded_size = -(-padded_size // devices) * devices
         pad = padded_size - size
         weights = np.concatenate([np.ones(size, np.float32), np.zeros(pad, np.float32)])
         if pad:
             batch = jax.tree.map(lambda a, pad=pad: _pad_rows(a, pad), batch)
+        if mesh is not None:
+            batch, weights = parallel.shard_batch(parallel.process_share((batch, weights)), mesh)
         _check_loss_shape(loss_fn, params, batch, index)
         total, n, bad = contribution(total, params, batch, weights)
         count = count + n

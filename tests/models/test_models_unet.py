@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from problems import eight_device_env
 
 from unlearnx import diffusion, tree
 from unlearnx.erase import cross_attention_kv
@@ -137,7 +138,7 @@ def loss_on(place_batch, place_params):
 @pytest.mark.slow
 def test_eight_devices_give_the_one_device_loss(tmp_path):
     output = tmp_path / "eight.npy"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = eight_device_env()
     here = os.path.dirname(__file__)
     subprocess.run([sys.executable, "-c", SCRIPT, str(output), here], env=env, check=True, timeout=300)
     one = np.asarray(loss_on(lambda batch: batch, lambda tree: tree))
