@@ -22,7 +22,6 @@ few million weights.
 from __future__ import annotations
 
 import fractions
-import math
 
 import jax
 import jax.numpy as jnp
@@ -54,37 +53,69 @@ def order_keys(scores: jax.Array) -> jax.Array | None:
     return lax.bitcast_convert_type(flat.astype(jnp.int32), jnp.uint32) ^ jnp.uint32(0x80000000)
 
 
-@jax.jit  # compiled once per key shape, the count traced (eager callers: initial masks, tests)
-def top_from_keys(keys: jax.Array, count) -> jax.Array:
-    """Bool mask over flat ``keys`` keeping the ``count`` largest (ties: lower index first).
+_EXACT_F32 = 1 << 24  # float32 sums of 0/1 stay exact below this many terms
 
-    The passes run in ``fori_loop``s, not unrolled: on XLA:CPU a ``lax.cond`` pays on every call for each
-    operation inside its branches, taken or not, and this keeps a mask update to a few dozen of them.
+
+def count(flags: jax.Array) -> jax.Array:
+    """The number of true entries of a flat bool array, as int32.
+
+    Summed as float32 in chunks of 2^24 (exact: every partial sum is an integer ≤ 2^24), because XLA:CPU
+    splits an int32 sum into a chain of reduce-windows over a materialised int32 copy (4 operations and an
+    extra pass), while a float32 sum stays one fused reduction.
     """
-    size = keys.size
-    count = jnp.asarray(count, jnp.int32)
+    size = flags.size
+    if size <= _EXACT_F32:
+        return jnp.sum(flags.astype(jnp.float32)).astype(jnp.int32)
+    chunks = -(-size // _EXACT_F32)
+    padded = jnp.pad(flags, (0, chunks * _EXACT_F32 - size)).reshape(chunks, _EXACT_F32)
+    return jnp.sum(jnp.sum(padded.astype(jnp.float32), axis=1).astype(jnp.int32))
 
-    def value_bit(i, threshold):  # the largest t with #{key ≥ t} ≥ count: the count-th largest key
-        candidate = threshold | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-        enough = jnp.sum(keys >= candidate, dtype=jnp.int32) >= count
-        return jnp.where(enough, candidate, threshold)
 
-    threshold = lax.fori_loop(0, 32, value_bit, jnp.uint32(0))
-    above = keys > threshold
-    tied = keys == threshold
-    need = count - jnp.sum(above, dtype=jnp.int32)  # how many of the tied entries to keep, lowest first
-    index = jnp.arange(size, dtype=jnp.int32)
-    positions = jnp.where(tied, index, size)
-    bits = max(size - 1, 1).bit_length()
+@jax.jit  # compiled once per key shapes, the counts traced (eager callers: initial masks, tests)
+def top_many(keys: list[jax.Array], counts: jax.Array) -> list[jax.Array]:
+    """Bool masks over flat ``keys[l]`` keeping the ``counts[l]`` largest of each (ties: lower index first).
 
-    def index_bit(i, last):  # the largest m with #{tied position < m} < need: the need-th tied position
-        candidate = last | (jnp.int32(1) << (bits - 1 - i))
-        return jnp.where(jnp.sum(positions < candidate, dtype=jnp.int32) < need, candidate, last)
+    All tensors share one loop of passes (each pass reduces every tensor once), and the loops are
+    ``fori_loop``s, not unrolled: on XLA:CPU a ``lax.cond`` pays on every call for each operation inside
+    its branches, taken or not, so a mask update must stay a few dozen operations.
+    """
+    counts = jnp.asarray(counts, jnp.int32).reshape(len(keys))
+    sizes = jnp.asarray([k.size for k in keys], jnp.int32)
 
-    all_tied = need >= jnp.sum(tied, dtype=jnp.int32)  # the usual case: no bisection on the index
-    last = lax.fori_loop(0, jnp.where(all_tied, 0, bits), index_bit, jnp.int32(0))
-    last = jnp.where(all_tied, size, last)
-    return above | (tied & (index <= last) & (need > 0))
+    def totals(predicate, values) -> jax.Array:
+        return jnp.stack([count(predicate(k, values[i])) for i, k in enumerate(keys)])
+
+    def value_bit(i, thresholds):  # the largest t with #{key ≥ t} ≥ count: the count-th largest key
+        candidates = thresholds | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+        return jnp.where(totals(jnp.greater_equal, candidates) >= counts, candidates, thresholds)
+
+    thresholds = lax.fori_loop(0, 32, value_bit, jnp.zeros(len(keys), jnp.uint32))
+    above = [k > thresholds[i] for i, k in enumerate(keys)]
+    tied = [k == thresholds[i] for i, k in enumerate(keys)]
+    need = counts - jnp.stack([count(a) for a in above])  # tied entries to keep
+    index = [jnp.arange(k.size, dtype=jnp.int32) for k in keys]
+    positions = [jnp.where(t, x, k.size) for t, x, k in zip(tied, index, keys, strict=True)]
+    bits = max(max(k.size - 1, 1).bit_length() for k in keys)
+
+    def index_bit(i, lasts):  # the largest m with #{tied position < m} < need: the need-th tied position
+        candidates = lasts | (jnp.int32(1) << (bits - 1 - i))
+        counted = jnp.stack([count(p < candidates[j]) for j, p in enumerate(positions)])
+        return jnp.where(counted < need, candidates, lasts)
+
+    all_tied = need >= jnp.stack([count(t) for t in tied])  # the usual case: no index bisection
+    lasts = lax.fori_loop(
+        0, jnp.where(jnp.all(all_tied), 0, bits), index_bit, jnp.zeros(len(keys), jnp.int32)
+    )
+    lasts = jnp.where(all_tied, sizes, lasts)
+    return [
+        a | (t & (x <= lasts[i]) & (need[i] > 0))
+        for i, (a, t, x) in enumerate(zip(above, tied, index, strict=True))
+    ]
+
+
+def top_from_keys(keys: jax.Array, count) -> jax.Array:
+    """Bool mask over flat ``keys`` keeping the ``count`` largest (ties: lower index first)."""
+    return top_many([keys], jnp.reshape(jnp.asarray(count, jnp.int32), (1,)))[0]
 
 
 def sorted_top(scores: jax.Array, count) -> jax.Array:
@@ -189,11 +220,9 @@ def ceil_times(limbs, shift, n) -> jax.Array:
 
 
 def ceil_fraction_times(fraction, n) -> jax.Array:
-    """``math.ceil(fraction * n)`` for a Python or traced float fraction in [0, 1] and an int32 n ≥ 0."""
+    """``math.ceil(fraction * n)`` for a Python or traced float fraction in [0, 1] and int32 counts n ≥ 0."""
     if isinstance(fraction, int | float | np.floating | np.integer):
-        if not isinstance(n, jax.core.Tracer):
-            return jnp.asarray(math.ceil(float(fraction) * int(n)), jnp.int32)
         limbs, shift = split_fraction(float(fraction))
-        return ceil_times(limbs, shift, n)
-    limbs, shift = split_traced(fraction)
+    else:
+        limbs, shift = split_traced(fraction)
     return ceil_times(limbs, shift, n)

@@ -90,22 +90,33 @@ def drop_count(fraction, active) -> jax.Array:
     """⌈p·n⌉ as Python's ``math.ceil(p * n)`` gives it in float64, exactly, without float64 on the device.
 
     ``fraction`` is a Python float, a traced float scalar, or an exact ``(limbs, shift)`` pair from
-    :func:`unlearnx.sparse._select.fraction_table`; ``active`` an int32 count.
+    :func:`unlearnx.sparse._select.fraction_table`; ``active`` int32 counts (any shape).
     """
     if isinstance(fraction, tuple):
         return _select.ceil_times(*fraction, active)
     return _select.ceil_fraction_times(fraction, active)
 
 
-def _drop_and_grow(weights, mask, grow_scores, fraction) -> jax.Array:
-    active = jnp.sum(mask.astype(jnp.int32))
+def _drop_and_grow(weights: dict, masks: dict, grow_scores: dict, fraction) -> dict[str, jax.Array]:
+    """:func:`drop_and_grow` on every tensor of flat ``{path: tensor}`` dicts, in two shared selections."""
+    paths = list(weights)
+    active = jnp.stack([_select.count(jnp.ravel(masks[p])) for p in paths])
     drop = jnp.minimum(drop_count(fraction, active), active)
-    kept = _select.top_from_keys(
-        _select.order_keys(jnp.where(mask, jnp.abs(weights).astype(jnp.float32), -1.0)), active - drop
+    kept = _select.top_many(
+        [
+            _select.order_keys(jnp.where(masks[p], jnp.abs(weights[p]).astype(jnp.float32), -1.0))
+            for p in paths
+        ],
+        active - drop,
     )
-    candidates = jnp.where(kept.reshape(mask.shape), -jnp.inf, grow_scores.astype(jnp.float32))
-    grown = _select.top_from_keys(_select.order_keys(candidates), drop)
-    return (kept | grown).reshape(mask.shape)
+    grown = _select.top_many(
+        [
+            _select.order_keys(jnp.where(k, -jnp.inf, jnp.ravel(grow_scores[p]).astype(jnp.float32)))
+            for p, k in zip(paths, kept, strict=True)
+        ],
+        drop,
+    )
+    return {p: (k | g).reshape(masks[p].shape) for p, k, g in zip(paths, kept, grown, strict=True)}
 
 
 def drop_and_grow(weights: jax.Array, mask: jax.Array, grow_scores: jax.Array, fraction) -> jax.Array:
@@ -126,9 +137,8 @@ def drop_and_grow(weights: jax.Array, mask: jax.Array, grow_scores: jax.Array, f
     if not checks.is_traced(fraction):
         fraction = checks.static_number("fraction", fraction, low=0.0, high=1.0)
     checks.check_binary("mask", mask)
-    return _drop_and_grow(
-        jnp.asarray(weights), jnp.asarray(mask).astype(bool), jnp.asarray(grow_scores), fraction
-    )
+    one = {"": jnp.asarray(weights)}, {"": jnp.asarray(mask).astype(bool)}, {"": jnp.asarray(grow_scores)}
+    return _drop_and_grow(*one, fraction)[""]
 
 
 def magnitude_masks(

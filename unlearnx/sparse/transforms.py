@@ -85,7 +85,7 @@ def _distribution(name: str) -> Callable[..., PyTree]:
 
 
 def _regrow_all(weights, masks_, scores, fraction) -> dict[str, jax.Array]:
-    return {p: _drop_and_grow(weights[p], masks_[p], scores[p], fraction) for p in weights}
+    return _drop_and_grow(weights, masks_, scores, fraction)
 
 
 def _death_rates(initial: float, minimum: float, total_steps: int, frequency: int, begin: int, end: int):
