@@ -133,3 +133,37 @@ def test_bad_labels_and_inputs_are_named(digits):
     assert np.isnan(jax.jit(train.next_token_losses)(jnp.zeros((1, 3, 4)), {"x": tokens})[0])
     with pytest.raises(ValueError, match=r"batch\['x'\] must be token ids in \[0, 4\), found 7"):
         train.next_token_losses(jnp.zeros((1, 3, 4)), {"x": tokens})
+
+
+@pytest.mark.parametrize("loss", [train.example_losses, train.next_token_losses])
+def test_microbatches_accumulate_the_full_batch_gradient(loss):
+    """k accumulated parts give the update of the whole batch (float64 reference: one SGD step by hand)."""
+    if loss is train.example_losses:
+        model = models.mlp((6,), 4, hidden=(8,))
+        batch = {"x": np.random.default_rng(0).normal(size=(12, 6)).astype(np.float32)}
+        batch["y"] = np.arange(12) % 4
+    else:
+        model = models.decoder_lm(16, max_len=5, d_model=8, num_layers=1, num_heads=2)
+        batch = {"x": np.random.default_rng(0).integers(0, 16, size=(12, 5))}
+    variables = model.init(jax.random.key(0))
+    optimizer = optax.sgd(0.5)
+    state = train.TrainState.create(variables, optimizer, jax.random.key(1))
+    whole, whole_metrics = train.make_train_step(model, optimizer, loss=loss)(state, batch)
+    parts, parts_metrics = train.make_train_step(model, optimizer, loss=loss, microbatches=4)(state, batch)
+    # Reference: θ − 0.5 · ∇ mean loss, with the gradient of the whole batch computed in float64 on the host.
+    with jax.enable_x64():
+        params64 = jax.tree.map(lambda p: np.asarray(p, np.float64), variables["params"])
+
+        def mean_loss(p):
+            return jnp.mean(loss(model.apply({**variables, "params": p}, jnp.asarray(batch["x"])), batch))
+
+        grads = jax.grad(mean_loss)(params64)
+        expected = jax.tree.map(lambda p, g: np.asarray(p - 0.5 * g), params64, grads)
+    for got in (whole, parts):
+        check = functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6)
+        jax.tree.map(check, got.variables["params"], expected)
+    np.testing.assert_allclose(parts_metrics["loss"], whole_metrics["loss"], rtol=1e-5)
+    with pytest.raises(ValueError, match="microbatches=5 does not divide the batch of 12"):
+        train.make_train_step(model, optimizer, loss=loss, microbatches=5)(state, batch)
+    with pytest.raises(ValueError, match="microbatches"):
+        train.make_train_step(model, optimizer, loss=loss, microbatches=0)

@@ -107,6 +107,7 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     *,
     loss: Callable[[jax.Array, Batch], jax.Array] = example_losses,
+    microbatches: int = 1,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """A jitted ``step(state, batch) -> (state, {"loss": mean loss})`` for ``model`` and ``optimizer``.
 
@@ -114,20 +115,43 @@ def make_train_step(
     state.step)``); updated batch
     statistics are carried in ``state.variables``. Optimizers that take extra arguments (optax's
     ``GradientTransformationExtraArgs``) receive the parameters as ``params``. Steps are cached per
-    ``(model, optimizer, loss)``, so training the same model twice with one optimizer compiles once.
+    ``(model, optimizer, loss, microbatches)``, so training the same model twice with one optimizer
+    compiles once.
+
+    ``microbatches = k > 1`` splits the batch into k equal parts and accumulates their gradients in a
+    ``lax.scan`` before the one optimizer update: the mean of the k part means is the batch mean, so the
+    update is the full batch's (to float rounding) while activations are held for B/k examples at a time.
+    Each part draws its dropout from ``fold_in(rng, part)`` and sees the batch statistics the previous part
+    left (BatchNorm then normalises per part).
     """
+    microbatches = checks.static_int("microbatches", microbatches, low=1)
 
     def objective(params, variables, batch, rng):
         outputs, new_variables = model.apply({**variables, "params": params}, batch["x"], train=True, rng=rng)
         return jnp.mean(loss(outputs, batch)), new_variables
 
+    def gradients(params, variables, batch, rng):
+        if microbatches == 1:
+            return jax.value_and_grad(objective, has_aux=True)(params, variables, batch, rng)
+
+        def part(carry, inputs):
+            variables, value, grads = carry
+            chunk, index = inputs
+            (v, variables), g = jax.value_and_grad(objective, has_aux=True)(
+                params, variables, chunk, jax.random.fold_in(rng, index)
+            )
+            return (variables, value + v, jax.tree.map(jnp.add, grads, g)), None
+
+        chunks = jax.tree.map(lambda leaf: _split(leaf, microbatches), batch)
+        start = (variables, jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+        (variables, value, grads), _ = jax.lax.scan(part, start, (chunks, jnp.arange(microbatches)))
+        return (value / microbatches, variables), jax.tree.map(lambda g: g / microbatches, grads)
+
     @jax.jit
     def step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(state.rng, state.step)
         params = state.variables["params"]
-        (value, new_variables), grads = jax.value_and_grad(objective, has_aux=True)(
-            params, state.variables, batch, rng
-        )
+        (value, new_variables), grads = gradients(params, state.variables, batch, rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
         new_variables = {**new_variables, "params": optax.apply_updates(params, updates)}
         return state._replace(step=state.step + 1, variables=new_variables, opt_state=opt_state), {
@@ -135,6 +159,13 @@ def make_train_step(
         }
 
     return step
+
+
+def _split(leaf: jax.Array, parts: int) -> jax.Array:
+    """``[B, ...]`` → ``[parts, B / parts, ...]``; B must divide (shapes are static: raises at trace)."""
+    if leaf.shape[0] % parts:
+        raise ValueError(f"microbatches={parts} does not divide the batch of {leaf.shape[0]} examples")
+    return leaf.reshape(parts, leaf.shape[0] // parts, *leaf.shape[1:])
 
 
 def predict(model: Model, variables: PyTree, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
