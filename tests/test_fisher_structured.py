@@ -304,3 +304,30 @@ def test_eight_devices_match_one(tmp_path):
         one = fisher.diagonal(loss_fn, variables, [batch], structured=False)
         for i, leaf in enumerate(jax.tree.leaves(one)):
             np.testing.assert_allclose(eight[f"{name}_{i}"], leaf, rtol=1e-4, atol=1e-6 * float(np.max(leaf)))
+
+
+def test_uses_inside_scan_and_custom_jvp_fall_back_and_sampled_labels_match():
+    """Parameters consumed inside ``scan`` or a ``custom_jvp`` function are not matched (exact fallback);
+    random labels drawn inside the loss (``sampled_label_loss``) replay identically in the interpreter."""
+    rng = np.random.default_rng(5)
+    params = {
+        "w": jnp.asarray(rng.normal(size=(4, 4)) * 0.5, jnp.float32),
+        "stack": jnp.asarray(rng.normal(size=(2, 4, 4)) * 0.5, jnp.float32),
+        "gate": jnp.asarray(rng.normal(size=4), jnp.float32),
+        "head": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+    }
+
+    def logits_fn(p, batch):
+        h, _ = jax.lax.scan(lambda h, w: (jnp.tanh(h @ w), None), batch["x"] @ p["w"], p["stack"])
+        return (h * jax.nn.relu(p["gate"])) @ p["head"]  # relu is a custom_jvp function of gate
+
+    loss_fn = fisher.sampled_label_loss(logits_fn, jax.random.key(0))
+    batches = [{"x": jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)} for _ in range(2)]
+    plan = _fisher_structured.analyse(loss_fn, params, jax.tree.map(lambda a: a[0], batches[0]))
+    leaves = sorted(params)  # a dict flattens in key order
+    assert sorted(leaves[i] for i in plan.sites) == ["head", "w"]
+    assert sorted(leaves[i] for i in plan.fallback) == ["gate", "stack"]
+    fast = fisher.diagonal(loss_fn, params, batches, chunk_size=4)
+    exact = fisher.diagonal(loss_fn, params, batches, chunk_size=4, structured=False)
+    for key in params:
+        np.testing.assert_allclose(fast[key], exact[key], rtol=1e-5, atol=1e-9, err_msg=key)
