@@ -1,6 +1,10 @@
 """Exact top-k masks, global/layer magnitude pruning and drop-and-grow against NumPy references."""
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -193,3 +197,26 @@ def test_drop_and_grow_on_a_large_layer_drops_pythons_count():
     result = np.asarray(sparse.drop_and_grow(weights, index < active, (index >= active) * 1.0, 0.088))
     assert result.sum() == active
     assert int(np.argmax(result)) == 369_100
+
+
+def test_drop_counts_with_x64_read_the_float64_fraction_exactly():
+    # With jax_enable_x64 the traced fraction is float64 (its bits are read exactly) and the schedule is
+    # evaluated in float64; a subprocess, because x64 must be set before JAX starts.
+    script = textwrap.dedent(
+        """
+        import math, jax, jax.numpy as jnp
+        from unlearnx import sparse
+        from unlearnx.sparse.masks import drop_count
+        assert jnp.asarray(0.5).dtype == jnp.float64
+        for p, n in [(0.001, 3_000_000), (0.088, 4_194_307), (0.3, 10), (0.1, 10), (1.0, 2**31 - 1)]:
+            got = int(jax.jit(drop_count)(jnp.float64(p), jnp.int32(n)))
+            assert got == math.ceil(p * n), (p, n, got)
+        t = jnp.asarray(300, jnp.int32)
+        rate = sparse.cosine_drop_fraction(t, initial=0.5, minimum=0.005, total_steps=1000)
+        assert rate.dtype == jnp.float64
+        exact = 0.005 + 0.5 * (0.5 - 0.005) * (1 + math.cos(math.pi * 300 / 1000))
+        assert math.isclose(float(rate), exact, rel_tol=1e-15)
+        """
+    )
+    env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
