@@ -298,11 +298,15 @@ def _empirical(loss_fn, chunk_size, axis_name, structured, total, params, batch,
 
     def body(acc, xs):
         chunk_batch, w = xs
-        if plan is None:
-            squares, losses = _vmap_squares(loss_fn, params, chunk_batch, w)
-        else:
+        squares = None
+        if plan is not None:
             cast = functools.partial(_local, axis_name=axis_name)
-            squares, losses = _structured.squares(plan, params, chunk_batch, w, cast)
+            try:
+                squares, losses = _structured.squares(plan, params, chunk_batch, w, cast)
+            except Exception:  # noqa: BLE001 -- a jaxpr the interpreter cannot replay: the exact vmap path
+                squares = None
+        if squares is None:
+            squares, losses = _vmap_squares(loss_fn, params, chunk_batch, w)
         return jax.tree.map(jnp.add, acc, squares), _nonfinite(losses, w)
 
     initial = _local(jax.tree.map(jnp.zeros_like, total), axis_name)
