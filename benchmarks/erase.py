@@ -5,7 +5,9 @@ until ready), all against a float64 NumPy per-layer implementation written here 
 library (the textbook formulas, an explicit solve per kernel and step):
 
 1. ``unlearnx.erase.rece`` jitted: the shared-structure fast path (d_in × d_in solves, one product per
-   kernel);
+   kernel), once with every step keyed on all 77 rows and once with the official pipeline's rows (the
+   initial UCE edit keyed on ``erase.last_word_rows`` of a 3-word concept against a 1-word guide, the
+   empty prompt preserved; the rounds on all rows);
 2. the naive composition of the library's per-kernel ``uce`` / ``derive_embedding``, jitted (float32);
 3. a naive float32 per-layer loop of the textbook formula K_new = solve(G, λK + αCᵀV + βPᵀPK), jitted, at
    the backend's default matmul precision.
@@ -80,22 +82,24 @@ def _kernels(params) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in flat}
 
 
-def reference_rece(kernels, concept, guide, preserve, *, epochs, hyper=HYPER):
+def reference_rece(kernels, concept, guide, preserve, *, epochs, hyper=HYPER, initial=None):
     """Float64 RECE, one explicit solve per kernel and step (textbook UCE, RECE's step (a) by sums).
 
+    ``initial``: optional (erase, guide, preserve) rows of the first UCE edit (default: the rounds' rows).
     Returns ``(edited kernels, [c′ of each round])``.
     """
 
-    def uce64(kernel, keys, targets, alpha, beta, lamb):
+    def uce64(kernel, keys, targets, alpha, beta, lamb, preserve=preserve):
         d = kernel.shape[0]
         gram = lamb * np.eye(d) + alpha * keys.T @ keys + beta * preserve.T @ preserve
         rhs = lamb * kernel + alpha * keys.T @ targets + beta * preserve.T @ (preserve @ kernel)
         return np.linalg.solve(gram, rhs)
 
     original = {p: np.asarray(k, np.float64) for p, k in kernels.items()}
+    first, first_guide, first_preserve = initial if initial is not None else (concept, guide, preserve)
+    scales = (hyper["erase_scale"], hyper["preserve_scale"], hyper["lamb"])
     current = {
-        p: uce64(k, concept, guide @ k, hyper["erase_scale"], hyper["preserve_scale"], hyper["lamb"])
-        for p, k in original.items()
+        p: uce64(k, first, first_guide @ k, *scales, preserve=first_preserve) for p, k in original.items()
     }
     embeddings = []
     for _ in range(epochs):
@@ -168,6 +172,10 @@ def relative_errors(got, want, original) -> tuple[float, float]:
     return kernel_err, edit_err
 
 
+def _load(averages) -> str:
+    return "/".join(f"{a:.2f}" for a in averages)
+
+
 def median_seconds(fn, repeats: int, cpu_times: list | None = None) -> float:
     """Median wall seconds of warm calls; appends the median process CPU seconds to ``cpu_times``."""
     jax.block_until_ready(fn())  # warm-up: compile
@@ -199,21 +207,48 @@ def main() -> None:
     kernels32 = {p: jnp.asarray(k) for p, k in _kernels(params).items()}
 
     fast = jax.jit(lambda tree, c, g, p: erase.rece(tree, c, g, p, epochs=args.epochs, **HYPER))
+    # The official pipeline's rows: the UCE step on the concept's rows from its last word (3 words, so 5
+    # tokens with BOS/EOS) against the guide's (1 word), preserving the empty prompt (all rows).
+    first = erase.last_word_rows(keys32[0], keys32[1], concept_tokens=5, guide_tokens=3)
+    initial32 = (*first, keys32[2])
+    official = jax.jit(
+        lambda tree, c, g, p, ic, ig, ip: erase.rece(
+            tree,
+            c,
+            g,
+            p,
+            initial_concept_keys=ic,
+            initial_guide_keys=ig,
+            initial_preserve_keys=ip,
+            epochs=args.epochs,
+            **HYPER,
+        )
+    )
     composed = jax.jit(lambda ks, c, g, p: naive_rece(ks, c, g, p, epochs=args.epochs, uce_fn=library_uce))
     textbook = jax.jit(lambda ks, c, g, p: naive_rece(ks, c, g, p, epochs=args.epochs, uce_fn=textbook_uce32))
 
     fast_cpu: list[float] = []
+    load_before = os.getloadavg()
     t_fast = median_seconds(lambda: fast(params, *keys32), args.repeats, fast_cpu)
+    t_official = median_seconds(lambda: official(params, *keys32, *initial32), args.repeats, fast_cpu)
     if args.fast_only:
         print(f"rece fast path (UCE + {args.epochs} rounds): {t_fast:.3f} s wall, {fast_cpu[0]:.3f} CPU-s")
+        print(f"rece, official rows: {t_official:.3f} s wall, {fast_cpu[1]:.3f} CPU-s")
+        load_after = _load(os.getloadavg())
+        print(f"load average before {_load(load_before)}, after {load_after} ({os.cpu_count()} CPUs)")
         return
     t_composed = median_seconds(lambda: composed(kernels32, *keys32), max(1, args.repeats // 3))
     t_textbook = median_seconds(lambda: textbook(kernels32, *keys32), max(1, args.repeats // 3))
     started = time.perf_counter()
     want, want_embeddings = reference_rece(kernels64, concept, guide, preserve, epochs=args.epochs)
     t_reference = time.perf_counter() - started
+    initial64 = tuple(np.asarray(a, np.float64) for a in initial32)
+    want_official, _ = reference_rece(
+        kernels64, concept, guide, preserve, epochs=args.epochs, initial=initial64
+    )
 
     fast_params, history = fast(params, *keys32)
+    official_params, _ = official(params, *keys32, *initial32)
     results = {
         "rece (fast path, jit)": (t_fast, _kernels(fast_params)),
         "per-layer uce/derive_embedding (jit)": (t_composed, composed(kernels32, *keys32)),
@@ -221,7 +256,8 @@ def main() -> None:
     }
     n_kernels = len(kernels64)
     print(f"devices: {jax.devices()}; {n_kernels} kernels 768 -> 320/640/1280; UCE + {args.epochs} rounds")
-    print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other processes share them)")
+    load_now = _load(os.getloadavg())
+    print(f"host: {os.cpu_count()} CPUs, load average before {_load(load_before)}, now {load_now}")
     print(f"float64 NumPy per-layer reference: {t_reference:.3f} s (one run)")
     print(
         f"{'method':40s} {'median s':>9s} {'vs float64':>11s} {'kernel rel err':>15s} {'edit rel err':>13s}"
@@ -229,6 +265,9 @@ def main() -> None:
     for name, (seconds, got) in results.items():
         kernel_err, edit_err = relative_errors(got, want, kernels64)
         print(f"{name:40s} {seconds:9.3f} {t_reference / seconds:10.1f}x {kernel_err:15.2e} {edit_err:13.2e}")
+    kernel_err, edit_err = relative_errors(_kernels(official_params), want_official, kernels64)
+    name = "rece, official rows (jit)"
+    print(f"{name:40s} {t_official:9.3f} {'':>11s} {kernel_err:15.2e} {edit_err:13.2e}")
     for r, (got, ref) in enumerate(zip(history["embeddings"], want_embeddings, strict=True)):
         err = np.linalg.norm(np.asarray(got, np.float64) - ref) / np.linalg.norm(ref)
         print(f"round {r + 1}: c' rel err {err:.2e}, change {float(history['change'][r + 1]):.4f}")

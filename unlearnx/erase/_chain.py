@@ -91,7 +91,7 @@ def rece_chain(originals, initial, rounds, hyper, *, epochs):
         mapped = mapped + step_mapped
     distances.append(distance(mapped))
     edited = [
-        (k + hi_matmul(total, k)).reshape(o.shape).astype(o.dtype)
+        hi_matmul(identity + total, k).reshape(o.shape).astype(o.dtype)  # M K: no separate K + D K pass
         for k, o in zip(kernels, originals, strict=True)
     ]
     history = {
