@@ -82,34 +82,43 @@ def top_many(keys: list[jax.Array], counts: jax.Array) -> list[jax.Array]:
     counts = jnp.asarray(counts, jnp.int32).reshape(len(keys))
     sizes = jnp.asarray([k.size for k in keys], jnp.int32)
 
-    def totals(predicate, values) -> jax.Array:
-        return jnp.stack([count(predicate(k, values[i])) for i, k in enumerate(keys)])
-
-    def value_bit(i, thresholds):  # the largest t with #{key ≥ t} ≥ count: the count-th largest key
+    def value_bit(i, carry):
+        # t: the largest key with #{key ≥ t} ≥ count (the count-th largest), built from the top bit. The
+        # last failed candidate is t + 1 (the bits below it all succeeded), so its total is #{key > t}; the
+        # last successful one's is #{key ≥ t}. Both come out of the loop: no further pass needed.
+        thresholds, at_least, above = carry
         candidates = thresholds | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-        return jnp.where(totals(jnp.greater_equal, candidates) >= counts, candidates, thresholds)
+        totals = jnp.stack([count(k >= candidates[j]) for j, k in enumerate(keys)])
+        enough = totals >= counts
+        return (
+            jnp.where(enough, candidates, thresholds),
+            jnp.where(enough, totals, at_least),
+            jnp.where(enough, above, totals),
+        )
 
-    thresholds = lax.fori_loop(0, 32, value_bit, jnp.zeros(len(keys), jnp.uint32))
-    above = [k > thresholds[i] for i, k in enumerate(keys)]
-    tied = [k == thresholds[i] for i, k in enumerate(keys)]
-    need = counts - jnp.stack([count(a) for a in above])  # tied entries to keep
-    index = [jnp.arange(k.size, dtype=jnp.int32) for k in keys]
-    positions = [jnp.where(t, x, k.size) for t, x, k in zip(tied, index, keys, strict=True)]
+    start = (jnp.zeros(len(keys), jnp.uint32), sizes, jnp.zeros(len(keys), jnp.int32))
+    thresholds, at_least, above = lax.fori_loop(0, 32, value_bit, start)
+    need = counts - above  # how many entries equal to t to keep, lowest index first
+    all_tied = need >= at_least - above  # the usual case: keep them all, no bisection on the index
     bits = max(max(k.size - 1, 1).bit_length() for k in keys)
 
-    def index_bit(i, lasts):  # the largest m with #{tied position < m} < need: the need-th tied position
+    def index_bit(i, lasts):  # the largest m with #{tied index < m} < need: the need-th tied index
         candidates = lasts | (jnp.int32(1) << (bits - 1 - i))
-        counted = jnp.stack([count(p < candidates[j]) for j, p in enumerate(positions)])
+        counted = jnp.stack(
+            [
+                count((k == thresholds[j]) & (lax.iota(jnp.int32, k.size) < candidates[j]))
+                for j, k in enumerate(keys)
+            ]
+        )
         return jnp.where(counted < need, candidates, lasts)
 
-    all_tied = need >= jnp.stack([count(t) for t in tied])  # the usual case: no index bisection
-    lasts = lax.fori_loop(
-        0, jnp.where(jnp.all(all_tied), 0, bits), index_bit, jnp.zeros(len(keys), jnp.int32)
-    )
+    passes = jnp.where(jnp.all(all_tied), 0, bits)
+    lasts = lax.fori_loop(0, passes, index_bit, jnp.zeros(len(keys), jnp.int32))
     lasts = jnp.where(all_tied, sizes, lasts)
     return [
-        a | (t & (x <= lasts[i]) & (need[i] > 0))
-        for i, (a, t, x) in enumerate(zip(above, tied, index, strict=True))
+        (k > thresholds[i])
+        | ((k == thresholds[i]) & (lax.iota(jnp.int32, k.size) <= lasts[i]) & (need[i] > 0))
+        for i, k in enumerate(keys)
     ]
 
 
