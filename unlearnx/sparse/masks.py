@@ -30,6 +30,11 @@ def keep_top(scores: jax.Array, count) -> jax.Array:
     (``ValueError`` otherwise). A count above ``scores.size`` keeps every entry. NaN ranks below −inf and
     −0 ties with +0, as in a sort. Cost: about 32 linear passes over the scores (a further ~log₂ N when
     the count-th largest value is tied), not a sort.
+
+    >>> import jax.numpy as jnp
+    >>> from unlearnx import sparse
+    >>> sparse.keep_top(jnp.asarray([1.0, 2.0, 2.0, 2.0]), 2).tolist()  # ties: lower index first
+    [False, True, True, False]
     """
     dtype = jnp.result_type(scores)
     if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
@@ -78,7 +83,15 @@ def prune_globally(
     """Global magnitude pruning over flat ``{path: tensor}`` dicts: keeps round((1 − s)·N) entries with the
     largest raw |w| across all tensors, inactive entries ranked below every active one (ties: the order of
     the sorted paths, then the flat index). ``sparsity`` may be traced (a schedule's value at a traced
-    step); a concrete one must lie in [0, 1]. |w| is ranked in float32."""
+    step); a concrete one must lie in [0, 1]. |w| is ranked in float32.
+
+    >>> import jax.numpy as jnp
+    >>> from unlearnx import sparse
+    >>> weights = {"a": jnp.asarray([3.0, -1.0]), "b": jnp.asarray([2.0, 0.5])}
+    >>> masks = {"a": jnp.asarray([True, True]), "b": jnp.asarray([True, True])}
+    >>> {k: v.tolist() for k, v in sparse.prune_globally(weights, masks, 0.5).items()}
+    {'a': [True, False], 'b': [True, False]}
+    """
     _check_same_paths(weights, masks)
     if not checks.is_traced(sparsity):
         checks.static_number("sparsity", sparsity, low=0.0, high=1.0)
@@ -128,6 +141,15 @@ def drop_and_grow(weights: jax.Array, mask: jax.Array, grow_scores: jax.Array, f
     float64, computed exactly (no float32 rounding, even for layers of millions of weights). ``fraction``
     may be traced (a schedule's value at a traced step); a concrete one must lie in [0, 1]. |w| and the
     scores are ranked in float32.
+
+    >>> import jax.numpy as jnp
+    >>> from unlearnx import sparse
+    >>> weights = jnp.asarray([5.0, 4.0, -3.0, 2.0, 1.0, 0.0, 0.0, 0.0])
+    >>> mask = weights != 0
+    >>> scores = jnp.asarray([0.0, 0.0, 0.0, 0.5, 0.1, 0.9, 0.2, 0.3])
+    >>> # n = 5, r = ⌈0.4·5⌉ = 2: drop |w| = 2 and 1, regrow the best scores among the rest (5 and 3).
+    >>> sparse.drop_and_grow(weights, mask, scores, 0.4).astype(int).tolist()
+    [1, 1, 1, 1, 0, 1, 0, 0]
     """
     if not (jnp.shape(weights) == jnp.shape(mask) == jnp.shape(grow_scores)):
         raise ValueError(

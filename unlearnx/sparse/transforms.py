@@ -154,6 +154,22 @@ def granet(
 
     The counts ⌈p_t·n_l⌉ equal Python's ``math.ceil(p_t * n_l)`` with p_t in float64, as the official
     code computes them, for any layer size.
+
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from unlearnx import sparse
+    >>> opt = sparse.granet(
+    ...     optax.sgd(0.1), final_sparsity=0.75, begin_step=0, end_step=4, frequency=2, total_steps=8
+    ... )
+    >>> params = {"w": jnp.arange(1.0, 17.0).reshape(4, 4)}
+    >>> state = opt.init(params)
+    >>> for _ in range(4):  # steps 2 and 4 prune (to s = 0.65625, then 0.75) and regrow
+    ...     updates, state = opt.update(jax.tree.map(jnp.ones_like, params), state, params)
+    ...     params = optax.apply_updates(params, updates)
+    >>> int(sparse.masks(state)["w"].sum())  # round(0.25 · 16)
+    4
+
+    Reference: Liu et al., "Sparse Training via Boosting Pruning Plasticity with Neuroregeneration",
+    NeurIPS 2021 (https://arxiv.org/abs/2106.10404).
     """
     _engine.check_window(begin_step, end_step, total_steps)
     kept_at = _cubic(initial_sparsity, final_sparsity, begin_step, end_step, frequency)
