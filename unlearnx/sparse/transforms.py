@@ -149,17 +149,15 @@ def granet(
     - the last pruning event, at k_f = ⌊t_f/ΔT⌋, reaches s_f exactly; the official loop stops one event
       early (at 0.89975 for s_f = 0.9 on its CIFAR schedule);
     - the global prune keeps exactly round((1 − s)·N) weights, ties broken by position; the official
-      threshold test ``|w| > t`` at the round((1 − s)·N)-th magnitude t keeps one fewer (more when
-      magnitudes tie).
+      strict test ``|w| > t``, t the ⌊(1 − s)·N⌋-th largest |w|, keeps ⌊(1 − s)·N⌋ − 1 (fewer on ties).
 
     The counts ⌈p_t·n_l⌉ equal Python's ``math.ceil(p_t * n_l)`` with p_t in float64, as the official
     code computes them, for any layer size.
 
     >>> import jax, jax.numpy as jnp, optax
     >>> from unlearnx import sparse
-    >>> opt = sparse.granet(
-    ...     optax.sgd(0.1), final_sparsity=0.75, begin_step=0, end_step=4, frequency=2, total_steps=8
-    ... )
+    >>> opt = sparse.granet(optax.sgd(0.1), final_sparsity=0.75, begin_step=0, end_step=4, frequency=2,
+    ...                     total_steps=8)
     >>> params = {"w": jnp.arange(1.0, 17.0).reshape(4, 4)}
     >>> state = opt.init(params)
     >>> for _ in range(4):  # steps 2 and 4 prune (to s = 0.65625, then 0.75) and regrow
