@@ -146,8 +146,8 @@ def granet(
 
     Two deliberate differences from the official code (``sparselearning/core.py``):
 
-    - the last pruning event, at k_f = ⌊t_f/ΔT⌋, reaches s_f exactly; the official loop stops one event
-      early (at 0.89975 for s_f = 0.9 on its CIFAR schedule);
+    - the last pruning event, at k_f = ⌊t_f/ΔT⌋, reaches s_f exactly; the official loop (``k ≤ k_f − 1``
+      in most revisions) stops one event early (at 0.89975 for s_f = 0.9 on its CIFAR schedule);
     - the global prune keeps exactly round((1 − s)·N) weights, ties broken by position; the official
       strict test ``|w| > t``, t the ⌊(1 − s)·N⌋-th largest |w|, keeps ⌊(1 − s)·N⌋ − 1 (fewer on ties).
 
