@@ -115,19 +115,22 @@ def _restor_recovery(config: Any) -> list[Phase]:
 
 
 def _repeated_data(config: Any) -> list[Phase]:
-    """One loop per size: every (f, E, seed) run of the size stacked under ``jax.vmap``."""
+    """Per size, its runs in loops of ``runs_per_loop`` stacked under ``jax.vmap`` (0: one loop)."""
     from experiments import repeated_data
 
-    count = len(repeated_data.runs(config))
     seeds = [run["seed"] for run in repeated_data.runs(config)]
-    batch = {"x": jax.ShapeDtypeStruct((count, config.batch_size, config.seq_len), jnp.int32)}
+    stacked = config.runs_per_loop or len(seeds)
+    batch = {"x": jax.ShapeDtypeStruct((stacked, config.batch_size, config.seq_len), jnp.int32)}
     phases = []
     for sizes, mlp_ratio in ((config.sizes, config.mlp_ratio), (config.attention_only_sizes, 0)):
         for size in sizes:
             family = repeated_data.family_for(config, size, mlp_ratio)
-            state = jax.eval_shape(functools.partial(family.init, seeds, repeated_data.parse_size(size)[0]))
+            init = functools.partial(family.init, seeds[:stacked], repeated_data.parse_size(size)[0])
+            loops = math.ceil(len(seeds) / stacked)
             name = repeated_data.loop_name(size, mlp_ratio)
-            phases.append(Phase(name, family.step, state, batch, config.steps, batch_axis=1))
+            state = jax.eval_shape(init)
+            phases.append(Phase(name, family.step, state, batch, config.steps, loops, 1, config.shard_params,
+                                config.microbatches))  # fmt: skip
     return phases
 
 

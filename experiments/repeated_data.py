@@ -81,6 +81,9 @@ class Config:
     icl_late: tuple[int, ...] = (104, 128)
     linear_seeds: int = 100
     linear_epochs: tuple[int, ...] = (1, 2, 3, 5, 8, 13, 20, 40, 80)
+    runs_per_loop: int = 0  # stacked (vmapped) runs per training loop; 0: every run of a size in one loop
+    microbatches: int = 1  # gradient-accumulation parts of each run's batch (activations for batch / parts)
+    shard_params: bool = False  # FSDP: parameters and optimizer state sharded over the devices
     checkpoint_seconds: float = 60.0
     progress: bool = True
 
@@ -99,7 +102,7 @@ PRESETS: dict[str, Config] = {
         repeat_epochs=(10, 100, 1000, 10000), sweep_fractions=(0.03, 0.3, 0.5), sweep_epochs=100, lr=6e-4,
         warmup_steps=400, weight_decay=0.1, eval_points=30, eval_sequences=256, repeated_eval_sequences=64,
         final_eval_sequences=2048, probe_batch=64, icl_early=(40, 60), icl_late=(490, 510), seeds=(0,),
-        checkpoint_seconds=600.0,
+        runs_per_loop=1, microbatches=16, shard_params=True, checkpoint_seconds=600.0,
     ),
 }  # fmt: skip
 
@@ -171,9 +174,9 @@ class Data:
             test.metadata, train_tokens=len(self.train), test_tokens=len(test), budget=budget
         )
 
-    def batch(self, step: int, size: int) -> np.ndarray:
-        """``[runs, batch, seq_len]``: slots step·b … (step+1)·b − 1 of every run's stream."""
-        return np.stack([m[step * size : (step + 1) * size] for m in self.mixtures]).astype(np.int32)
+    def batch(self, step: int, size: int, runs: list[int]) -> np.ndarray:
+        """``[runs, batch, seq_len]``: slots step·b … (step+1)·b − 1 of each of ``runs``' streams."""
+        return np.stack([self.mixtures[i][step * size : (step + 1) * size] for i in runs]).astype(np.int32)
 
 
 def eval_steps(config: Config) -> list[int]:
@@ -196,7 +199,11 @@ class Family:
         self.optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
         # per run: step(state, batch) with the run's own key, fold_in(state.rng, state.step)
         self.step = jax.jit(
-            jax.vmap(train.make_train_step(self.model, self.optimizer, loss=train.next_token_losses))
+            jax.vmap(
+                train.make_train_step(
+                    self.model, self.optimizer, loss=train.next_token_losses, microbatches=config.microbatches
+                )
+            )  # fmt: skip
         )
         self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, None, 0)))
         self.probes = jax.jit(jax.vmap(self._probes, in_axes=(0, None)))
@@ -263,17 +270,32 @@ def loop_name(size: str, mlp_ratio: int) -> str:
 
 
 def train_family(config: Config, data: Data, size: str, mlp_ratio: int, run_dir: str, mesh: Mesh):
-    """Trains every run of one size on :func:`unlearnx.train.loop`; returns its curves and final
-    measurements (all per run).
+    """Trains every run of one size on :func:`unlearnx.train.loop`, ``runs_per_loop`` stacked runs per loop
+    (0: all in one); returns its curves and final measurements (all per run, in run order)."""
+    count = len(data.runs)
+    width = config.runs_per_loop or count
+    groups = [list(range(start, min(start + width, count))) for start in range(0, count, width)]
+    split = len(groups) > 1
+    parts = [_train_runs(config, data, size, mlp_ratio, run_dir, mesh, group, split) for group in groups]
+    result = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    result.update(size=size, attention_only=mlp_ratio == 0, eval_steps=eval_steps(config))
+    model = family_for(config, size, mlp_ratio).model
+    result["non_embedding_params"] = non_embedding_params(jax.eval_shape(model.init, jax.random.key(0)))
+    return result
+
+
+def _train_runs(config, data: Data, size, mlp_ratio, run_dir, mesh, group: list[int], split: bool):
+    """The runs ``group`` of one size stacked in one loop (named ``loop_name``, plus ``_runs<i>-<j>`` when
+    the size is split), with per-run curves and final measurements.
 
     The loop closes a record after every step (``interval=1``) because the log-spaced evaluation steps are
     not evenly spaced; at the evaluation steps the record also holds each run's held-out and repeated-subset
     loss. The curves are read back from the returned history, which the loop checkpoints with the state, so
-    a resumed family has the same curves as an uninterrupted one.
+    a resumed loop has the same curves as an uninterrupted one.
     """
     family = family_for(config, size, mlp_ratio)
     points = eval_steps(config)
-    test, repeated = place(data.test, mesh), place(data.repeated, mesh, axis=1)
+    test, repeated = place(data.test, mesh), place(data.repeated[group], mesh, axis=1)
 
     def evaluate(step: int, state: train.TrainState, step_metrics) -> dict[str, list[float]] | None:
         if step not in points:
@@ -281,15 +303,15 @@ def train_family(config: Config, data: Data, size: str, mlp_ratio: int, run_dir:
         test_losses, repeated_losses = family.evaluate(state.variables, test, repeated)
         return {
             "test_loss": _mean_loss(test_losses).tolist(),
-            "repeated_loss": _mean_loss(repeated_losses, data.repeated_weights).tolist(),
+            "repeated_loss": _mean_loss(repeated_losses, data.repeated_weights[group]).tolist(),
         }
 
-    name = loop_name(size, mlp_ratio)
+    name = loop_name(size, mlp_ratio) + (f"_runs{group[0]}-{group[-1]}" if split else "")
     logger = train.MetricLogger(os.path.join(run_dir, "train_log.jsonl"), tensorboard_dir=False)
     state, history = train.loop(
         family.step,
-        family.init([run["seed"] for run in data.runs], parse_size(size)[0]),
-        lambda step: {"x": data.batch(step, config.batch_size)},
+        family.init([data.runs[i]["seed"] for i in group], parse_size(size)[0]),
+        lambda step: {"x": data.batch(step, config.batch_size, group)},
         config.steps,
         name=name,
         interval=1,
@@ -299,6 +321,7 @@ def train_family(config: Config, data: Data, size: str, mlp_ratio: int, run_dir:
         logger=logger,
         mesh=mesh,
         batch_axis=BATCH_AXIS,
+        shard_params=config.shard_params,
         progress=config.progress,
     )
     logger.close()
@@ -307,14 +330,10 @@ def train_family(config: Config, data: Data, size: str, mlp_ratio: int, run_dir:
         key: np.asarray(value, np.float64)
         for key, value in family.probes(state.variables, place(data.probes, mesh)).items()
     }
-    per_run = [jax.tree.map(lambda leaf, i=i: leaf[i], state.variables) for i in range(len(data.runs))]
+    per_run = [jax.tree.map(lambda leaf, i=i: leaf[i], state.variables) for i in range(len(group))]
     finite = [report.finite(v, loss) for v, loss in zip(per_run, result["test_loss"], strict=True)]
     result.update(
         diverged=~np.asarray(finite),
-        size=size,
-        attention_only=mlp_ratio == 0,
-        non_embedding_params=non_embedding_params(jax.tree.map(lambda leaf: leaf[0], state.variables)),
-        eval_steps=points,
         test_curve=np.asarray([record["test_loss"] for record in evaluated], np.float64).T,
         repeated_curve=np.asarray([record["repeated_loss"] for record in evaluated], np.float64).T,
     )

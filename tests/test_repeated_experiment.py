@@ -24,13 +24,13 @@ TINY = dataclasses.replace(
 FAMILIES = (("16x1x2", 4), ("16x2x2", 0))
 
 
-def family_results(run_dir: str) -> dict[str, np.ndarray]:
+def family_results(run_dir: str, config=TINY) -> dict[str, np.ndarray]:
     """Trains the tiny config's two families on all devices; their curves and probes as flat arrays."""
-    data = repeated_data.Data(TINY)
+    data = repeated_data.Data(config)
     mesh = parallel.data_mesh()
     out = {}
     for size, mlp_ratio in FAMILIES:
-        result = repeated_data.train_family(TINY, data, size, mlp_ratio, run_dir, mesh)
+        result = repeated_data.train_family(config, data, size, mlp_ratio, run_dir, mesh)
         for key in ("test_curve", "repeated_curve", "test_loss", "icl", "copying_loss", "prefix_matching"):
             out[f"{size}/{key}"] = np.asarray(result[key])
         if mlp_ratio == 0:
@@ -49,7 +49,8 @@ SCRIPT = textwrap.dedent(
 
     assert jax.device_count() == 8, jax.devices()
     # the loop splits the examples (axis 1 of [runs, examples, seq_len]) over the devices, not the runs
-    batch = repeated_data.Data(TINY).batch(0, TINY.batch_size)
+    data = repeated_data.Data(TINY)
+    batch = data.batch(0, TINY.batch_size, list(range(len(data.runs))))
     placed = parallel.shard_batch(batch, parallel.data_mesh(), repeated_data.BATCH_AXIS)
     assert batch.shape[0] % 8 and len(placed.sharding.device_set) == 8 and placed.sharding.spec[1] == "data"
     np.savez(sys.argv[1], **family_results(sys.argv[3]))
@@ -162,3 +163,16 @@ def test_runs_eval_steps_and_max_rise():
 def test_config_errors(tmp_path, changes, match):
     with pytest.raises(ValueError, match=match):
         repeated_data.main(dataclasses.replace(repeated_data.PRESETS["smoke"], **changes), str(tmp_path))
+
+
+@pytest.mark.slow
+def test_runs_in_separate_loops_with_microbatches_match_the_stacked_loop(tmp_path):
+    """The paper preset's layout (one run per loop, 4 accumulated parts, FSDP) trains the same models as
+    every run stacked in one loop with whole batches (to float32 rounding)."""
+    stacked = family_results(str(tmp_path / "stacked"))
+    layout = dataclasses.replace(TINY, runs_per_loop=1, microbatches=4, shard_params=True)
+    separate = family_results(str(tmp_path / "separate"), layout)
+    assert stacked.keys() == separate.keys()
+    for key, value in stacked.items():
+        np.testing.assert_allclose(separate[key], value, rtol=2e-4, atol=2e-5, err_msg=key)
+    assert len(os.listdir(tmp_path / "separate" / "checkpoints")) == 2 * len(repeated_data.runs(TINY))

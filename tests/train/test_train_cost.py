@@ -98,3 +98,17 @@ def test_eight_devices_count_the_same_flops_and_shard_memory(tmp_path):
     assert replicated[0] == 8
     assert replicated[1] == pytest.approx(one.flops_per_step, rel=0.15)  # same work, split 8 ways
     assert sharded[2] < 0.5 * replicated[2]  # parameters and optimizer state split over the devices
+
+
+def test_plan_counts_every_microbatch_of_a_scanned_step():
+    """XLA's cost analysis counts a lax.scan body once: a step of 4 accumulated parts reports about a quarter
+    of the whole-batch FLOPs, and Phase(loop_trips=4) restores the count."""
+    model = models.mlp((WIDTHS[0],), WIDTHS[-1], hidden=WIDTHS[1:-1])
+    whole = train.supervised_phase("whole", model, optax.sgd(0.1), (WIDTHS[0],), BATCH, 10)
+    step = train.make_train_step(model, optax.sgd(0.1), microbatches=4)
+    parts = train.Phase("parts", step, whole.state, whole.batch, 10)
+    counted = train.Phase("counted", step, whole.state, whole.batch, 10, loop_trips=4)
+    _, record = train.plan([whole, parts, counted])
+    flops = [phase["flops_per_step"] for phase in record["phases"]]
+    assert flops[1] < 0.35 * flops[0]
+    assert flops[2] == pytest.approx(flops[0], rel=0.1)

@@ -22,7 +22,7 @@ __all__ = ["Phase", "plan", "supervised_phase"]
 class Phase:
     """One training loop of a study: ``repeats`` identical loops (seeds, methods, classes) of ``steps``
     steps of ``step(state, batch)``, with ``state`` and one global ``batch`` as abstract shapes
-    (``jax.ShapeDtypeStruct`` leaves) or arrays."""
+    (``jax.ShapeDtypeStruct`` leaves) or arrays; ``batch_axis`` and ``shard_params`` as the loop runs them."""
 
     name: str
     step: Callable[[Any, Mapping[str, Any]], Any]
@@ -31,6 +31,8 @@ class Phase:
     steps: int
     repeats: int = 1
     batch_axis: int = 0
+    shard_params: bool = False
+    loop_trips: int = 1  # iterations of a lax.scan in the step (microbatches): XLA counts a loop body once
 
 
 def supervised_phase(
@@ -122,7 +124,8 @@ def plan(phases: Sequence[Phase]) -> tuple[str, dict[str, Any]]:
     lines = [_row(*header), _row(*["---"] * len(header))]
     for phase in phases:
         cost = step_cost(phase.step, phase.state, phase.batch, phase.steps, name=phase.name,
-                         batch_axis=phase.batch_axis)  # fmt: skip
+                         batch_axis=phase.batch_axis, shard_params=phase.shard_params)  # fmt: skip
+        cost = cost._replace(flops_per_step=cost.flops_per_step * phase.loop_trips)
         hours = {k: phase.repeats * cost.hours(peak, chips=chips) for k, (peak, chips) in peaks.items()}
         totals = {k: totals[k] + hours[k] for k in totals}
         lines.append(_row(phase.name, phase.repeats, cost.devices, f"{cost.params:,}",
