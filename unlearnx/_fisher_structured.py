@@ -66,7 +66,8 @@ _ROW_GATHER_MODES = (
 @dataclasses.dataclass(frozen=True, eq=False)
 class Site:
     """One structured use of a parameter leaf: equation ``index`` (in inlined traversal order) of kind
-    ``"dense"`` (``dot_general``, the leaf at operand ``position``) or ``"embed"`` (row ``gather``)."""
+    ``"dense"`` (``dot_general``, the leaf at operand ``position``), ``"conv"`` (a convolution kernel) or
+    ``"embed"`` (row ``gather``)."""
 
     kind: str
     index: int
@@ -102,7 +103,8 @@ def _element_preserving(eqn: Any) -> bool:
 
 
 def _match(eqn: Any, position: int) -> str | None:
-    """``"dense"``/``"embed"`` when the parameter at operand ``position`` of ``eqn`` is used structurally."""
+    """``"dense"``, ``"conv"`` or ``"embed"`` when the parameter at operand ``position`` of ``eqn`` is used
+    structurally, else ``None``."""
     avals = [getattr(v, "aval", None) for v in eqn.invars]
     name = eqn.primitive.name
     if name == "dot_general" and len(avals) == 2 and all(map(_is_f32, avals + [eqn.outvars[0].aval])):
