@@ -31,20 +31,8 @@ from unlearnx.data import shapes as shapes_data
 from unlearnx.models.text_encoder import text_encoder
 from unlearnx.models.unet import unet
 
-__all__ = [
-    "Concept",
-    "PromptGrid",
-    "Testbed",
-    "TestbedConfig",
-    "build",
-    "concept",
-    "diffusion_step",
-    "eps_function",
-    "held_out",
-    "local_arrays",
-    "make_optimizer",
-    "quality_gate",
-]
+__all__ = ["Concept", "PromptGrid", "Testbed", "TestbedConfig", "build", "concept", "diffusion_step"]
+__all__ += ["eps_function", "held_out", "local_arrays", "make_optimizer", "quality_gate"]
 
 # Bumped whenever the cached checkpoints change structure, so a cache written by older code is never read
 # (2: TrainState with the EMA in ``extra`` and a named optimizer chain, on train.loop / train.fit).
@@ -172,7 +160,6 @@ class Testbed:
         self.train_seconds = 0.0
         self.text_variables = self.unet_variables = self.classifier_variables = None
 
-    # -- conditioning ---------------------------------------------------------------------------------------
     def tokens(self, prompts: str | Sequence[str]) -> np.ndarray:
         return self.tokenizer.encode(prompts)
 
@@ -195,7 +182,6 @@ class Testbed:
             jnp.repeat(self.embed(prompts), repeat, axis=0),
         )
 
-    # -- sampling and classification -------------------------------------------------------------------------
     def sample(
         self,
         unet_params: Any,
