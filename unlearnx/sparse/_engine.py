@@ -85,15 +85,15 @@ def _check_momentum_policy(inner: optax.GradientTransformation, params: PyTree, 
         )
 
 
-def _mask_inner_state(inner, state, policy: str, new_masks: PyTree, carried: PyTree):
-    """Zeroes the inner state of inactive entries (``mask_every_step``) and of entries that did not carry
-    over (active now, not ``carried``: regrown), by ``policy``."""
-    if policy == "none":
-        return state
+def _mask_inner_state(inner, state, policy: str, new_masks: PyTree, live: PyTree):
+    """Zeroes the inner state of inactive entries (``mask_every_step``) and of regrown ones (active now,
+    not ``live``: not carried over), by ``policy``."""
+    if policy == "none" or (policy == "reset_regrown" and live is new_masks):
+        return state  # (a static mask regrows nothing)
     if policy == "mask_every_step":
-        keep = jax.tree.map(lambda new, kept: new & kept, new_masks, carried)
+        keep = live
     else:  # reset_regrown: zero the state only where a weight has just become active
-        keep = jax.tree.map(lambda new, kept: kept | ~new, new_masks, carried)
+        keep = jax.tree.map(lambda new, kept: kept | ~new, new_masks, live)
     return optax.tree_utils.tree_map_params(
         inner,
         lambda leaf, m: jnp.where(m, leaf, jnp.zeros_like(leaf)),
@@ -134,7 +134,7 @@ def sparse_transform(
         tree_lib.check_same_structure(params, state.masks, names=("params", "state.masks"))
         updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
         step = state.count + 1
-        new_masks = carried = state.masks
+        new_masks = live = state.masks  # live: active entries whose value and state carry over
         if update_masks is not None:
             paths = list(distributions._selected_paths(params, where))
             old = _flat(state.masks, paths)
@@ -145,19 +145,15 @@ def sparse_transform(
                 again, _ = inner.update(grads, state.inner_state, params, **extra_args)
                 weights, steps = _flat(params, paths), _flat(again, paths)
                 candidate = {p: jnp.where(old[p], weights[p] + steps[p], 0.0) for p in paths}
-                return update_masks(candidate, old, _flat(grads, paths), step)
+                fresh, carried = update_masks(candidate, old, _flat(grads, paths), step)
+                return fresh, {p: fresh[p] & carried[p] for p in paths}
 
             fresh, kept = jax.lax.cond(is_update_step(step), refresh, lambda: (old, old))
             new_masks = _unflat(state.masks, fresh, state.masks)
-            carried = _unflat(state.masks, kept, state.masks)
-        final = jax.tree.map(
-            lambda p, u, m, c: (jnp.where(m & c, p + u, jnp.zeros_like(p)) - p).astype(p.dtype),
-            params,
-            updates,
-            new_masks,
-            carried,
-        )
-        inner_state = _mask_inner_state(inner, inner_state, momentum_policy, new_masks, carried)
+            live = _unflat(state.masks, kept, state.masks)
+        masked = lambda p, u, m: (jnp.where(m, p + u, jnp.zeros_like(p)) - p).astype(p.dtype)
+        final = jax.tree.map(masked, params, updates, live)
+        inner_state = _mask_inner_state(inner, inner_state, momentum_policy, new_masks, live)
         return final, SparseState(step, new_masks, inner_state)
 
     return optax.GradientTransformationExtraArgs(init, update)
