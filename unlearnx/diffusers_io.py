@@ -36,16 +36,9 @@ with ``<|endoftext|>`` (the SD v1.4 tokenizer's pad token is EOS), without an at
     np.savez("nudity_states.npz", concept=concept, guide=guide, preserve=states([" "])[0],
              initial_preserve=states([""])[0], concept_tokens=concept_tokens, guide_tokens=guide_tokens)
 
-The token counts feed :func:`unlearnx.erase.last_word_rows` (the official pipeline's initial edit). The
-paper run (nudity, SD v1.4; ``unet = "…/unet/diffusion_pytorch_model.safetensors"``,
-``s = load_text_states(file, (…, "initial_preserve"), flatten=False)``, ``counts = np.load(file)``)::
-
-    rows, targets = erase.last_word_rows(s["concept"][0], s["guide"][0],
-        concept_tokens=int(counts["concept_tokens"][0]), guide_tokens=int(counts["guide_tokens"][0]))
-    new, _ = erase.rece(read_cross_attention(unet), s["concept"][0], s["guide"][0], s["preserve"][0],
-        epochs=3, initial_concept_keys=rows, initial_guide_keys=targets,
-        initial_preserve_keys=s["initial_preserve"][0])
-    write_cross_attention(unet, new, "rece_unet/diffusion_pytorch_model.safetensors")
+The token counts feed :func:`unlearnx.erase.last_word_rows` (the official pipeline's initial edit);
+``experiments/rece_paper.py`` runs the whole paper pipeline (read, rows, :func:`unlearnx.erase.rece` with
+three rounds, write) from ``python -m experiments rece_erase --preset paper``.
 
 References: diffusers ``UNet2DConditionModel`` parameter naming and its Flax conversion
 (``convert_pytorch_state_dict_to_flax``); the safetensors format (an 8-byte little-endian header size, a
