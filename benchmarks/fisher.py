@@ -4,7 +4,8 @@ Prints medians over repeats (after a warm-up that compiles everything, every res
 
 1. digits MLP: ``empirical`` (exact per-example Fisher: structured per-example squares, and the per-example
    ``vmap`` path with ``structured=False``) vs ``batch_sq`` (the SSD reference), full data;
-2. ``empirical`` vs a per-example Python loop (one jitted gradient call per example), 256 examples;
+2. ``empirical`` vs a per-example Python loop (one jitted gradient call per example), 256 examples, both
+   from arrays in memory (batches of 64 built before timing; the full-data rows include ``data.batches``);
 3. SSD (I_f + I_D + dampening; and with I_D cached) vs retraining from scratch on the retain set;
 4. BN-CNN and ResNet-18 at CIFAR shapes (32×32×3, 10 classes, random data, a few batches, eval-mode
    BatchNorm): ``empirical`` vs ``batch_sq`` (``--conv-vmap`` adds the ``vmap`` path: minutes on 2 cores);
@@ -88,7 +89,7 @@ def digits_rows(args: argparse.Namespace) -> list[tuple[str, float, str]]:
     variables, loss_fn = model.init(jax.random.key(0)), classifier_loss(model)
 
     def importance(arrays, estimator, structured=True):
-        batches = data.batches(arrays, 64)
+        batches = arrays if isinstance(arrays, list) else data.batches(arrays, 64)
         return fisher.diagonal(
             loss_fn, variables, batches, estimator=estimator, chunk_size=args.chunk, structured=structured
         )
@@ -99,9 +100,10 @@ def digits_rows(args: argparse.Namespace) -> list[tuple[str, float, str]]:
     t_batch_sq = median_seconds(lambda: importance(full, "batch_sq"), args.repeats)
     n_loop = args.loop_examples
     subset = {k: v[:n_loop] for k, v in full.items()}
+    in_memory = list(data.batches(subset, 64))  # the loop reads arrays in memory: so does the Fisher here
     t_loop = median_seconds(lambda: python_loop(loss_fn, variables, subset), max(1, args.repeats // 2))
-    t_subset = median_seconds(lambda: importance(subset, "empirical"), args.repeats)
-    t_subset_vmap = median_seconds(lambda: importance(subset, "empirical", False), args.repeats)
+    t_subset = median_seconds(lambda: importance(in_memory, "empirical"), args.repeats)
+    t_subset_vmap = median_seconds(lambda: importance(in_memory, "empirical", False), args.repeats)
     name = f"digits MLP {args.width}-{args.width}"
     rows = [
         (f"{name}: empirical Fisher, full data (structured, chunk {args.chunk})", t_emp, ""),
