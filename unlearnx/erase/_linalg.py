@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["gram", "hi_matmul", "solve_refined", "solve_spd_refined"]
+__all__ = ["gram", "hi_matmul", "matmul_minus", "solve_refined", "solve_spd_refined"]
 
 
 def hi_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -76,3 +76,39 @@ def gram(kernels: list[jax.Array], *, block: int = 128) -> jax.Array:
         for i in range(blocks)
     ]
     return jnp.concatenate(rows, axis=0)
+
+
+def _slices(a: jax.Array, axis: int, bits: int, count: int) -> list[jax.Array]:
+    """a ≈ Σ slices, each slice's entries integer multiples of 2^(e − bits) with 2^e > max |remainder| along
+    ``axis`` (so each slice has ≤ bits + 1 significant bits); slice s + 1 splits what slice s left over."""
+    slices, rest = [], a
+    for _ in range(count):
+        _, exponent = jnp.frexp(jnp.max(jnp.abs(rest), axis=axis, keepdims=True))
+        shifter = jnp.ldexp(jnp.float32(1.5), exponent - bits + 23)  # its ulp is 2^(e − bits)
+        head = (rest + shifter) - shifter
+        slices.append(head)
+        rest = rest - head
+    return slices
+
+
+def matmul_minus(a: jax.Array, b: jax.Array, c: jax.Array, *, count: int = 5) -> jax.Array:
+    """a @ b − c for float32 ``a`` ``[m, k]``, ``b`` ``[k, n]``, ``c`` ``[m, n]``, accurate to ~ε|a @ b − c|.
+
+    A residual b − A x of an ill-conditioned system cancels: in float32 its error ε|a||b| can be as large
+    as the residual. Here a and b are split into ``count`` slices of ⌊(24 − ⌈log₂ k⌉)/2⌋ bits, scaled per row
+    of a and per column of b (Ozaki's scheme), so every slice product is exact in float32 whatever the
+    summation order; the products that matter (s + t ≤ count + 1) and −c are then added by Neumaier's
+    compensated summation, and the dropped terms are ~2^(−count·bits) |a||b|.
+    """
+    bits = (24 - max(1, int(np.ceil(np.log2(a.shape[1]))))) // 2
+    left, right = _slices(a, 1, bits, count), _slices(b, 0, bits, count)
+    terms = [hi_matmul(left[s], right[t]) for s in range(count) for t in range(count - s)]
+    terms.append(-c)
+    total, compensation = terms[0], jnp.zeros_like(terms[0])
+    for term in terms[1:]:
+        summed = total + term
+        compensation = compensation + jnp.where(
+            jnp.abs(total) >= jnp.abs(term), (total - summed) + term, (term - summed) + total
+        )
+        total = summed
+    return total + compensation
