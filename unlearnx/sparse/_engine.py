@@ -46,12 +46,19 @@ def _unflat(like: PyTree, values: dict[str, jax.Array], default: PyTree) -> PyTr
 def _initial_masks(params: PyTree, sparsities: PyTree, seed: int) -> PyTree:
     """Random masks with exactly round((1 − s_l)·N_l) active entries per selected tensor."""
     per_tensor = {p: s for p, s in tree_lib.leaves_with_paths(sparsities) if s is not None}
-    key = jax.random.key(seed)
-    out = {}
-    for index, (path, leaf) in enumerate(tree_lib.leaves_with_paths(params)):
-        if path in per_tensor:
-            scores = jax.random.uniform(jax.random.fold_in(key, index), np.shape(leaf))
-            out[path] = keep_top(scores, round((1.0 - per_tensor[path]) * np.size(leaf)))
+    chosen = [
+        (index, path, np.shape(leaf), round((1.0 - per_tensor[path]) * np.size(leaf)))
+        for index, (path, leaf) in enumerate(tree_lib.leaves_with_paths(params))
+        if path in per_tensor
+    ]
+
+    def draw(key):  # one compilation for all tensors, not one per operation and shape
+        return {
+            path: keep_top(jax.random.uniform(jax.random.fold_in(key, index), shape), count)
+            for index, path, shape, count in chosen
+        }
+
+    out = jax.jit(draw)(jax.random.key(seed))
     dense = jax.tree.map(lambda leaf: jnp.ones(np.shape(leaf), bool), params)
     return _unflat(params, out, dense)
 
