@@ -145,6 +145,11 @@ def main() -> None:
     print(f"\nIssue #16 targets (load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}):")
     for name, ratio, target in rows:
         print(f"  {name:<46} {ratio:6.2f}×  target ≤ {target:g}×  {'met' if ratio <= target else 'NOT met'}")
+    static = cheap["static sparse step (masking only)"]
+    print(
+        f"  (GraNet's own share: no-update step / static sparse step {no_update / static:.2f}×; the static "
+        f"step's {static / dense:.2f}× is the masking every sparse transform pays)"
+    )
 
 
 if __name__ == "__main__":
