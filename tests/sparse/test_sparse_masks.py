@@ -220,3 +220,17 @@ def test_drop_counts_with_x64_read_the_float64_fraction_exactly():
     )
     env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+
+
+def test_counts_above_two_to_the_24_are_exact():
+    # Counts are float32 sums in chunks of 2^24 (exact); a plain float32 sum of 2^24 + 3 ones gives 2^24.
+    from unlearnx.sparse import _select
+
+    size = 2**24 + 3
+    flags = jnp.ones(size, bool).at[5].set(False)
+    assert int(jax.jit(_select.count)(flags)) == size - 1
+    keys = _select.order_keys(jnp.arange(size, dtype=jnp.float32) % 7)  # heavy ties
+    kept = np.asarray(_select.top_from_keys(keys, jnp.int32(2_000_000)))
+    sixes = np.flatnonzero(np.arange(size) % 7 == 6)
+    assert kept.sum() == 2_000_000
+    np.testing.assert_array_equal(np.flatnonzero(kept), sixes[:2_000_000])  # the largest, lowest index first
