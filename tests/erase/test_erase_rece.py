@@ -282,6 +282,22 @@ def test_matmul_minus_is_accurate_where_the_residual_cancels():
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
+def test_spd_solve_falls_back_to_lu_when_cholesky_fails():
+    """A matrix that float32 rounding left indefinite (here: plainly indefinite) is solved by LU instead."""
+    from unlearnx.erase._linalg import solve_spd_refined
+
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    for eigenvalues in ([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [1.0, -1e-3, 3.0, 4.0, 5.0, 6.0]):
+        lhs = (q * eigenvalues) @ q.T
+        rhs = rng.normal(size=(6, 2))
+        want = np.linalg.solve(lhs, rhs)
+        lhs32, rhs32 = jnp.asarray(lhs, jnp.float32), jnp.asarray(rhs, jnp.float32)
+        got = jax.jit(lambda a, b: solve_spd_refined(a, b, lambda x: b - a @ x))(lhs32, rhs32)
+        assert np.all(np.isfinite(got))
+        assert _rel(got, want) <= 1e-3
+
+
 class TestErrors:
     params = _unet()
     concept, guide, preserve = _keys()
