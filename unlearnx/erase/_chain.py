@@ -5,7 +5,7 @@ Every erase step multiplies every kernel on the left by one matrix I + D, D = α
 the initial edit and r rounds K′_l = M K_l with M = I + D_total, and the sums of the embedding derivation
 are Σ K′Kᵀ = M S and Σ K′K′ᵀ = M S Mᵀ with S = Σ K Kᵀ, formed once (:func:`unlearnx.erase._linalg.gram`,
 exploiting its symmetry). Per round this costs three d_in³ products (M S Mᵀ, D·M S, D·M) and one
-Cholesky solve of order d_in; the kernels are touched twice in all (S, then K + D_total K).
+Cholesky solve of order d_in; the kernels are touched twice in all (S, then M K).
 """
 
 from __future__ import annotations
