@@ -61,31 +61,25 @@ def diagonal(
         (e.g. BatchNorm in eval mode): examples are differentiated one at a time for ``"empirical"`` and
         short batches are padded with zero-weight rows.
       params: the parameter tree (Linen dict, NNX ``State``, plain dict, ...). Leaves must be floating.
-      batches: an iterable of batches, pytrees whose leaves share a leading batch axis (the last batch may be
-        smaller).
+      batches: an iterable of batches, pytrees of one leading batch axis (the last batch may be smaller).
       estimator: ``"empirical"``, ``"batch_sq"`` or ``"batch_abs"``.
       chunk_size: for ``"empirical"``, the number of per-example gradients materialised at once (bounds
         memory at ``chunk_size × |θ|`` floats); ``None`` does a whole batch at once.
-      axis_name: when called inside ``shard_map``/``pmap`` over a data axis, the name of that axis; sums over
-        examples and batch means are then all-reduced across devices, so every device returns the
-        importance of the global data.
-      structured: for ``"empirical"``, use structured per-example squares where the loss's jaxpr shows
-        them (float32 dense layers applied once per example, convolution kernels, embedding lookups: see
-        the module docstring); every other leaf, and every leaf when ``False``, takes per-example gradients
-        from ``vmap``. Both are exact; the structured path costs about one batch gradient.
-      mesh: data parallelism without ``shard_map``: each host batch (this process's share on several
-        hosts) is padded with zero-weight rows to a multiple of the mesh's device count and split over
-        it, so a short last batch is never replicated work; the result is the same importance.
+      axis_name: inside ``shard_map``/``pmap`` over a data axis, its name: sums and batch means are
+        all-reduced, so every device returns the importance of the global data.
+      structured: for ``"empirical"``, structured per-example squares where the loss's jaxpr shows them
+        (module docstring); other leaves, or all when ``False``, take ``vmap`` per-example gradients. Both
+        are exact; the structured path costs about one batch gradient.
+      mesh: data parallelism without ``shard_map``: each host batch (this process's share) is padded with
+        zero-weight rows to a multiple of the devices and split over them; the same importance.
 
     Returns:
       A float32 tree with ``params``' exact structure.
 
     Raises:
       ValueError: unknown estimator, bad ``chunk_size``, no batches, empty or ragged batches, a loss that is
-        not per-example; and, when the values are concrete (not inside an outer ``jit``/``shard_map``):
-        NaN/inf parameters, a non-finite loss of a real example (e.g. a label outside [0, C), which
-        ``take_along_axis`` turns into NaN with a zero gradient, i.e. a silently all-zero importance), or a
-        non-finite importance (float32 overflow of the squared gradients), each naming the batch or path.
+        not per-example; and, when concrete: NaN/inf parameters, a non-finite loss of a real example (e.g.
+        a label outside [0, C): NaN with a zero gradient), or a float32 overflow, naming the batch or path.
       TypeError: a non-floating parameter leaf, or a ``structured`` that is not a bool.
 
     Example:
@@ -101,16 +95,7 @@ def diagonal(
       Dampening*, AAAI 2024 (``batch_sq``); Dangel, Kunstner and Hennig, *BackPACK: Packing more into
       backprop*, ICLR 2020 (per-example squared gradients from layer inputs and output gradients).
     """
-    checks.choice("estimator", estimator, ESTIMATORS)
-    if chunk_size is not None:
-        checks.static_int("chunk_size", chunk_size, low=1)
-    if not isinstance(structured, bool):
-        raise TypeError(f"structured must be a Python bool, got {structured!r}")
-    for path, leaf in tree_lib.leaves_with_paths(params):
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise TypeError(f"params: leaf {path!r} has non-floating dtype {jnp.result_type(leaf)}")
-    checks.check_tree("params", params)
-
+    _check_arguments(params, estimator, chunk_size, structured)
     structured = structured and estimator == "empirical"
     contribution = _cached(_contribution_fn, loss_fn, estimator, chunk_size, axis_name, structured)
     total = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
@@ -120,17 +105,9 @@ def diagonal(
     devices = 1 if mesh is None else mesh.devices.size
     for index, batch in enumerate(batches):
         size = _batch_size(batch, index)
-        # A short (last) batch is padded to the first batch's size (and every batch to a multiple of the
-        # mesh's devices) with zero-weight copies of its first example, so one compiled update (and one
-        # loss-shape check) serves every batch.
         padded_size = size if padded_size is None else max(padded_size, size)
         padded_size = -(-padded_size // devices) * devices
-        pad = padded_size - size
-        weights = np.concatenate([np.ones(size, np.float32), np.zeros(pad, np.float32)])
-        if pad:
-            batch = jax.tree.map(lambda a, pad=pad: _pad_rows(a, pad), batch)
-        if mesh is not None:
-            batch, weights = parallel.shard_batch(parallel.process_share((batch, weights)), mesh)
+        batch, weights = _padded(batch, size, padded_size, mesh)
         _check_loss_shape(loss_fn, params, batch, index)
         total, n, bad = contribution(total, params, batch, weights)
         count = count + n
@@ -146,6 +123,30 @@ def diagonal(
         f"the {reduce} gradients overflowed float32 (|∂ℓ/∂θ| beyond ≈1.8e19 when squared); rescale the loss",
     )
     return importance
+
+
+def _check_arguments(params: PyTree, estimator: str, chunk_size: int | None, structured: bool) -> None:
+    checks.choice("estimator", estimator, ESTIMATORS)
+    if chunk_size is not None:
+        checks.static_int("chunk_size", chunk_size, low=1)
+    if not isinstance(structured, bool):
+        raise TypeError(f"structured must be a Python bool, got {structured!r}")
+    for path, leaf in tree_lib.leaves_with_paths(params):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(f"params: leaf {path!r} has non-floating dtype {jnp.result_type(leaf)}")
+    checks.check_tree("params", params)
+
+
+def _padded(batch: PyTree, size: int, padded_size: int, mesh: Mesh | None) -> tuple[PyTree, Any]:
+    """``batch`` padded to ``padded_size`` rows with zero-weight copies of its first example (so one compiled
+    update and one loss-shape check serve a short last batch too), and its weights; split over ``mesh``."""
+    pad = padded_size - size
+    weights = np.concatenate([np.ones(size, np.float32), np.zeros(pad, np.float32)])
+    if pad:
+        batch = jax.tree.map(lambda a: _pad_rows(a, pad), batch)
+    if mesh is not None:
+        batch, weights = parallel.shard_batch(parallel.process_share((batch, weights)), mesh)
+    return batch, weights
 
 
 def _check_losses(bad_losses: list) -> None:
