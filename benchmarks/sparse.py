@@ -52,7 +52,7 @@ def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int) -> dict
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -61,8 +61,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--frequency", type=int, default=100, help="ΔT in steps")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def _step_factory(args: argparse.Namespace) -> Callable[..., Callable[[], Any]]:
+    """``step_fn(name, count)``: a warm-startable step of the digits MLP under the named optimizer, its
+    transform's step counter set to ``count``."""
     train_set = data.load("digits", "train")
     model = models.mlp(train_set.x.shape[1:], train_set.num_classes, hidden=(args.width, args.width))
     variables = model.init(jax.random.key(0))
@@ -97,27 +101,11 @@ def main() -> None:
         state = train.TrainState(jnp.asarray(0, jnp.int32), variables, opt_state, rng)
         return lambda: step(state, batch)
 
-    # Step 1 (count 0) is never an update; step ΔT (count ΔT − 1) is, for GraNet (pruning while
-    # step <= end_step, then regrowth) and RigL alike. The mask-update steps are timed in a group of their
-    # own (fewer repeats) with a dense step of their own, and their ratios are taken against it, so that
-    # load drifting between the two groups does not enter the ratios.
-    cheap = interleaved_medians(
-        {
-            "dense step": step_fn("dense"),
-            "GraNet step, no mask update": step_fn("granet", 0),
-            "static sparse step (masking only)": step_fn("static"),
-            "RigL step, no mask update": step_fn("rigl", 0),
-        },
-        args.repeats,
-    )
-    costly = interleaved_medians(
-        {
-            "dense step (timed with the mask updates)": step_fn("dense"),
-            "GraNet step, mask update (prune + regrow)": step_fn("granet", period - 1),
-            "RigL step, mask update (drop + regrow)": step_fn("rigl", period - 1),
-        },
-        max(args.repeats // 10, 5),
-    )
+    return step_fn
+
+
+def _report(args: argparse.Namespace, cheap: dict[str, float], costly: dict[str, float]) -> None:
+    period = args.frequency
     dense, costly_dense = cheap["dense step"], costly["dense step (timed with the mask updates)"]
     print(
         f"digits MLP {args.width}-{args.width}, batch {args.batch_size}, sparsity {args.sparsity:g} "
@@ -150,6 +138,33 @@ def main() -> None:
         f"  (GraNet's own share: no-update step / static sparse step {no_update / static:.2f}×; the static "
         f"step's {static / dense:.2f}× is the masking every sparse transform pays)"
     )
+
+
+def main() -> None:
+    args = _arguments()
+    step_fn, period = _step_factory(args), args.frequency
+    # Step 1 (count 0) is never an update; step ΔT (count ΔT − 1) is, for GraNet (pruning while
+    # step <= end_step, then regrowth) and RigL alike. The mask-update steps are timed in a group of their
+    # own (fewer repeats) with a dense step of their own, and their ratios are taken against it, so that
+    # load drifting between the two groups does not enter the ratios.
+    cheap = interleaved_medians(
+        {
+            "dense step": step_fn("dense"),
+            "GraNet step, no mask update": step_fn("granet", 0),
+            "static sparse step (masking only)": step_fn("static"),
+            "RigL step, no mask update": step_fn("rigl", 0),
+        },
+        args.repeats,
+    )
+    costly = interleaved_medians(
+        {
+            "dense step (timed with the mask updates)": step_fn("dense"),
+            "GraNet step, mask update (prune + regrow)": step_fn("granet", period - 1),
+            "RigL step, mask update (drop + regrow)": step_fn("rigl", period - 1),
+        },
+        max(args.repeats // 10, 5),
+    )
+    _report(args, cheap, costly)
 
 
 if __name__ == "__main__":
