@@ -149,46 +149,38 @@ def rece(
     round_preserve_scale: float = 0.1,
     round_lamb: float = 0.1,
 ) -> tuple[PyTree, dict[str, jax.Array]]:
-    """UCE, then ``epochs`` RECE rounds, on every kernel ``where`` selects (math and the rows each step
-    uses: the module docstring).
+    """UCE, then ``epochs`` RECE rounds, on every kernel ``where`` selects (math, rows: module docstring).
 
     Args:
       params: parameter tree (Linen dict, NNX ``State``, plain dict, ...).
       concept_keys: C, ``[n, d_in]`` token rows of the concept prompt (e.g. all ``[77, 768]`` CLIP states
-        of "nudity"); every round derives c′ from each of these rows. Rows of several concepts may be
-        stacked.
+        of "nudity", or several concepts' stacked); every round derives c′ from each row.
       guide_keys: C_G, ``[n, d_in]`` token rows aligned with ``concept_keys`` (e.g. the prompt " "); each
         round's targets are ``guide_keys @ K′`` with K′ the kernel being edited.
       preserve_keys: C_P, ``[m, d_in]`` rows each round preserves (m may be 0, or ``None``); each row is
         counted once (see the module docstring for the official code's repetition).
-      initial_concept_keys: C₀, ``[n₀, d_in]`` erase rows of the initial UCE edit, e.g. the concept's rows
-        from its last word token on (:func:`unlearnx.erase.last_word_rows`, the official pipeline);
-        ``None`` (default): ``concept_keys``. Must be given together with ``initial_guide_keys``.
-      initial_guide_keys: C_G₀, ``[n₀, d_in]`` rows aligned with ``initial_concept_keys``, whose outputs
-        under the original kernels are the initial edit's targets; ``None``: ``guide_keys``.
-      initial_preserve_keys: C_P₀, ``[m₀, d_in]`` preserve rows of the initial edit (e.g. the empty prompt
-        "" of UCE's script; zero rows for none); ``None`` (default): ``preserve_keys``.
-      where: selector of the kernels to edit (``unlearnx.tree`` syntax); default: cross-attention keys and
-        values. Kernels are ``(d_in, *out)`` with a shared d_in; 3-D kernels are flattened over outputs.
+      initial_concept_keys: C₀, ``[n₀, d_in]`` erase rows of the initial UCE edit (official pipeline:
+        :func:`unlearnx.erase.last_word_rows`); ``None``: ``concept_keys``. Given with the guide's.
+      initial_guide_keys: C_G₀, ``[n₀, d_in]`` rows aligned with ``initial_concept_keys`` (their original
+        outputs are the initial edit's targets); ``None``: ``guide_keys``.
+      initial_preserve_keys: C_P₀, ``[m₀, d_in]`` preserve rows of the initial edit (UCE's script: "");
+        ``None`` (default): ``preserve_keys``.
+      where: selector of the ``(d_in, *out)`` kernels to edit; default: cross-attention keys and values.
       epochs: number of RECE rounds (≥ 0; 0 is plain UCE).
       reg: λ_reg > 0 of the embedding derivation.
       erase_scale, preserve_scale, lamb: α ≥ 0, β ≥ 0, λ > 0 of the initial UCE erase.
       round_erase_scale, round_preserve_scale, round_lamb: α, β, λ of each round's erase.
 
     Returns:
-      ``(new_params, history)``: ``new_params`` has ``params``' exact structure and dtypes, unselected
-      leaves returned as they are (the same objects); ``history`` holds float32 arrays
-      ``embeddings`` ``[epochs, n, d_in]`` (c′ of each round), ``change`` ``[epochs + 1]`` (relative
-      Frobenius change ‖K_after − K_before‖ / ‖K_before‖ over all selected kernels: the UCE step, then each
-      round) and ``distance`` ``[epochs + 1]`` (‖K_after − K_original‖ / ‖K_original‖ after each step).
+      ``(new_params, history)``: ``params``' structure and dtypes, unselected leaves the same objects;
+      float32 ``embeddings`` ``[epochs, n, d_in]`` (c′ per round), ``change`` ``[epochs + 1]``
+      (‖K_after − K_before‖ / ‖K_before‖ over the kernels: UCE, then each round) and ``distance``
+      ``[epochs + 1]`` (‖K_after − K_original‖ / ‖K_original‖).
 
     Raises:
-      ValueError: ``where`` selecting nothing, kernels of different d_in or fewer than 2 dimensions, key
-        shapes not ``[rows, d_in]`` or differing between concept and guide (initial or rounds), empty
-        concept keys, only one of the initial concept/guide keys, negative or non-finite scales, λ,
-        λ_reg ≤ 0, negative ``epochs``, non-finite values (when not traced), or non-finite edited kernels
-        or history from finite inputs (float32 overflow, checked when not traced; the message names the
-        quantity that overflowed).
+      ValueError: ``where`` selecting nothing, bad kernels or key shapes, concept and guide rows that
+        differ, only one of the initial concept/guide keys, bad scales, λ or λ_reg, negative ``epochs``,
+        non-finite values, or a float32 overflow naming the quantity (values checked when not traced).
       TypeError: non-integer ``epochs``, non-floating kernels, traced scales (hyper-parameters are static).
 
     Example (the official nudity recipe on a toy tree; real keys are CLIP states of "nudity", " ", ""):
@@ -205,42 +197,33 @@ def rece(
       ((3, 5, 8), (4,))
 
     References:
-      Gong et al., "Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models", ECCV 2024
-      (arXiv 2407.12383); code ``CharlesGong12/RECE``.
+      Gong et al., "Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models", ECCV 2024.
     """
     epochs = _check_epochs(epochs)
     leaves, treedef, chosen, d_in = _selected_kernels(params, where)
-    initial, rounds = _keys(
-        d_in,
-        concept_keys,
-        guide_keys,
-        preserve_keys,
-        initial_concept_keys,
-        initial_guide_keys,
-        initial_preserve_keys,
-    )
-    hyper = _hyper(
-        erase_scale=erase_scale,
-        preserve_scale=preserve_scale,
-        lamb=lamb,
-        reg=reg,
-        round_erase_scale=round_erase_scale,
-        round_preserve_scale=round_preserve_scale,
-        round_lamb=round_lamb,
-    )
-    edited, history = rece_chain(
-        [jnp.asarray(leaves[i]) for i in chosen], initial, rounds, hyper, epochs=epochs
-    )
-    if not checks.is_traced((edited, history)):
-        cause = _RecePeaks([leaves[i] for i in chosen], initial, rounds, hyper)
-        paths = [checks.path_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-        kernels = {paths[i]: kernel for i, kernel in zip(chosen, edited, strict=True)}
-        checks.check_output("rece: the edited kernels", kernels, cause)
-        checks.check_output("rece: the history", history, cause)
+    initial, rounds = _keys(d_in, concept_keys, guide_keys, preserve_keys, initial_concept_keys,
+                            initial_guide_keys, initial_preserve_keys)  # fmt: skip
+    hyper = _hyper(erase_scale=erase_scale, preserve_scale=preserve_scale, lamb=lamb, reg=reg,
+                   round_erase_scale=round_erase_scale, round_preserve_scale=round_preserve_scale,
+                   round_lamb=round_lamb)  # fmt: skip
+    kernels = [jnp.asarray(leaves[i]) for i in chosen]
+    edited, history = rece_chain(kernels, initial, rounds, hyper, epochs=epochs)
+    _check_edit(params, [leaves[i] for i in chosen], chosen, edited, history, (initial, rounds, hyper))
     new_leaves = list(leaves)
     for i, kernel in zip(chosen, edited, strict=True):
         new_leaves[i] = kernel
     return jax.tree_util.tree_unflatten(treedef, new_leaves), history
+
+
+def _check_edit(params, originals, chosen, edited, history, inputs) -> None:
+    """Raises on non-finite edited kernels or history from finite inputs, naming what overflowed."""
+    if checks.is_traced((edited, history)):
+        return
+    cause = _RecePeaks(originals, *inputs)
+    paths = [checks.path_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    kernels = {paths[i]: kernel for i, kernel in zip(chosen, edited, strict=True)}
+    checks.check_output("rece: the edited kernels", kernels, cause)
+    checks.check_output("rece: the history", history, cause)
 
 
 class _RecePeaks:
