@@ -190,7 +190,7 @@ def median_seconds(fn, repeats: int, cpu_times: list | None = None) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -198,7 +198,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fast-only", action="store_true", help="time only the fast path (no references)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _arguments()
 
     params, concept, guide, preserve = sd_problem(args.seed)
     kernels64 = {p: k.astype(np.float64) for p, k in _kernels(params).items()}
@@ -211,19 +215,9 @@ def main() -> None:
     # tokens with BOS/EOS) against the guide's (1 word), preserving the empty prompt (all rows).
     first = erase.last_word_rows(keys32[0], keys32[1], concept_tokens=5, guide_tokens=3)
     initial32 = (*first, keys32[2])
-    official = jax.jit(
-        lambda tree, c, g, p, ic, ig, ip: erase.rece(
-            tree,
-            c,
-            g,
-            p,
-            initial_concept_keys=ic,
-            initial_guide_keys=ig,
-            initial_preserve_keys=ip,
-            epochs=args.epochs,
-            **HYPER,
-        )
-    )
+    official = jax.jit(lambda tree, c, g, p, ic, ig, ip: erase.rece(
+        tree, c, g, p, initial_concept_keys=ic, initial_guide_keys=ig, initial_preserve_keys=ip,
+        epochs=args.epochs, **HYPER))  # fmt: skip
     composed = jax.jit(lambda ks, c, g, p: naive_rece(ks, c, g, p, epochs=args.epochs, uce_fn=library_uce))
     textbook = jax.jit(lambda ks, c, g, p: naive_rece(ks, c, g, p, epochs=args.epochs, uce_fn=textbook_uce32))
 
