@@ -24,7 +24,6 @@ def check_file(name: str, path: Any) -> str:
     return path
 
 
-
 def load_text_states(
     path: str | os.PathLike,
     names: tuple[str, ...] = ("concept", "guide", "preserve"),
