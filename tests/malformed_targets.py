@@ -5,10 +5,11 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from unlearnx import continual, diffusion, erase, eval, fisher, sparse, tree, unlearn
+from unlearnx import continual, diffusion, erase, eval, fisher, models, sparse, train, tree, unlearn
 from unlearnx.eval import induction, restor, scaling
 from unlearnx.unlearn import baselines, localize
 from unlearnx.unlearn import objectives as obj
@@ -62,6 +63,8 @@ LOGITS = RNG.normal(size=(4, 3)).astype(np.float32)
 LABELS = np.asarray([0, 2, 1, 0])
 KERNEL = RNG.normal(size=(4, 3)).astype(np.float32)
 KEYS = RNG.normal(size=(2, 4)).astype(np.float32)
+MICRO_MODEL = models.mlp((3,), 2, hidden=(4,))
+MICRO_STATE = train.TrainState.create(MICRO_MODEL.init(jax.random.key(0)), optax.sgd(0.1), jax.random.key(1))
 SCHEDULE = diffusion.linear_schedule(10)
 BUFFER = continual.buffer_add(
     continual.buffer_init(2, 3, {"y": np.int32(0)}), 0, {"y": np.arange(2, dtype=np.int32)}, jax.random.key(0)
@@ -228,6 +231,20 @@ TARGETS = {
         )[0],
         {"kernel": array(KERNEL), "keys": array(KEYS), "epochs": scalar(1)},
         None,
+        False,
+    ),
+    "erase.last_word_rows": (
+        lambda concept, guide, n: erase.last_word_rows(concept, guide, concept_tokens=n, guide_tokens=2),
+        {"concept": array(KEYS), "guide": array(KEYS * 0.5), "n": scalar(2)},
+        lambda r, kw: np.shape(r[0]) == np.shape(r[1]) and np.shape(r[0])[1] == np.shape(kw["concept"])[1],
+        False,
+    ),
+    "train.make_train_step(microbatches)": (
+        lambda parts: train.make_train_step(MICRO_MODEL, optax.sgd(0.1), microbatches=parts)(
+            MICRO_STATE, {"x": np.ones((4, 3), np.float32), "y": np.zeros(4, np.int32)}
+        )[1]["loss"],
+        {"parts": scalar(2)},
+        lambda r, kw: np.isfinite(r),
         False,
     ),
     "sparse.erk_sparsities": (
