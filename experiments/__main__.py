@@ -56,6 +56,7 @@ def run_one(name: str, preset: str, overrides, *, out: str, resume: bool, interr
     config = _config(module, name, preset, overrides)
     run_dir = runner.run_directory(out, name, config, resume=resume)
     print(f"== {name} [{preset}] -> {run_dir}", flush=True)
+    text = None
     if name in plan.PLANS:  # the estimated cost, printed and recorded before any training
         text, record = train.plan(plan.PLANS[name](config))
         print(text, flush=True)
@@ -72,6 +73,9 @@ def run_one(name: str, preset: str, overrides, *, out: str, resume: bool, interr
         ) from None
     finally:
         train.clear_stop()
+    if text is not None and parallel.is_main_process():  # the report states the cost and memory per device
+        with open(os.path.join(run_dir, "report.md"), "a") as handle:
+            handle.write(f"\n## Cost estimate (`--plan`, {jax.device_count()} devices)\n\n{text}")
     print(f"== {name} done in {time.perf_counter() - started:.1f} s; report: {run_dir}/report.md", flush=True)
     return run_dir
 
