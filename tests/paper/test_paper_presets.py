@@ -75,7 +75,7 @@ CASES = {
          "--sweep_fractions", "", "--eval_points", "2", "--eval_sequences", "8", "--repeated_eval_sequences",
          "8", "--final_eval_sequences", "16", "--probe_batch", "8", "--icl_early", "2,6", "--icl_late",
          "26,32", "--linear_seeds", "2", "--linear_epochs", "1,4"],
-        64,
+        600,  # mock lm1b lines are ~15 bytes: the unique stream needs 2,048 distinct tokens
     ),
 }  # fmt: skip
 
