@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
-import shutil
-import time
 from typing import Any
 
 import jax
@@ -310,22 +307,12 @@ def _measure(
 
 def cached_run(study: Study, method: str, sparsity: float, seed: int) -> tuple[dict[str, Any], float, bool]:
     """``(result, seconds, resumed)`` of one run: read from ``results/<label>.json`` if a previous attempt
-    finished it, else trained (resuming its checkpoint, if any), stored there atomically, and its
-    checkpoints removed."""
+    finished it, else trained (resuming its checkpoint, if any) and stored there, and its checkpoints
+    removed (:func:`experiments.runner.kept_result`)."""
     label = run_label(method, sparsity, seed)
     path = os.path.join(study.run_dir, "results", f"{label}.json")
-    if os.path.exists(path):
-        with open(path) as handle:
-            stored = json.load(handle)
-        return stored["result"], stored["seconds"], True
-    started = time.perf_counter()
-    result = train_run(study, method, sparsity, seed)
-    seconds = time.perf_counter() - started
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    runner.write_json(path + ".tmp", {"result": result, "seconds": seconds})
-    os.replace(path + ".tmp", path)
-    shutil.rmtree(checkpoint_dir(study.run_dir, label), ignore_errors=True)
-    return result, seconds, False
+    work = functools.partial(train_run, study, method, sparsity, seed)
+    return runner.kept_result(path, work, checkpoints=checkpoint_dir(study.run_dir, label))
 
 
 def main(config: Config, run_dir: str) -> dict[str, Any]:

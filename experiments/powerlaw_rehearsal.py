@@ -45,10 +45,8 @@ method), ``sweeps`` (``quick`` plus tasks / width / budget sweeps), ``fashion`` 
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import os
-import shutil
-import time
 from typing import Any
 
 import numpy as np
@@ -193,24 +191,15 @@ def finished_sequence(
     config: Config, run_dir: str, tag: str, method: str, seed: int, tasks: Tasks, setting: dict[str, int]
 ) -> tuple[dict[str, Any], float]:
     """``(results, seconds)`` of one sequence, from ``results/{tag}.json`` if an earlier run finished it,
-    else trained (resuming from ``checkpoints/{tag}``) and kept there, written atomically."""
+    else trained (resuming from ``checkpoints/{tag}``) and kept there (:func:`runner.kept_result`)."""
+    directory = os.path.join(run_dir, "checkpoints", tag)
+    sequence = functools.partial(powerlaw_sequence.run_sequence, config, SPECS[method], seed, tasks)
+    work = functools.partial(sequence, **setting, directory=directory, name=tag)
     path = os.path.join(run_dir, "results", f"{tag}.json")
-    if not os.path.exists(path):
-        directory = os.path.join(run_dir, "checkpoints", tag)
-        started = time.perf_counter()
-        result = powerlaw_sequence.run_sequence(
-            config, SPECS[method], seed, tasks, **setting, directory=directory, name=tag
-        )
-        seconds = time.perf_counter() - started
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        runner.write_json(path + ".tmp", {"result": result, "seconds": seconds})
-        os.replace(path + ".tmp", path)
-        shutil.rmtree(directory, ignore_errors=True)
-        if config.progress:
-            print(f"  {tag}: {seconds:.1f} s", flush=True)
-    with open(path) as handle:  # fresh and resumed runs both read the stored JSON: same values, same types
-        stored = json.load(handle)
-    return stored["result"], stored["seconds"]
+    result, seconds, kept = runner.kept_result(path, work, checkpoints=directory)
+    if config.progress and not kept:
+        print(f"  {tag}: {seconds:.1f} s", flush=True)
+    return result, seconds
 
 
 def _check(config: Config) -> None:

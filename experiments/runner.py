@@ -9,10 +9,12 @@ import functools
 import json
 import math
 import os
+import shutil
 import sys
+import time
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -24,7 +26,9 @@ __all__ = [
     "apply_overrides",
     "check_config",
     "build_model",
+    "kept_result",
     "run_directory",
+    "timed",
     "write_json",
     "write_outputs",
 ]
@@ -141,6 +145,31 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
     with open(temporary, "w") as handle:
         handle.write(text)
     os.replace(temporary, path)
+
+
+def timed(fn: Callable, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """``(fn(*args, **kwargs), wall seconds)``, waiting for the result's device work to finish."""
+    started = time.perf_counter()
+    result = jax.block_until_ready(fn(*args, **kwargs))
+    return result, time.perf_counter() - started
+
+
+def kept_result(path: str, compute: Callable[[], Any], *, checkpoints: str) -> tuple[Any, float, bool]:
+    """``(result, seconds, kept)`` of one unit of work kept in the JSON file ``path``: read from there if an
+    earlier attempt finished it (``kept``), else ``compute()``d, timed and stored there atomically; then its
+    ``checkpoints`` folder is removed. Fresh and kept results are both read back from the JSON, so they have
+    the same values and types."""
+    kept = os.path.exists(path)
+    if not kept:
+        started = time.perf_counter()
+        result = compute()
+        seconds = time.perf_counter() - started
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_json(path, {"result": result, "seconds": seconds})
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    with open(path) as handle:
+        stored = json.load(handle)
+    return stored["result"], stored["seconds"], kept
 
 
 def _read_config(path: str) -> Any:

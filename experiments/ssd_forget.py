@@ -29,7 +29,8 @@ import numpy as np
 import optax
 
 from experiments import report, runner, ssd_importance
-from experiments.ssd_importance import dampen, timed
+from experiments.runner import timed
+from experiments.ssd_importance import dampen
 from unlearnx import data, eval, models, train, unlearn
 
 NAME = "ssd_forget"

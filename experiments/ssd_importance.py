@@ -5,21 +5,14 @@ passes, and the dampening itself, each timed."""
 from __future__ import annotations
 
 import functools
-import time
 
 import jax
 import numpy as np
 
+from experiments.runner import timed
 from unlearnx import data, fisher, models, parallel, train, unlearn
 
-__all__ = ["dampen", "importance_data", "importances", "timed"]
-
-
-def timed(fn, *args, **kwargs):
-    """``(fn(*args, **kwargs), wall seconds)``, waiting for the result's device work to finish."""
-    started = time.perf_counter()
-    result = jax.block_until_ready(fn(*args, **kwargs))
-    return result, time.perf_counter() - started
+__all__ = ["dampen", "importance_data", "importances"]
 
 
 def importance_data(train_set, retain, forget, order: str) -> dict[str, np.ndarray]:
