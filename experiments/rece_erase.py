@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -149,12 +148,6 @@ def _selected(params) -> list:
     return [leaf for path, leaf in tree.leaves_with_paths(params) if flags[path]]
 
 
-def _timed(fn, *args, **kwargs):
-    started = time.perf_counter()
-    result = jax.block_until_ready(fn(*args, **kwargs))
-    return result, time.perf_counter() - started
-
-
 def _esd_step(testbed: testbeds.Testbed, config: Config) -> Callable:
     """The jitted ESD-x step ``(state, {"x0"}, frozen, concept_keys) -> (state, {"loss"})``: Adam on the
     attn2 to_k/to_v kernels only (the other gradients and updates are zeroed), noise from
@@ -245,6 +238,14 @@ def esd_x(study: _Study, concept: testbeds.Concept, concept_keys, *, warmup: boo
     return testbeds.local_arrays(state.variables["params"]), seconds
 
 
+def _rece_settings(config: Config, preserve_scale: float) -> dict[str, float]:
+    """The keyword arguments of :func:`unlearnx.erase.rece` but ``epochs``: the initial UCE edit's α, β
+    (``preserve_scale``) and λ, the derivation's λ_reg and each round's α, β and λ."""
+    rounds = ("round_erase_scale", "round_preserve_scale", "round_lamb")
+    uce = {"erase_scale": config.uce_erase_scale, "preserve_scale": preserve_scale, "lamb": config.uce_lamb}
+    return {"reg": config.rece_reg, **{name: getattr(config, name) for name in rounds}, **uce}
+
+
 @functools.cache
 def _edit_fn(epochs: int, settings: tuple[tuple[str, float], ...]):
     """The jitted UCE (``epochs == 0``) or RECE edit ``(params, concept, guide, preserve) -> params``, one per
@@ -256,15 +257,12 @@ def _edit_fn(epochs: int, settings: tuple[tuple[str, float], ...]):
 def _edits(study: _Study, concept: testbeds.Concept, keys: tuple, beta: float) -> dict[str, tuple]:
     """Every method's edited UNet parameters and edit seconds (``keys``: concept, guide, preserve rows)."""
     config = study.config
-    uce_kwargs = {"erase_scale": config.uce_erase_scale, "preserve_scale": beta, "lamb": config.uce_lamb}
-    rounds = ("round_erase_scale", "round_preserve_scale", "round_lamb")
-    rece_kwargs = {"reg": config.rece_reg, **{name: getattr(config, name) for name in rounds}, **uce_kwargs}
-    settings = tuple(sorted(rece_kwargs.items()))
+    settings = tuple(sorted(_rece_settings(config, beta).items()))
     edits: dict[str, tuple[Any, float]] = {"original": (study.original, 0.0)}
     for epochs in (0, *config.rece_epochs):
         jitted = _edit_fn(epochs, settings)
         jitted(study.original, *keys)  # compile outside the timing
-        edits["uce" if epochs == 0 else f"rece_{epochs}"] = _timed(jitted, study.original, *keys)
+        edits["uce" if epochs == 0 else f"rece_{epochs}"] = runner.timed(jitted, study.original, *keys)
     if config.esd:
         esd_x(study, concept, keys[0], warmup=True)
         edits["esd_x"] = esd_x(study, concept, keys[0])
@@ -283,7 +281,7 @@ def _evaluate(study: _Study, concept, method: str, params, concept_keys, samples
     if not report.finite(params):  # a diverged edit (ESD-x) is not scored, attacked or drawn
         blank = np.zeros((len(range(0, 2 * count, config.samples_per_prompt)), *images.shape[1:]))
         return report.diverged(rece_report.METRICS), 0.0, {"samples": np.zeros_like(images), "attack": blank}
-    attacked, attack_seconds = _timed(study.attack, params, concept_keys, study.keys["attack"])
+    attacked, attack_seconds = runner.timed(study.attack, params, concept_keys, study.keys["attack"])
     embeddings = (c_primes[0], attacked, c_primes[1])
     contexts = jnp.concatenate([jnp.broadcast_to(rows, (count, *rows.shape)) for rows in embeddings])
     attack_images, *attack_labels = _sample(study, params, contexts, study.keys["attack_sample"])
@@ -341,7 +339,7 @@ def main(config: Config, run_dir: str) -> dict[str, Any]:
     """Trains (or restores) the testbed, checks its quality gate, erases each concept with every method and
     writes ``metrics.json``, ``timing.json``, ``report.md`` and the sample grids."""
     if config.backend == "sd-v1.4":
-        return rece_paper.main(config, run_dir)
+        return rece_paper.main(config, run_dir, _rece_settings(config, config.uce_preserve_scale or 1.0))
     if config.backend != "testbed":
         raise ValueError(f"backend must be 'testbed' or 'sd-v1.4', got {config.backend!r}")
     study = _study(config, run_dir)

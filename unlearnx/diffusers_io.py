@@ -12,6 +12,7 @@ lists. :func:`write_cross_attention` writes a byte copy of the source with only 
 diffusers loads it unchanged. The source file is the write-back metadata; nothing else is kept. Kernels may
 be F16, F32, F64 or BF16 (BF16 decodes to ``ml_dtypes.bfloat16``, as safetensors 0.8 does); other tensors
 are never decoded. :func:`load_text_states` reads the prompts' text-encoder states from an ``.npz``.
+:func:`rece_checkpoint` runs the official RECE pipeline from one file to the other.
 
 **Producing the text-states file** (outside unlearnx, e.g. on a machine with PyTorch and ``transformers``).
 SD v1.x conditions on the last hidden states of CLIP ViT-L/14's text model, each prompt padded to 77 tokens
@@ -37,8 +38,8 @@ with ``<|endoftext|>`` (the SD v1.4 tokenizer's pad token is EOS), without an at
              initial_preserve=states([""])[0], concept_tokens=concept_tokens, guide_tokens=guide_tokens)
 
 The token counts feed :func:`unlearnx.erase.last_word_rows` (the official pipeline's initial edit);
-``experiments/rece_paper.py`` runs the whole paper pipeline (read, rows, :func:`unlearnx.erase.rece` with
-three rounds, write) from ``python -m experiments rece_erase --preset paper``.
+:func:`rece_checkpoint` runs the whole paper pipeline (read, rows, :func:`unlearnx.erase.rece` with three
+rounds, write), which ``python -m experiments rece_erase --preset paper`` calls.
 
 References: diffusers ``UNet2DConditionModel`` parameter naming and its Flax conversion
 (``convert_pytorch_state_dict_to_flax``); the safetensors format (an 8-byte little-endian header size, a
@@ -60,12 +61,14 @@ import numpy as np
 from flax import traverse_util
 from safetensors import safe_open
 
+from unlearnx import erase
 from unlearnx import tree as tree_lib
 from unlearnx._text_states import check_file, load_text_states
+from unlearnx.eval.erasure import kv_output_change
 
 PyTree = Any
 
-__all__ = ["load_text_states", "read_cross_attention", "write_cross_attention"]
+__all__ = ["load_text_states", "read_cross_attention", "rece_checkpoint", "write_cross_attention"]
 
 # A diffusers (or CompVis single-file) cross-attention key/value weight.
 _KV_KEY = re.compile(r"(?:^|\.)attn2\.to_[kv]\.weight$")
@@ -324,3 +327,122 @@ def _patched_copy(source: str, target: str, blobs: dict[str, bytes]) -> None:
                 raise ValueError(f"write_cross_attention: {key!r} spans {end - begin} bytes, not {len(blob)}")
             stream.seek(8 + size + begin)
             stream.write(blob)
+
+
+_STATES = ("concept", "guide", "preserve", "initial_preserve")
+
+
+def rece_checkpoint(
+    unet_path: str | os.PathLike,
+    states_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    epochs: int = 3,
+    reg: float = 0.1,
+    erase_scale: float = 1.0,
+    preserve_scale: float = 1.0,
+    lamb: float = 0.5,
+    round_erase_scale: float = 1.0,
+    round_preserve_scale: float = 0.1,
+    round_lamb: float = 0.1,
+) -> dict[str, Any]:
+    r"""Erases a concept from a Stable Diffusion v1.x UNet file by the official RECE pipeline, file to file.
+
+    With K the cross-attention key/value kernels of ``unet_path`` (:func:`read_cross_attention`, as float32,
+    Flax layout ``[in, out]``) and the prompts' states of ``states_path``, the initial UCE edit erases the
+    concept's rows from its last word token on, C₀, towards the guide's rows C_G₀ aligned with them
+    (:func:`unlearnx.erase.last_word_rows`), preserving the rows C_P₀ of ``initial_preserve``:
+
+    .. math::
+
+      K \leftarrow K + G_0^{-1} α C_0^⊤ (C_{G,0} K - C_0 K), \qquad
+      G_0 = λ I + α C_0^⊤ C_0 + β C_{P,0}^⊤ C_{P,0};
+
+    then each of ``epochs`` rounds derives c′ = (λ_reg I + Σ K′K′ᵀ)⁻¹ (Σ K′Kᵀ) c from every row c of the
+    whole concept prompt and erases it the same way towards the guide's rows, preserving ``preserve``'s
+    rows, with the round's (α, β, λ) (:func:`unlearnx.erase.rece`). The edited kernels are written to
+    ``out_path`` by :func:`write_cross_attention`: a copy of the source with only those weights replaced,
+    loadable by diffusers as it is.
+
+    Args:
+      unet_path: a diffusers ``UNet2DConditionModel`` ``.safetensors`` file (e.g.
+        ``CompVis/stable-diffusion-v1-4/unet/diffusion_pytorch_model.safetensors``).
+      states_path: an ``.npz`` of CLIP states ``concept``, ``guide``, ``preserve`` and ``initial_preserve``
+        (each ``[N, L, d]``; ``concept`` and ``guide`` one prompt each) and the unpadded token counts
+        ``concept_tokens`` / ``guide_tokens`` (how to make it: the module docstring).
+      out_path: the edited file; must not be ``unet_path``.
+      epochs: RECE rounds after the initial edit (≥ 0; the paper: 3).
+      reg: λ_reg > 0 of the embedding derivation.
+      erase_scale, preserve_scale, lamb: α, β, λ of the initial UCE edit.
+      round_erase_scale, round_preserve_scale, round_lamb: α, β, λ of each round's erase.
+
+    Returns:
+      The edit's record: ``edited_keys`` (the replaced safetensors keys, sorted), ``rece_rounds``,
+      ``initial_rows`` (rows of the initial edit), ``kernel_relative_change`` (‖K′ − K‖ / ‖K‖ over the
+      kernels), ``kv_change_preserve`` (ΔKV on the preserve prompts, :func:`unlearnx.eval.kv_output_change`)
+      and ``c_prime_distance`` (‖c′ − c‖ / ‖c‖ of the c′ derived against the final edit).
+
+    Raises:
+      FileNotFoundError: ``unet_path`` or ``states_path`` is not a file, or ``out_path``'s folder is missing.
+      ValueError: a UNet file without cross-attention kernels or a states file without one of the arrays
+        above (the messages name the file); bad hyper-parameters (see :func:`unlearnx.erase.rece`); an
+        ``out_path`` that is ``unet_path``.
+
+    Example:
+      >>> import numpy as np, safetensors.numpy, tempfile, os
+      >>> from unlearnx import diffusers_io
+      >>> folder, rng = tempfile.mkdtemp(), np.random.default_rng(0)
+      >>> unet, states = os.path.join(folder, "unet.safetensors"), os.path.join(folder, "states.npz")
+      >>> block = "mid_block.attentions.0.transformer_blocks.0.attn2"
+      >>> safetensors.numpy.save_file({f"{block}.to_{kv}.weight": rng.normal(size=(6, 8)).astype(np.float16)
+      ...                              for kv in "kv"}, unet)
+      >>> prompts = {name: rng.normal(size=(1, 5, 8)) for name in ("concept", "guide", "initial_preserve")}
+      >>> prompts["preserve"] = rng.normal(size=(2, 5, 8))
+      >>> np.savez(states, **prompts, concept_tokens=[3], guide_tokens=[2])
+      >>> record = diffusers_io.rece_checkpoint(unet, states, os.path.join(folder, "edited.safetensors"))
+      >>> record["rece_rounds"], record["initial_rows"], len(record["edited_keys"])
+      (3, 4, 2)
+
+    References:
+      Gong et al., "Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models", ECCV 2024
+      (arXiv 2407.12383); Gandikota et al., "Unified Concept Editing in Diffusion Models", WACV 2024.
+    """
+    original = read_cross_attention(unet_path, dtype=jnp.float32)
+    states = load_text_states(states_path, _STATES, flatten=False)
+    with np.load(check_file("states_path", states_path)) as archive:
+        missing = [name for name in ("concept_tokens", "guide_tokens") if name not in archive]
+        if missing:
+            raise ValueError(f"rece_checkpoint: {os.fspath(states_path)!r} lacks the token counts {missing}")
+        tokens = {name: int(archive[f"{name}_tokens"][0]) for name in ("concept", "guide")}
+    concept, guide = states["concept"][0], states["guide"][0]
+    preserve = states["preserve"].reshape(-1, concept.shape[-1])
+    rows, targets = erase.last_word_rows(
+        concept, guide, concept_tokens=tokens["concept"], guide_tokens=tokens["guide"]
+    )
+    edited, history = erase.rece(
+        original,
+        concept,
+        guide,
+        preserve,
+        initial_concept_keys=rows,
+        initial_guide_keys=targets,
+        initial_preserve_keys=states["initial_preserve"].reshape(-1, concept.shape[-1]),
+        epochs=epochs,
+        reg=reg,
+        erase_scale=erase_scale,
+        preserve_scale=preserve_scale,
+        lamb=lamb,
+        round_erase_scale=round_erase_scale,
+        round_preserve_scale=round_preserve_scale,
+        round_lamb=round_lamb,
+    )
+    keys = write_cross_attention(unet_path, edited, out_path)
+    c_prime = erase.derive_embedding(edited, original, concept, reg=reg)  # only the K/V kernels are read
+    return {
+        "edited_keys": keys,
+        "rece_rounds": epochs,
+        "initial_rows": int(rows.shape[0]),
+        "kernel_relative_change": float(history["distance"][-1]),
+        "kv_change_preserve": kv_output_change(original, edited, preserve),
+        "c_prime_distance": float(np.linalg.norm(np.asarray(c_prime) - concept) / np.linalg.norm(concept)),
+    }
