@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.report import diverged_line, figure, fmt, markdown_table, scored, stat
+from experiments.report import diverged_line, figure, fmt, markdown_table, mean_std_plot, scored, stat
 
 SPARSITY_STATS = ("train_flops", "mask_sparsity", "param_sparsity")
 
@@ -183,14 +183,7 @@ def _plot_accuracy(config, summary: dict[str, Any], run_dir: str) -> None:
                 )
                 continue
             stats = [summary[method][_key(s)]["test_acc"] for s in sparsities]
-            ax.errorbar(
-                positions,
-                [s["mean"] * 100 for s in stats],
-                yerr=[s["std"] * 100 for s in stats],
-                marker="o",
-                capsize=3,
-                label=method,
-            )
+            mean_std_plot(ax.errorbar, positions, stats, scale=100, marker="o", label=method)
         ax.set_xticks(positions, [f"{s:g}" for s in sparsities])
         ax.set_xlabel("target sparsity")
         ax.set_ylabel("test accuracy %")

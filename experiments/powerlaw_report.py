@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.report import diverged_line, figure, fmt, markdown_table, scored, stat
+from experiments.report import diverged_line, figure, fmt, markdown_table, mean_std_plot, scored, stat
 
 METRICS = ("acc", "bwt", "fwt", "forgetting")
 
@@ -158,14 +158,7 @@ def _plot_sweeps(config, summary: dict[str, Any], sweeps: dict[str, Any], run_di
                 if method in summary:
                     points[float(defaults[axis])] = summary[method]["acc"]
                 xs = sorted(points)
-                ax.errorbar(
-                    xs,
-                    [points[x]["mean"] * 100 for x in xs],
-                    yerr=[points[x]["std"] * 100 for x in xs],
-                    marker="o",
-                    capsize=3,
-                    label=method,
-                )
+                mean_std_plot(ax.errorbar, xs, [points[x] for x in xs], scale=100, marker="o", label=method)
             ax.set_xlabel(axis)
             ax.set_ylabel("ACC %")
         axes[0][0].legend(fontsize="small")

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.report import diverged_line, figure, fmt, markdown_table, scored, stat
+from experiments.report import diverged_line, figure, fmt, markdown_table, mean_std_plot, scored, stat
 from unlearnx.eval import scaling
 
 PER_RUN = ("test_loss", "icl", "copying_loss")
@@ -276,15 +276,8 @@ def _plot_test_loss(config, sizes: dict[str, Any], run_dir: str) -> None:
     with figure(run_dir, "test_loss_vs_epochs.png", figsize=(6.5, 4.5)) as (fig, ax):
         for i, (label, size) in enumerate(sizes.items()):
             entries = _main_entries(config, size)
-            ax.errorbar(
-                [e["epochs"] for e in entries],
-                [e["test_loss"]["mean"] for e in entries],
-                yerr=[e["test_loss"]["std"] for e in entries],
-                marker="o",
-                capsize=3,
-                color=f"C{i}",
-                label=label,
-            )
+            epochs, stats = [e["epochs"] for e in entries], [e["test_loss"] for e in entries]
+            mean_std_plot(ax.errorbar, epochs, stats, marker="o", color=f"C{i}", label=label)
             ax.axhline(size["settings"][0]["test_loss"]["mean"], color=f"C{i}", linestyle="--", linewidth=1)
         ax.set_xscale("log")
         ax.set_xlabel(f"repeat epochs E (f = {config.fraction:g})")
@@ -354,16 +347,10 @@ def _plot_copying_icl(config, sizes: dict[str, Any], run_dir: str) -> None:
     with figure(run_dir, "copying_icl.png", ncols=2, figsize=(11, 4.2)) as (fig, (left, right)):
         for i, (label, size) in enumerate(sizes.items()):
             entries = _main_entries(config, size)
+            epochs = [e["epochs"] for e in entries]
             for ax, key in ((left, "copying_loss"), (right, "icl")):
-                ax.errorbar(
-                    [e["epochs"] for e in entries],
-                    [e[key]["mean"] for e in entries],
-                    yerr=[e[key]["std"] for e in entries],
-                    marker="o",
-                    capsize=3,
-                    color=f"C{i}",
-                    label=label,
-                )
+                stats = [e[key] for e in entries]
+                mean_std_plot(ax.errorbar, epochs, stats, marker="o", color=f"C{i}", label=label)
                 ax.axhline(size["settings"][0][key]["mean"], color=f"C{i}", linestyle="--", linewidth=1)
         for ax, name in ((left, "copying loss (second copy)"), (right, "ICL score (late − early loss)")):
             ax.set_xscale("log")

@@ -18,6 +18,7 @@ __all__ = [
     "figure",
     "finite",
     "fmt",
+    "mean_std_plot",
     "markdown_table",
     "mean_std",
     "scored",
@@ -98,6 +99,16 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def mean_std_plot(
+    draw: Any, x: Any, stats: Iterable[Mapping[str, float]], *, scale: float = 1.0, **style: Any
+):
+    """Draws :func:`stat` entries against ``x`` with ``draw`` (an axis's ``errorbar`` or ``bar``): their means
+    × ``scale``, with error bars of ± std × ``scale`` (``capsize`` 3 unless ``style`` sets it)."""
+    stats = list(stats)
+    means, stds = [s["mean"] * scale for s in stats], [s["std"] * scale for s in stats]
+    return draw(x, means, yerr=stds, **{"capsize": 3, **style})
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.report import diverged_line, figure, fmt, markdown_table, stat
+from experiments.report import diverged_line, figure, fmt, markdown_table, mean_std_plot, stat
 from experiments.ssd_forget import METHODS, METRICS
 
 COST_ROWS = ("retrain", "finetune", "neggrad+", "amnesiac", "bad_teacher", "ssd", "ssd (I_D cached)")
@@ -198,18 +198,9 @@ def _plot_accuracy(config, classes: dict[str, Any], run_dir: str) -> None:
         positions = np.arange(len(METHODS))
         for ax, (cls, result) in zip(axes[:, 0], classes.items(), strict=True):
             summary = result["summary"]
-            for offset, key, label in (
-                (-0.2, "retain_test_acc", "retain test"),
-                (0.2, "forget_test_acc", "forget test"),
-            ):
-                ax.bar(
-                    positions + offset,
-                    [summary[m][key]["mean"] * 100 for m in METHODS],
-                    0.4,
-                    yerr=[summary[m][key]["std"] * 100 for m in METHODS],
-                    label=label,
-                    capsize=3,
-                )
+            for offset, key in ((-0.2, "retain_test_acc"), (0.2, "forget_test_acc")):
+                stats, label = [summary[m][key] for m in METHODS], f"{key.split('_')[0]} test"
+                mean_std_plot(ax.bar, positions + offset, stats, scale=100, width=0.4, label=label)
             ax.set_xticks(positions, METHODS, rotation=30, ha="right")
             ax.set_ylabel("accuracy %")
             ax.set_ylim(0, 120)
@@ -218,19 +209,13 @@ def _plot_accuracy(config, classes: dict[str, Any], run_dir: str) -> None:
 
 
 def _plot_alpha_sweep(config, classes: dict[str, Any], run_dir: str) -> None:
+    alphas = config.alpha_sweep
     with figure(run_dir, "alpha_sweep.png", figsize=(6, 4)) as (_, ax):
         for cls, result in classes.items():
             sweep = result["alpha_sweep"]
             for key, style in (("forget_test_acc", "-"), ("retain_test_acc", "--")):
-                ax.errorbar(
-                    config.alpha_sweep,
-                    [s["mean"] * 100 for s in sweep[key]],
-                    yerr=[s["std"] * 100 for s in sweep[key]],
-                    marker="o",
-                    linestyle=style,
-                    capsize=3,
-                    label=f"class {cls} {key.split('_')[0]} test",
-                )
+                label = f"class {cls} {key.split('_')[0]} test"
+                mean_std_plot(ax.errorbar, alphas, sweep[key], scale=100, marker="o", ls=style, label=label)
         ax.axvline(config.alpha, color="grey", linestyle=":", label=f"α = {config.alpha:g}")
         ax.set_xscale("log")
         ax.set_xlabel("α (selection threshold)")
@@ -244,15 +229,9 @@ def _plot_class_sweep(table: dict[str, Any], run_dir: str) -> None:
         num_classes = len(next(iter(table.values()))["forget_test_acc"])
         width = 0.8 / len(table)
         for i, (method, result) in enumerate(table.items()):
+            positions = np.arange(num_classes) + (i - (len(table) - 1) / 2) * width
             for ax, key in zip(axes, ("forget_test_acc", "retain_test_acc"), strict=True):
-                ax.bar(
-                    np.arange(num_classes) + (i - (len(table) - 1) / 2) * width,
-                    [s["mean"] * 100 for s in result[key]],
-                    width,
-                    yerr=[s["std"] * 100 for s in result[key]],
-                    capsize=2,
-                    label=method,
-                )
+                mean_std_plot(ax.bar, positions, result[key], scale=100, width=width, capsize=2, label=method)
         axes[0].set_ylabel("forget test acc %")
         axes[1].set_ylabel("retain test acc %")
         axes[1].set_xlabel("forgotten class")
