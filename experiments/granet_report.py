@@ -3,6 +3,7 @@ owns the method list and passes its method descriptions to :func:`report`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -40,12 +41,9 @@ def summarise(config, runs: dict[str, dict[str, Any]], schedule, paths: dict[str
     frequency = config.frequency
     return {
         "schedule": {
-            "steps_per_epoch": schedule.steps_per_epoch,
-            "total_steps": schedule.total_steps,
-            "frequency": frequency,
-            "prune_end_step": schedule.prune_end_step,
-            "dst_end_step": schedule.dst_end_step,
+            **dataclasses.asdict(schedule),
             "lr_boundaries": list(schedule.lr_boundaries),
+            "frequency": frequency,
             "pruning_events": schedule.prune_end_step // frequency,
             "granet_mask_updates": schedule.total_steps // frequency,
             "dst_mask_updates": schedule.dst_end_step // frequency,

@@ -176,10 +176,7 @@ def zero_stats(values, paths) -> tuple[float, dict[str, float], int]:
 
 def _mask_agreement(masks, params, paths) -> dict[str, int]:
     """Counts over ``paths`` of inactive weights that are non-zero and of active weights that are zero."""
-    masks, params = (
-        dict(tree.leaves_with_paths(jax.device_get(masks))),
-        dict(tree.leaves_with_paths(jax.device_get(params))),
-    )
+    masks, params = (dict(tree.leaves_with_paths(jax.device_get(t))) for t in (masks, params))
     inactive = sum(int(np.count_nonzero(~masks[p] & (params[p] != 0))) for p in paths)
     active = sum(int(np.count_nonzero(masks[p] & (params[p] == 0))) for p in paths)
     return {"inactive_nonzeros": inactive, "active_zeros": active}

@@ -41,15 +41,10 @@ def _ssd_forget(config: Any) -> list[Phase]:
     }  # fmt: skip
     runs = len(config.seeds) * len(config.forget_classes)
     phases = []
-    for phase, (epochs_field, lr_field, optimizer, batch_field) in ssd_forget.PHASES.items():
-        batch_size = getattr(config, batch_field)
-        per_epoch = max(sizes[phase] // batch_size, 1)
-        milestones = config.lr_milestones if optimizer is None else ()
-        opt = ssd_forget.make_optimizer(optimizer or config.optimizer, getattr(config, lr_field),
-                                    steps_per_epoch=per_epoch, milestones=milestones,
-                                    weight_decay=config.weight_decay)  # fmt: skip
+    for phase in ssd_forget.PHASES:
+        opt, epochs, batch_size = ssd_forget.phase_optimizer(config, phase, sizes[phase])
         repeats = len(config.seeds) if phase == "original" else runs
-        steps = getattr(config, epochs_field) * per_epoch
+        steps = epochs * max(sizes[phase] // batch_size, 1)
         phases.append(
             supervised_phase(phase, model, opt, info.input_shape, batch_size, steps, repeats=repeats)
         )

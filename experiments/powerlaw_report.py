@@ -26,13 +26,10 @@ def summarise(config, runs: dict[str, dict[str, Any]], sweeps: dict[str, Any]) -
         summary[method] = {
             **_stats([{**run["metrics"], "diverged": run["diverged"]} for run in seeds]),
             "R_mean": np.mean([np.asarray(run["R"], float) for run in seeds], axis=0),  # null: NaN
-            "steps_to_threshold": [
-                stat(run["steps_to_threshold"][t] for run in seeds) for t in range(config.num_tasks)
-            ],
-            "first_epoch_acc": [
-                stat(run["first_epoch_acc"][t] for run in seeds) for t in range(config.num_tasks)
-            ],
-            "aulc": [stat(run["aulc"][t] for run in seeds) for t in range(config.num_tasks)],
+            **{
+                key: [stat(run[key][t] for run in seeds) for t in range(config.num_tasks)]
+                for key in ("steps_to_threshold", "first_epoch_acc", "aulc")
+            },
         }
     sweep_summary = {
         axis: {

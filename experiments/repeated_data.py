@@ -139,15 +139,11 @@ class Data:
         test = text.load(config.dataset, "test", data_dir=config.data_dir)
         budget = config.steps * config.batch_size * config.seq_len
         self.runs = runs(config)
+        mixture = functools.partial(
+            repeated_mixture, self.train.tokens, budget=budget, seq_len=config.seq_len
+        )
         self.mixtures = [
-            repeated_mixture(
-                self.train.tokens,
-                budget=budget,
-                repeated_fraction=run["fraction"],
-                repeat_epochs=run["epochs"],
-                seq_len=config.seq_len,
-                seed=run["seed"],
-            )
+            mixture(repeated_fraction=run["fraction"], repeat_epochs=run["epochs"], seed=run["seed"])
             for run in self.runs
         ]
         held_out = _chunks(test.tokens, config.seq_len, config.final_eval_sequences + config.probe_batch, 1)
@@ -198,13 +194,10 @@ class Family:
         )
         self.optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
         # per run: step(state, batch) with the run's own key, fold_in(state.rng, state.step)
-        self.step = jax.jit(
-            jax.vmap(
-                train.make_train_step(
-                    self.model, self.optimizer, loss=train.next_token_losses, microbatches=config.microbatches
-                )
-            )  # fmt: skip
+        step = train.make_train_step(
+            self.model, self.optimizer, loss=train.next_token_losses, microbatches=config.microbatches
         )
+        self.step = jax.jit(jax.vmap(step))
         self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, None, 0)))
         self.probes = jax.jit(jax.vmap(self._probes, in_axes=(0, None)))
 

@@ -272,14 +272,20 @@ def _main_entries(config, size: dict[str, Any]) -> list[dict[str, Any]]:
     return [e for e in size["settings"] if e["fraction"] == config.fraction]
 
 
+def _against_epochs(ax, config, sizes: dict[str, Any], key: str) -> None:
+    """``key`` (mean ± std over seeds) against E at f = ``config.fraction``, one line per size, and the size's
+    f = 0 value dashed, on a log E axis."""
+    for i, (label, size) in enumerate(sizes.items()):
+        entries = _main_entries(config, size)
+        epochs, stats = [e["epochs"] for e in entries], [e[key] for e in entries]
+        mean_std_plot(ax.errorbar, epochs, stats, marker="o", color=f"C{i}", label=label)
+        ax.axhline(size["settings"][0][key]["mean"], color=f"C{i}", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+
+
 def _plot_test_loss(config, sizes: dict[str, Any], run_dir: str) -> None:
     with figure(run_dir, "test_loss_vs_epochs.png", figsize=(6.5, 4.5)) as (fig, ax):
-        for i, (label, size) in enumerate(sizes.items()):
-            entries = _main_entries(config, size)
-            epochs, stats = [e["epochs"] for e in entries], [e["test_loss"] for e in entries]
-            mean_std_plot(ax.errorbar, epochs, stats, marker="o", color=f"C{i}", label=label)
-            ax.axhline(size["settings"][0]["test_loss"]["mean"], color=f"C{i}", linestyle="--", linewidth=1)
-        ax.set_xscale("log")
+        _against_epochs(ax, config, sizes, "test_loss")
         ax.set_xlabel(f"repeat epochs E (f = {config.fraction:g})")
         ax.set_ylabel("final test loss (nats/byte); dashed: f = 0")
         ax.legend(fontsize="small")
@@ -345,15 +351,11 @@ def _plot_prefix_matching(config, sizes: dict[str, Any], run_dir: str) -> None:
 
 def _plot_copying_icl(config, sizes: dict[str, Any], run_dir: str) -> None:
     with figure(run_dir, "copying_icl.png", ncols=2, figsize=(11, 4.2)) as (fig, (left, right)):
-        for i, (label, size) in enumerate(sizes.items()):
-            entries = _main_entries(config, size)
-            epochs = [e["epochs"] for e in entries]
-            for ax, key in ((left, "copying_loss"), (right, "icl")):
-                stats = [e[key] for e in entries]
-                mean_std_plot(ax.errorbar, epochs, stats, marker="o", color=f"C{i}", label=label)
-                ax.axhline(size["settings"][0][key]["mean"], color=f"C{i}", linestyle="--", linewidth=1)
-        for ax, name in ((left, "copying loss (second copy)"), (right, "ICL score (late − early loss)")):
-            ax.set_xscale("log")
+        for ax, key, name in (
+            (left, "copying_loss", "copying loss (second copy)"),
+            (right, "icl", "ICL score (late − early loss)"),
+        ):
+            _against_epochs(ax, config, sizes, key)
             ax.set_xlabel(f"repeat epochs E (f = {config.fraction:g}); dashed: f = 0")
             ax.set_ylabel(name)
         left.legend(fontsize="small")

@@ -42,9 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
-import shutil
 import time
 from typing import Any
 
@@ -261,15 +259,18 @@ def unlearn_run(s: restor_world.Setup, method: str, corrupted, forget: dict, sel
     return {**corrupted, "params": params}
 
 
-def _unlearned(s: restor_world.Setup, job, corrupted, forget: dict, localisation: dict, **loop_args):
-    """θ_u of one ``(method, loss mask, localised)`` job; ``localisation[mask]``: (I_f, I_D, α, selection)."""
+def _unlearned_scores(s: restor_world.Setup, job, corrupted, fset, localisation: dict, score, **loop_args):
+    """``score`` of θ_u of one ``(method, loss mask, localised)`` job on the corruption set ``fset``;
+    ``localisation[mask]``: (I_f, I_D, α, selection)."""
     method, mask_kind, local = job
     i_f, i_d, alpha, selection = localisation.get(mask_kind, (None,) * 4)
     if method == "ssd":
         params = unlearn.ssd(corrupted["params"], i_f, i_d, alpha=alpha, lam=s.config.ssd_lam)
-        return {**corrupted, "params": params}
-    arrays = {"x": forget["x"], "m": _loss_mask(forget, mask_kind)}
-    return unlearn_run(s, method, corrupted, arrays, selection if local else None, **loop_args)
+        unlearned = {**corrupted, "params": params}
+    else:
+        arrays = {"x": fset.arrays["x"], "m": _loss_mask(fset.arrays, mask_kind)}
+        unlearned = unlearn_run(s, method, corrupted, arrays, selection if local else None, **loop_args)
+    return score(restor_world.evaluate(s, unlearned, fset.interleaved_people))
 
 
 def jobs(config: Config) -> list[tuple[str, str, bool]]:
@@ -283,8 +284,8 @@ def jobs(config: Config) -> list[tuple[str, str, bool]]:
 
 def _study_k(s: restor_world.Setup, k: int, clean, clean_eval, run_dir: str, logger, timing: dict) -> dict:
     """Corrupts θ_clean with D_f of this k, runs every method from θ_c and scores it (one ``metrics["k"]``
-    entry). Each run's scores are cached in ``units/k{k}/`` (atomically, then its checkpoints go), so a
-    resumed run skips finished runs."""
+    entry). Each run's scores are kept in ``units/k{k}/`` (:func:`runner.kept_result`), so a resumed run
+    skips finished runs."""
     config, started = s.config, time.perf_counter()
     fset = s.forget_sets[k]
     corrupted, epochs = restor_world.corrupt(s, clean, k, run_dir, logger)
@@ -311,27 +312,9 @@ def _study_k(s: restor_world.Setup, k: int, clean, clean_eval, run_dir: str, log
         name = run_name(*job)
         unit = os.path.join(run_dir, "units", f"k{k}", name.replace("/", "_") + ".json")
         directory = os.path.join(run_dir, "checkpoints", f"unlearn_k{k}", name.replace("/", "_"))
-        if not os.path.exists(unit):
-            started = time.perf_counter()
-            unlearned = _unlearned(
-                s,
-                job,
-                corrupted,
-                fset.arrays,
-                localisation,
-                name=f"unlearn_k{k}/{name}",
-                checkpoint_dir=directory,
-                logger=logger,
-            )
-            result = score(restor_world.evaluate(s, unlearned, fset.interleaved_people))
-            os.makedirs(os.path.dirname(unit), exist_ok=True)
-            runner.write_json(unit + ".tmp", {"scores": result, "seconds": time.perf_counter() - started})
-            os.replace(unit + ".tmp", unit)
-        shutil.rmtree(directory, ignore_errors=True)
-        with open(unit) as handle:
-            cached = json.load(handle)
-        entry["runs"][name] = cached["scores"]
-        timing[f"k{k}/{name}"] = cached["seconds"]
+        loop = {"name": f"unlearn_k{k}/{name}", "checkpoint_dir": directory, "logger": logger}
+        work = functools.partial(_unlearned_scores, s, job, corrupted, fset, localisation, score, **loop)
+        entry["runs"][name], timing[f"k{k}/{name}"], _ = runner.kept_result(unit, work, checkpoints=directory)
     return entry
 
 

@@ -123,18 +123,9 @@ def build(config: Config) -> Setup:
     heldout = biographies(
         rng.choice(non_targets, size=min(config.heldout_docs, len(non_targets))), seed=seed + 2
     )
-    forget_sets = {
-        k: knowledge_corpus.corruption_documents(
-            world,
-            corruption,
-            tokenizer,
-            k=k,
-            docs_per_target=config.docs_per_target,
-            seed=seed,
-            others=interleave,
-        )
-        for k in config.ks
-    }
+    documents = functools.partial(knowledge_corpus.corruption_documents, world, corruption, tokenizer)
+    options = {"docs_per_target": config.docs_per_target, "seed": seed, "others": interleave}
+    forget_sets = {k: documents(k=k, **options) for k in config.ks}
     max_len = _pad_all([corpus, retain, heldout, *(f.arrays for f in forget_sets.values())])
     chosen = rng.permutation(len(corpus["x"]))[: config.importance_docs]
     candidates = knowledge_corpus.candidate_ids(tokenizer)

@@ -136,6 +136,22 @@ def make_optimizer(name: str, lr: float, *, steps_per_epoch: int = 1, milestones
     raise ValueError(f"optimizer must be 'adam' or 'sgd', got {name!r}")
 
 
+def phase_optimizer(config: Config, phase: str, examples: int) -> tuple[Any, int, int]:
+    """``(optimizer, epochs, batch size)`` of the training phase ``phase`` (PHASES) on ``examples`` examples;
+    the LR milestones count the epochs of that many steps (``fit`` drops the short last batch, unless the set
+    is smaller than one batch)."""
+    epochs_field, lr_field, optimizer, batch_field = PHASES[phase]
+    batch_size = getattr(config, batch_field)
+    optimizer = make_optimizer(
+        optimizer or config.optimizer,
+        getattr(config, lr_field),
+        steps_per_epoch=max(examples // batch_size, 1),
+        milestones=config.lr_milestones if optimizer is None else (),
+        weight_decay=config.weight_decay,
+    )
+    return optimizer, getattr(config, epochs_field), batch_size
+
+
 @dataclasses.dataclass(frozen=True)
 class _Seed:
     """What every phase of one seed shares: data, model, keys, and where it checkpoints and logs."""
@@ -190,18 +206,7 @@ def _fit(run: _Seed, phase: str, variables, arrays, cls: int | None = None) -> t
     which its checkpoints keep, so a resumed phase still counts the epochs run before the interruption.
     """
     config = run.config
-    epochs_field, lr_field, optimizer, batch_field = PHASES[phase]
-    epochs, batch_size = getattr(config, epochs_field), getattr(config, batch_field)
-    # fit drops the short last batch (unless the set is smaller than one batch).
-    steps = max(len(arrays["x"]) // batch_size, 1)
-    milestones = config.lr_milestones if optimizer is None else ()
-    optimizer = make_optimizer(
-        optimizer or config.optimizer,
-        getattr(config, lr_field),
-        steps_per_epoch=steps,
-        milestones=milestones,
-        weight_decay=config.weight_decay,
-    )
+    optimizer, epochs, batch_size = phase_optimizer(config, phase, len(arrays["x"]))
     loop = f"seed{run.seed}/{phase}" if cls is None else f"seed{run.seed}/class{cls}/{phase}"
     variables, history = train.fit(
         run.model,
@@ -243,17 +248,13 @@ def _evaluate(run: _Seed, variables, split: _Split) -> dict[str, float]:
     }
 
 
-def _importances(run: _Seed, variables, split: _Split, estimator: str):
-    config = run.config
-    return ssd_importance.importances(
-        run.model,
-        variables,
-        split.forget,
-        split.importance_data,
-        estimator,
-        batch_size=config.importance_batch_size,
-        chunk_size=config.empirical_chunk_size,
-    )
+def _importances(run: _Seed, variables, split: _Split, estimators: tuple[str, ...]) -> dict[str, tuple]:
+    """``{estimator: (I_f, I_D, seconds for I_f, seconds for I_D)}`` of ``variables`` on ``split``."""
+    options = {"batch_size": run.config.importance_batch_size, "chunk_size": run.config.empirical_chunk_size}
+    sets = (split.forget, split.importance_data)
+    return {
+        name: ssd_importance.importances(run.model, variables, *sets, name, **options) for name in estimators
+    }
 
 
 def _ssd_edits(run: _Seed, original, split: _Split, importances, methods=tuple(SSD_METHODS)) -> dict:
@@ -325,10 +326,7 @@ def forget_class(run: _Seed, original, original_seconds: float, cls: int) -> dic
     n_train, n_forget = len(run.train["y"]), len(split.forget["y"])
     results = {"original": (original, original_seconds, run.config.epochs * n_train)}
     results.update(_baselines(run, original, split))
-    importances = {
-        estimator: _importances(run, original, split, estimator)
-        for estimator in ("batch_sq", "empirical", "batch_abs")
-    }
+    importances = _importances(run, original, split, ("batch_sq", "empirical", "batch_abs"))
     edits = _ssd_edits(run, original, split, importances)
     seconds = {}
     for method, (edited, _, dampen_seconds) in edits.items():
@@ -352,10 +350,7 @@ def class_sweep(run: _Seed, original) -> dict[str, dict[str, list[float]]]:
     out = {method: {"forget_test_acc": [], "retain_test_acc": []} for method in CLASS_SWEEP_METHODS}
     for cls in range(run.train_set.num_classes):
         split = _split(run, cls)
-        importances = {
-            estimator: _importances(run, original, split, estimator)
-            for estimator in ("batch_sq", "empirical")
-        }
+        importances = _importances(run, original, split, ("batch_sq", "empirical"))
         edits = _ssd_edits(run, original, split, importances, CLASS_SWEEP_METHODS)
         for method, (edited, _, _) in edits.items():
             logits = train.predict(run.model, edited, test["x"])

@@ -11,6 +11,8 @@ from experiments.report import diverged_line, figure, fmt, markdown_table, mean_
 from experiments.ssd_forget import METHODS, METRICS
 
 COST_ROWS = ("retrain", "finetune", "neggrad+", "amnesiac", "bad_teacher", "ssd", "ssd (I_D cached)")
+#: The METRICS' column headings.
+LABELS = ("retain test acc %", "forget test acc %", "forget train acc %", "entropy MIA %", "loss MIA %")
 
 
 def summarise(config, per_seed: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -80,16 +82,7 @@ def _class_section(config, cls: str, result: dict[str, Any], seconds: dict[str, 
         + [f"{seconds[method]:.3f}", f"{seconds[method] / retrain_seconds:.3f}"]
         for method in METHODS
     ]
-    header = [
-        "method",
-        "retain test acc %",
-        "forget test acc %",
-        "forget train acc %",
-        "entropy MIA %",
-        "loss MIA %",
-        "time s",
-        "time / retrain",
-    ]
+    header = ["method", *LABELS, "time s", "time / retrain"]
     passes = result["passes"]
     cost_rows = [
         [
