@@ -1,11 +1,12 @@
 """Power-law rehearsal against uniform / exponential rehearsal, EWC, online EWC and SI on permuted tasks.
 
-Domain-incremental permuted images (``shared/papers/powerlaw_rehearsal.md``): task 0 is the data set as is,
-task t > 0 applies one fixed pixel permutation (drawn from ``(seed, t)``, so a seed fixes the task sequence
-and a shorter sequence is a prefix of a longer one). One model (the same initialisation per seed for every
-method) is trained on the tasks in order; after each phase it is evaluated on the test split of every task,
-future ones included, filling R[i, j] (accuracy on task j after training through task i). b̄ⱼ is the random
-initialisation's accuracy on task j. ``unlearnx.continual.cl_metrics`` gives ACC / BWT / FWT / forgetting.
+Domain-incremental permuted images (``shared/papers/powerlaw_rehearsal.md``,
+:mod:`unlearnx.continual.permuted`): task 0 is the data set as is, task t > 0 applies one fixed pixel
+permutation (drawn from ``(seed, t)``, so a seed fixes the task sequence and a shorter sequence is a prefix of
+a longer one). One model (the same initialisation per seed for every method) is trained on the tasks in
+order; after each phase it is evaluated on the test split of every task, future ones included, filling
+R[i, j] (accuracy on task j after training through task i). b̄ⱼ is the random initialisation's accuracy on
+task j. ``unlearnx.continual.cl_metrics`` gives ACC / BWT / FWT / forgetting.
 
 Methods:
 
@@ -49,10 +50,9 @@ import functools
 import os
 from typing import Any
 
-import numpy as np
-
 from experiments import powerlaw_report, powerlaw_sequence, runner
 from unlearnx import data
+from unlearnx.continual.permuted import PermutedTasks
 
 NAME = "powerlaw_rehearsal"
 SWEEP_METHODS = ("naive", "uniform", "exponential", "power_law_1")
@@ -128,48 +128,16 @@ PRESETS: dict[str, Config] = {
 PRESETS["sweeps"] = dataclasses.replace(PRESETS["quick"], sweeps=True)
 
 
-# --------------------------------------------------------------------------- data
-
-
-def permutation(seed: int, task: int, pixels: int) -> np.ndarray:
-    """Task ``task``'s pixel permutation (the identity for task 0)."""
-    if task == 0:
-        return np.arange(pixels)
-    return np.random.default_rng((seed, task, 7919)).permutation(pixels)
-
-
-def permuted(x: np.ndarray, order: np.ndarray) -> np.ndarray:
-    flat = x.reshape(len(x), -1)
-    return np.ascontiguousarray(flat[:, order].reshape(x.shape))
-
-
-class Tasks:
-    """The permuted train / test arrays of one seed's task sequence (built lazily, cached)."""
+class Tasks(PermutedTasks):
+    """One seed's permuted task sequence over ``config.dataset`` (the first ``train_examples`` training
+    examples), with its class count."""
 
     def __init__(self, config: Config, seed: int):
         train_set = data.load(config.dataset, config.train_split, data_dir=config.data_dir)
         test_set = data.load(config.dataset, config.test_split, data_dir=config.data_dir)
         limit = config.train_examples
-        self.train_x = train_set.x if limit is None else train_set.x[:limit]
-        self.train_y = train_set.y if limit is None else train_set.y[:limit]
-        self.test_x, self.test_y = test_set.x, test_set.y
+        super().__init__({"x": train_set.x[:limit], "y": train_set.y[:limit]}, test_set.arrays(), seed=seed)
         self.num_classes = train_set.num_classes
-        self.input_shape = tuple(train_set.x.shape[1:])
-        self.pixels = int(np.prod(self.input_shape))
-        self.seed = seed
-        self._cache: dict[tuple[str, int], np.ndarray] = {}
-
-    def _get(self, split: str, task: int) -> np.ndarray:
-        if (split, task) not in self._cache:
-            source = self.train_x if split == "train" else self.test_x
-            self._cache[split, task] = permuted(source, permutation(self.seed, task, self.pixels))
-        return self._cache[split, task]
-
-    def train(self, task: int) -> dict[str, np.ndarray]:
-        return {"x": self._get("train", task), "y": self.train_y}
-
-    def test(self, task: int) -> dict[str, np.ndarray]:
-        return {"x": self._get("test", task), "y": self.test_y}
 
 
 def sweep_cells(config: Config) -> list[tuple[str, Any, dict[str, int]]]:
