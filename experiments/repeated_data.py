@@ -19,7 +19,7 @@ end: test loss on ``final_eval_sequences`` test sequences, copying loss (``probe
 of seq_len / 2 bytes repeated twice), the ICL score (mean loss over the ``icl_late`` window minus over the
 ``icl_early`` window), the per-head prefix-matching score on ``probe_batch`` rows of seq_len / 2 uniformly
 random bytes repeated twice and, for the attention-only sizes, the OV copying score. N_eff comes from the
-f = 0 fit (``unlearnx.eval.scaling``); the duplicated-row linear regression (``experiments.repeated_linear``)
+f = 0 fit (``unlearnx.eval.scaling``); the duplicated-row linear regression (``unlearnx.repeated_linear``)
 runs alongside. Sizes are ``"d_model x layers x heads"`` strings.
 
 Presets (``PRESETS``): ``smoke`` (tests), ``quick`` (Python stdlib bytes, sizes 32/64/96 × 2 × 4 plus an
@@ -41,8 +41,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from experiments import repeated_linear, repeated_report, report, runner
-from unlearnx import parallel, train
+from experiments import repeated_report, report, runner
+from unlearnx import parallel, repeated_linear, train
 from unlearnx.checkpoint import interval_policy
 from unlearnx.data import repeated_mixture, text
 from unlearnx.eval import induction

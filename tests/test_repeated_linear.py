@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import repeated_linear as rl
+from unlearnx import repeated_linear as rl
 
 SMALL = rl.LinearConfig(dim=6, hidden=20, budget=40, fraction=0.25, seeds=8, epochs=(1, 2, 5), ridge=1e-3)
 
@@ -86,6 +86,22 @@ def test_sweep_shapes_and_e1_is_plain_ridge():
     assert result["test_mse"][0, 3] == pytest.approx(expected, rel=1e-4)
     # the GD curve ends at the ridge solution's test error
     assert result["curves"][0, 3, -1] == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"dim": 0}, "dim"),
+        ({"fraction": 1.0}, "fraction"),
+        ({"noise": -0.1}, "noise"),
+        ({"epochs": ()}, "epochs"),
+        ({"curve_epochs": (0,)}, "curve_epochs"),
+        ({"seeds": 1.5}, "seeds"),
+    ],
+)
+def test_config_errors_name_the_field(changes, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        dataclasses.replace(SMALL, **changes)
 
 
 def test_row_weights_errors():

@@ -1,6 +1,8 @@
-"""Analytic companion of the repeated-data study: misspecified linear regression with duplicated rows.
+"""Misspecified linear regression with duplicated rows: an analytic model of training on repeated data.
 
-Spec §8 (``shared/papers/repeated_data.md``). Features x ∈ ℝ^d and hidden z ∈ ℝ^h, both standard normal,
+The linear companion of Hernandez et al. (2022), "Scaling Laws and Interpretability of Learning from Repeated
+Data" (``experiments/repeated_data.py`` runs it beside the language models; spec §8 of
+``shared/papers/repeated_data.md``). Features x ∈ ℝ^d and hidden z ∈ ℝ^h, both standard normal,
 
     y = xᵀβ + zᵀγ + ε,   ε ~ N(0, σ²),
 
@@ -32,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearnx import _validation as checks
 from unlearnx.data.repeated import repeat_count
 
 __all__ = [
@@ -62,6 +65,24 @@ class LinearConfig:
     curve_epochs: tuple[int, ...] = (1, 3, 8, 20)  # GD test-MSE curves
     curve_points: int = 40
 
+    def __post_init__(self):
+        """Raises ValueError (or TypeError) naming the first bad field: sizes and counts must be integers
+        ≥ 1, ``fraction`` in [0, 1), ``noise``, ``hidden_energy`` and ``ridge`` finite and ≥ 0, and
+        ``epochs`` / ``curve_epochs`` non-empty tuples of repeat counts ≥ 1 (:func:`row_weights` checks them
+        against the budget)."""
+        for name in ("dim", "hidden", "budget", "seeds", "curve_points"):
+            checks.static_int(name, getattr(self, name), low=1)
+        checks.static_number("fraction", self.fraction, low=0.0, high=1.0, high_open=True)
+        checks.static_numbers(
+            ((name, getattr(self, name)) for name in ("noise", "hidden_energy", "ridge")), low=0.0
+        )
+        for name in ("epochs", "curve_epochs"):
+            values = getattr(self, name)
+            if not values:
+                raise ValueError(f"{name} must name at least one repeat count")
+            for value in values:
+                checks.static_int(f"{name} entry", value, low=1)
+
 
 def draw_problem(key: jax.Array, config: LinearConfig) -> dict[str, jax.Array]:
     """One seed: β ~ N(0, I/d), γ ~ N(0, (energy/h)·I), a pool of N unique and ⌈f·N⌉ repeat-candidate rows.
@@ -87,8 +108,22 @@ def row_weights(config: LinearConfig, epochs: int) -> np.ndarray:
     return weights
 
 
+def _check_system(x: jax.Array, y: jax.Array, weights: jax.Array) -> None:
+    """Shapes (static, so also under ``jit``): ``x`` ``[n, d]``, ``y`` and ``weights`` ``[n]``."""
+    if jnp.ndim(x) != 2 or jnp.shape(y) != jnp.shape(x)[:1] or jnp.shape(weights) != jnp.shape(x)[:1]:
+        raise ValueError(
+            f"x must be [n, d] and y, weights [n]; got shapes {jnp.shape(x)}, {jnp.shape(y)}, "
+            f"{jnp.shape(weights)}"
+        )
+
+
 def weighted_ridge(x: jax.Array, y: jax.Array, weights: jax.Array, ridge: float) -> jax.Array:
-    """θ̂ = (XᵀWX + λI)⁻¹ XᵀWy (a linear solve, no inverse)."""
+    """θ̂ = (XᵀWX + λI)⁻¹ XᵀWy (a linear solve, no inverse).
+
+    Raises:
+      ValueError: ``x`` not ``[n, d]``, or ``y`` / ``weights`` not ``[n]``.
+    """
+    _check_system(x, y, weights)
     gram = x.T @ (weights[:, None] * x) + ridge * jnp.eye(x.shape[1], dtype=x.dtype)
     return jnp.linalg.solve(gram, x.T @ (weights * y))
 
@@ -96,7 +131,12 @@ def weighted_ridge(x: jax.Array, y: jax.Array, weights: jax.Array, ridge: float)
 def gradient_descent(
     x: jax.Array, y: jax.Array, weights: jax.Array, ridge: float, *, lr: float, steps: int
 ) -> jax.Array:
-    """θ after ``steps`` plain GD steps on J(θ) = (1/N)[Σ wᵢ(xᵢᵀθ − yᵢ)² + λ‖θ‖²] from 0, N = Σ wᵢ."""
+    """θ after ``steps`` plain GD steps on J(θ) = (1/N)[Σ wᵢ(xᵢᵀθ − yᵢ)² + λ‖θ‖²] from 0, N = Σ wᵢ.
+
+    Raises:
+      ValueError: ``x`` not ``[n, d]``, or ``y`` / ``weights`` not ``[n]``.
+    """
+    _check_system(x, y, weights)
     count = jnp.sum(weights)
 
     def step(_, theta):
@@ -112,7 +152,11 @@ def gd_trajectory(
     """θ_k of :func:`gradient_descent` at every k in ``steps`` in closed form (module docstring), ``[K, d]``.
 
     The default step is η = N / (2 s_max), i.e. c·s_max = 1.
+
+    Raises:
+      ValueError: ``x`` not ``[n, d]``, or ``y`` / ``weights`` not ``[n]``.
     """
+    _check_system(x, y, weights)
     gram = x.T @ (weights[:, None] * x) + ridge * jnp.eye(x.shape[1], dtype=x.dtype)
     spectrum, basis = jnp.linalg.eigh(gram)
     scale = 1.0 / spectrum[-1] if lr is None else 2.0 * lr / jnp.sum(weights)
@@ -161,6 +205,17 @@ def sweep(config: LinearConfig, seed: int = 0) -> dict[str, np.ndarray]:
     Returns:
         ``{"epochs": [nE], "test_mse": [nE, seeds], "repeated_rows": [nE], "curve_steps": [K],
         "curve_epochs": [nC], "curves": [nC, seeds, K]}``; the f = 0 reference is ``epochs`` = 1.
+
+    Raises:
+        ValueError: a repeated subset that rounds to zero rows (:func:`unlearnx.data.repeated.repeat_count`).
+
+    Example:
+        >>> from unlearnx import repeated_linear
+        >>> config = repeated_linear.LinearConfig(dim=4, hidden=8, budget=40, seeds=3, epochs=(1, 4),
+        ...                                       curve_epochs=(1, 4), curve_points=5)
+        >>> result = repeated_linear.sweep(config)
+        >>> result["test_mse"].shape, result["repeated_rows"].tolist()
+        ((2, 3), [8, 2])
     """
     keys = jax.random.split(jax.random.key(seed), config.seeds)
     weights = jnp.asarray(np.stack([row_weights(config, e) for e in config.epochs]))
