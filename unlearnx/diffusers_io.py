@@ -339,12 +339,7 @@ def rece_checkpoint(
     *,
     epochs: int = 3,
     reg: float = 0.1,
-    erase_scale: float = 1.0,
-    preserve_scale: float = 1.0,
-    lamb: float = 0.5,
-    round_erase_scale: float = 1.0,
-    round_preserve_scale: float = 0.1,
-    round_lamb: float = 0.1,
+    **scales: float,
 ) -> dict[str, Any]:
     r"""Erases a concept from a Stable Diffusion v1.x UNet file by the official RECE pipeline, file to file.
 
@@ -373,8 +368,9 @@ def rece_checkpoint(
       out_path: the edited file; must not be ``unet_path``.
       epochs: RECE rounds after the initial edit (≥ 0; the paper: 3).
       reg: λ_reg > 0 of the embedding derivation.
-      erase_scale, preserve_scale, lamb: α, β, λ of the initial UCE edit.
-      round_erase_scale, round_preserve_scale, round_lamb: α, β, λ of each round's erase.
+      **scales: α, β, λ of the initial UCE edit (``erase_scale``, ``preserve_scale``, ``lamb``) and of each
+        round's erase (``round_erase_scale``, ``round_preserve_scale``, ``round_lamb``), passed to
+        :func:`unlearnx.erase.rece` (its defaults where not given).
 
     Returns:
       The edit's record: ``edited_keys`` (the replaced safetensors keys, sorted), ``rece_rounds``,
@@ -387,6 +383,7 @@ def rece_checkpoint(
       ValueError: a UNet file without cross-attention kernels or a states file without one of the arrays
         above (the messages name the file); bad hyper-parameters (see :func:`unlearnx.erase.rece`); an
         ``out_path`` that is ``unet_path``.
+      TypeError: a keyword in ``scales`` that :func:`unlearnx.erase.rece` does not take.
 
     Example:
       >>> import numpy as np, safetensors.numpy, tempfile, os
@@ -429,12 +426,7 @@ def rece_checkpoint(
         initial_preserve_keys=states["initial_preserve"].reshape(-1, concept.shape[-1]),
         epochs=epochs,
         reg=reg,
-        erase_scale=erase_scale,
-        preserve_scale=preserve_scale,
-        lamb=lamb,
-        round_erase_scale=round_erase_scale,
-        round_preserve_scale=round_preserve_scale,
-        round_lamb=round_lamb,
+        **scales,
     )
     keys = write_cross_attention(unet_path, edited, out_path)
     c_prime = erase.derive_embedding(edited, original, concept, reg=reg)  # only the K/V kernels are read
