@@ -332,6 +332,23 @@ def _patched_copy(source: str, target: str, blobs: dict[str, bytes]) -> None:
 _STATES = ("concept", "guide", "preserve", "initial_preserve")
 
 
+def _official_keys(states_path: str | os.PathLike) -> tuple[tuple[Any, Any, Any], dict[str, Any]]:
+    """``((concept, guide, preserve), initial)``: the rows :func:`unlearnx.erase.rece` takes in the official
+    pipeline, from the states file; ``initial`` holds its ``initial_*_keys`` (the concept's and the guide's
+    rows from the last word token on, :func:`unlearnx.erase.last_word_rows`, and ``initial_preserve``)."""
+    states = load_text_states(states_path, _STATES, flatten=False)
+    with np.load(check_file("states_path", states_path)) as archive:
+        missing = [name for name in ("concept_tokens", "guide_tokens") if name not in archive]
+        if missing:
+            raise ValueError(f"rece_checkpoint: {os.fspath(states_path)!r} lacks the token counts {missing}")
+        tokens = {f"{name}_tokens": int(archive[f"{name}_tokens"][0]) for name in ("concept", "guide")}
+    concept, guide = states["concept"][0], states["guide"][0]
+    preserve, initial_preserve = (states[name].reshape(-1, concept.shape[-1]) for name in _STATES[2:])
+    rows, targets = erase.last_word_rows(concept, guide, **tokens)
+    initial = {"initial_concept_keys": rows, "initial_guide_keys": targets}
+    return (concept, guide, preserve), {**initial, "initial_preserve_keys": initial_preserve}
+
+
 def rece_checkpoint(
     unet_path: str | os.PathLike,
     states_path: str | os.PathLike,
@@ -343,10 +360,10 @@ def rece_checkpoint(
 ) -> dict[str, Any]:
     r"""Erases a concept from a Stable Diffusion v1.x UNet file by the official RECE pipeline, file to file.
 
-    With K the cross-attention key/value kernels of ``unet_path`` (:func:`read_cross_attention`, as float32,
-    Flax layout ``[in, out]``) and the prompts' states of ``states_path``, the initial UCE edit erases the
-    concept's rows from its last word token on, C₀, towards the guide's rows C_G₀ aligned with them
-    (:func:`unlearnx.erase.last_word_rows`), preserving the rows C_P₀ of ``initial_preserve``:
+    The cross-attention key/value kernels K of ``unet_path`` (:func:`read_cross_attention`, float32, Flax
+    layout ``[in, out]``) first take the UCE edit of the concept's rows from its last word token on, C₀,
+    towards the guide's aligned rows C_G₀ (:func:`unlearnx.erase.last_word_rows`), preserving the rows C_P₀
+    of ``initial_preserve``:
 
     .. math::
 
@@ -354,23 +371,19 @@ def rece_checkpoint(
       G_0 = λ I + α C_0^⊤ C_0 + β C_{P,0}^⊤ C_{P,0};
 
     then each of ``epochs`` rounds derives c′ = (λ_reg I + Σ K′K′ᵀ)⁻¹ (Σ K′Kᵀ) c from every row c of the
-    whole concept prompt and erases it the same way towards the guide's rows, preserving ``preserve``'s
-    rows, with the round's (α, β, λ) (:func:`unlearnx.erase.rece`). The edited kernels are written to
-    ``out_path`` by :func:`write_cross_attention`: a copy of the source with only those weights replaced,
-    loadable by diffusers as it is.
+    concept prompt and erases it the same way towards the guide's rows, preserving ``preserve``'s
+    (:func:`unlearnx.erase.rece`). :func:`write_cross_attention` writes the result to ``out_path``.
 
     Args:
-      unet_path: a diffusers ``UNet2DConditionModel`` ``.safetensors`` file (e.g.
-        ``CompVis/stable-diffusion-v1-4/unet/diffusion_pytorch_model.safetensors``).
-      states_path: an ``.npz`` of CLIP states ``concept``, ``guide``, ``preserve`` and ``initial_preserve``
-        (each ``[N, L, d]``; ``concept`` and ``guide`` one prompt each) and the unpadded token counts
-        ``concept_tokens`` / ``guide_tokens`` (how to make it: the module docstring).
+      unet_path: a diffusers ``UNet2DConditionModel`` ``.safetensors`` file, e.g. SD v1.4's UNet.
+      states_path: an ``.npz`` of CLIP states ``concept``, ``guide`` (one prompt each), ``preserve`` and
+        ``initial_preserve``, each ``[N, L, d]``, and the token counts ``concept_tokens`` / ``guide_tokens``
+        (how to make it: the module docstring).
       out_path: the edited file; must not be ``unet_path``.
       epochs: RECE rounds after the initial edit (≥ 0; the paper: 3).
       reg: λ_reg > 0 of the embedding derivation.
-      **scales: α, β, λ of the initial UCE edit (``erase_scale``, ``preserve_scale``, ``lamb``) and of each
-        round's erase (``round_erase_scale``, ``round_preserve_scale``, ``round_lamb``), passed to
-        :func:`unlearnx.erase.rece` (its defaults where not given).
+      **scales: α, β, λ of the initial edit (``erase_scale``, ``preserve_scale``, ``lamb``) and of each
+        round (``round_erase_scale``, …), passed to :func:`unlearnx.erase.rece` (its defaults otherwise).
 
     Returns:
       The edit's record: ``edited_keys`` (the replaced safetensors keys, sorted), ``rece_rounds``,
@@ -380,9 +393,9 @@ def rece_checkpoint(
 
     Raises:
       FileNotFoundError: ``unet_path`` or ``states_path`` is not a file, or ``out_path``'s folder is missing.
-      ValueError: a UNet file without cross-attention kernels or a states file without one of the arrays
-        above (the messages name the file); bad hyper-parameters (see :func:`unlearnx.erase.rece`); an
-        ``out_path`` that is ``unet_path``.
+      ValueError: a UNet file without cross-attention kernels, a states file without one of the arrays above
+        (the messages name the file), bad hyper-parameters (:func:`unlearnx.erase.rece`), or ``out_path``
+        naming ``unet_path``.
       TypeError: a keyword in ``scales`` that :func:`unlearnx.erase.rece` does not take.
 
     Example:
@@ -394,46 +407,24 @@ def rece_checkpoint(
       >>> safetensors.numpy.save_file({f"{block}.to_{kv}.weight": rng.normal(size=(6, 8)).astype(np.float16)
       ...                              for kv in "kv"}, unet)
       >>> prompts = {name: rng.normal(size=(1, 5, 8)) for name in ("concept", "guide", "initial_preserve")}
-      >>> prompts["preserve"] = rng.normal(size=(2, 5, 8))
-      >>> np.savez(states, **prompts, concept_tokens=[3], guide_tokens=[2])
+      >>> np.savez(states, **prompts, preserve=prompts["guide"], concept_tokens=[3], guide_tokens=[2])
       >>> record = diffusers_io.rece_checkpoint(unet, states, os.path.join(folder, "edited.safetensors"))
       >>> record["rece_rounds"], record["initial_rows"], len(record["edited_keys"])
       (3, 4, 2)
 
     References:
-      Gong et al., "Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models", ECCV 2024
-      (arXiv 2407.12383); Gandikota et al., "Unified Concept Editing in Diffusion Models", WACV 2024.
+      Gong et al., "Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models", ECCV 2024.
     """
     original = read_cross_attention(unet_path, dtype=jnp.float32)
-    states = load_text_states(states_path, _STATES, flatten=False)
-    with np.load(check_file("states_path", states_path)) as archive:
-        missing = [name for name in ("concept_tokens", "guide_tokens") if name not in archive]
-        if missing:
-            raise ValueError(f"rece_checkpoint: {os.fspath(states_path)!r} lacks the token counts {missing}")
-        tokens = {name: int(archive[f"{name}_tokens"][0]) for name in ("concept", "guide")}
-    concept, guide = states["concept"][0], states["guide"][0]
-    preserve = states["preserve"].reshape(-1, concept.shape[-1])
-    rows, targets = erase.last_word_rows(
-        concept, guide, concept_tokens=tokens["concept"], guide_tokens=tokens["guide"]
-    )
-    edited, history = erase.rece(
-        original,
-        concept,
-        guide,
-        preserve,
-        initial_concept_keys=rows,
-        initial_guide_keys=targets,
-        initial_preserve_keys=states["initial_preserve"].reshape(-1, concept.shape[-1]),
-        epochs=epochs,
-        reg=reg,
-        **scales,
-    )
+    rows, initial = _official_keys(states_path)
+    edited, history = erase.rece(original, *rows, epochs=epochs, reg=reg, **initial, **scales)
+    concept, _, preserve = rows
     keys = write_cross_attention(unet_path, edited, out_path)
     c_prime = erase.derive_embedding(edited, original, concept, reg=reg)  # only the K/V kernels are read
     return {
         "edited_keys": keys,
         "rece_rounds": epochs,
-        "initial_rows": int(rows.shape[0]),
+        "initial_rows": int(initial["initial_concept_keys"].shape[0]),
         "kernel_relative_change": float(history["distance"][-1]),
         "kv_change_preserve": kv_output_change(original, edited, preserve),
         "c_prime_distance": float(np.linalg.norm(np.asarray(c_prime) - concept) / np.linalg.norm(concept)),
