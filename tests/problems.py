@@ -53,18 +53,19 @@ def tree_flavours(w, b):
     }
 
 
-# XLA:CPU aborts a collective whose 8 device threads arrive more than its terminate timeout apart (40 s by
-# default), which a loaded 2-core machine running 8 simulated devices can exceed: a SIGABRT mid-run, not an
-# error. The simulated devices get 30 minutes instead.
+# XLA:CPU runs the 8 simulated devices on a pool of max(cores, 8) threads and deadlocks when a loop queues
+# more than 32 programs per device (see parallel.throttle, which the library's loops call). The subprocesses
+# get a pool of 16 threads as well, so a loop of an experiment's own cannot hang CI, and a collective that is
+# stuck for 10 minutes aborts (with a stack) instead of waiting for the test's timeout.
 EIGHT_DEVICE_FLAGS = (
-    "--xla_force_host_platform_device_count=8 --xla_cpu_collective_call_terminate_timeout_seconds=1800 "
-    "--xla_cpu_collective_call_warn_stuck_timeout_seconds=300"
+    "--xla_force_host_platform_device_count=8 --xla_cpu_collective_call_terminate_timeout_seconds=600 "
+    "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120"
 )
 
 
 def eight_device_env() -> dict:
     """This environment with 8 simulated CPU devices, for a subprocess (XLA reads its flags once)."""
-    return dict(os.environ, XLA_FLAGS=EIGHT_DEVICE_FLAGS, JAX_PLATFORMS="cpu")
+    return dict(os.environ, XLA_FLAGS=EIGHT_DEVICE_FLAGS, JAX_PLATFORMS="cpu", PJRT_NPROC="16")
 
 
 def run_on_eight_devices(script, *args, timeout=300):

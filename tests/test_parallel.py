@@ -1,5 +1,9 @@
 """unlearnx.parallel on the default single device (the 8-device case is in test_sharding.py)."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -36,3 +40,55 @@ def test_shard_batch_along_another_axis_and_param_shardings():
     assert shardings["s"].spec == PartitionSpec()  # a scalar has no dimension to split
     if jax.device_count() == 1:
         assert shardings["w"].spec == PartitionSpec()
+
+
+PACED_LOOPS = """
+import jax, jax.numpy as jnp, numpy as np
+from unlearnx import fisher, parallel, train
+
+x = np.ones((128, 256), np.float32)
+loss = lambda w, batch: jnp.mean(jnp.tanh(batch["x"] @ w) ** 2, axis=1)
+
+
+@jax.jit
+def step(w, batch):
+    return w - 0.01 * jax.grad(lambda w: jnp.mean(loss(w, batch)))(w), {}
+
+
+w, _ = train.loop(step, jnp.full((256, 256), 1e-3), lambda i: {"x": x}, 300, interval=300, progress=False)
+mesh = parallel.data_mesh()
+importance = fisher.diagonal(loss, w, ({"x": x} for _ in range(300)), estimator="batch_sq", mesh=mesh)
+assert jax.device_count() == 8 and np.isfinite(np.asarray(importance)).all()
+"""
+
+
+def test_long_loops_on_eight_cpu_devices_do_not_deadlock():
+    # 300 sharded steps (and 300 importance batches) dispatched with no host read in between: XLA:CPU's
+    # 8-thread device pool deadlocks once 32 such programs are queued per device (within ~50 steps here,
+    # see parallel.throttle); the loops wait every 8. Short collective timeouts turn a deadlock into an
+    # abort within a minute instead of a hang.
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=8 "
+        "--xla_cpu_collective_call_warn_stuck_timeout_seconds=20 "
+        "--xla_cpu_collective_call_terminate_timeout_seconds=60",
+    )
+    env.pop("PJRT_NPROC", None)
+    done = subprocess.run([sys.executable, "-c", PACED_LOOPS], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_throttle_waits_every_nth_call_only():
+    class Probe:
+        waited = 0
+
+        def block_until_ready(self):
+            Probe.waited += 1
+            return self
+
+    probe = Probe()
+    for count in range(1, 20):
+        assert parallel.throttle(probe, count, every=8) is probe
+    assert Probe.waited == 2  # counts 8 and 16

@@ -109,7 +109,7 @@ def diagonal(
         padded_size = -(-padded_size // devices) * devices
         batch, weights = _padded(batch, size, padded_size, mesh)
         _check_loss_shape(loss_fn, params, batch, index)
-        total, n, bad = contribution(total, params, batch, weights)
+        total, n, bad = parallel.throttle(contribution(total, params, batch, weights), index + 1)
         count = count + n
         bad_losses.append(bad)
     if padded_size is None:

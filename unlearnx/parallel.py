@@ -28,7 +28,12 @@ __all__ = [
     "process_share",
     "replicate",
     "shard_batch",
+    "throttle",
 ]
+
+#: How many programs a loop of ours dispatches before it waits for the devices to catch up (see
+#: :func:`throttle`).
+MAX_IN_FLIGHT = 8
 
 
 def initialize_distributed() -> bool:
@@ -119,3 +124,36 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis: int = 0) -> PyTree:
     if jax.process_count() == 1:  # one process holds the global batch: a plain (much cheaper) device_put
         return jax.device_put(batch, sharding)
     return jax.tree.map(lambda leaf: jax.make_array_from_process_local_data(sharding, leaf), batch)
+
+
+def throttle(tree: PyTree, count: int, every: int = MAX_IN_FLIGHT) -> PyTree:
+    """Waits for ``tree`` on every ``every``-th call of a dispatch loop, so that at most ``every`` programs
+    are ever queued ahead of the host; returns ``tree``.
+
+    JAX dispatches asynchronously, so a Python loop of jitted steps can run far ahead of the devices. On
+    XLA:CPU with several devices in one process (``--xla_force_host_platform_device_count=8``) that
+    deadlocks: the client runs every device's share of a program on one pool of ``max(cores, devices)``
+    threads and admits at most 32 programs in flight per device. Once a slow (loaded) machine falls 32
+    programs behind, the launches of new programs block pool threads waiting for a slot, while the oldest
+    program's all-reduce needs all ``devices`` threads at once to finish: it never does (seen here within
+    50 steps of a sharded training loop on 2 cores, as "Expected 8 threads to join the rendezvous").
+    Waiting every 8 programs keeps far below that limit and costs accelerators one host dispatch latency
+    per 8 steps. ``PJRT_NPROC=16`` in the environment (a pool of 16 threads) avoids it too, for loops
+    written without this call.
+
+    Args:
+      tree: outputs of the program just dispatched (arrays; other leaves are ignored).
+      count: how many programs the loop has dispatched so far (1 after the first).
+      every: the most programs to leave in flight.
+
+    Returns:
+      ``tree``, unchanged (ready when ``count`` is a multiple of ``every``).
+
+    Example::
+
+      for i, batch in enumerate(batches, 1):
+          state, metrics = parallel.throttle(step(state, batch), i)
+    """
+    if count % every == 0:
+        jax.block_until_ready(tree)
+    return tree

@@ -1,7 +1,6 @@
 """EWC, online EWC and SI: gradients by finite differences, SI against its closed form on a quadratic,
 composition in optax chains, tree flavours and 8 simulated devices."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from problems import eight_device_env
 
 from unlearnx import continual
 
@@ -291,7 +291,7 @@ SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_eight_devices_match_one(tmp_path):
     output = tmp_path / "w.npy"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = eight_device_env()
     subprocess.run([sys.executable, "-c", SCRIPT, str(output)], env=env, check=True, timeout=300)
     rng = np.random.default_rng(0)
     params = {"w": jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)}

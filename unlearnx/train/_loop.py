@@ -258,7 +258,7 @@ class _Run:
         )
         started, warned, checkpointer = time.perf_counter(), [], self.checkpointer
         for index in bar:
-            state, metrics = self.step_fn(state, self.batch(index, warned))
+            state, metrics = parallel.throttle(self.step_fn(state, self.batch(index, warned)), index + 1)
             for key, value in metrics.items():
                 pending.setdefault(key, []).append(value)
             ran = index + 1
