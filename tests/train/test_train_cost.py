@@ -112,3 +112,25 @@ def test_plan_counts_every_microbatch_of_a_scanned_step():
     flops = [phase["flops_per_step"] for phase in record["phases"]]
     assert flops[1] < 0.35 * flops[0]
     assert flops[2] == pytest.approx(flops[0], rel=0.1)
+
+
+def test_the_costing_compile_skips_llvm_work_but_not_the_numbers():
+    """step_cost compiles with LLVM's optimisation off: the FLOPs and buffer sizes must be those of the
+    default (optimised) compile of the same lowered step, here a small CNN's."""
+    from unlearnx.train import _cost
+
+    model = models.cnn((8, 8, 1), 10, channels=(4, 8), hidden=16)
+    optimizer = optax.sgd(0.1)
+    step = jax.jit(train.make_train_step(model, optimizer))
+    state = jax.eval_shape(
+        lambda: train.TrainState.create(model.init(jax.random.key(0)), optimizer, jax.random.key(1))
+    )
+    batch = {
+        "x": jax.ShapeDtypeStruct((32, 8, 8, 1), jnp.float32),
+        "y": jax.ShapeDtypeStruct((32,), jnp.int32),
+    }
+    lowered = step.lower(state, batch)
+    fast, default = lowered.compile(compiler_options=_cost.COSTING_OPTIONS), lowered.compile()
+    assert fast.cost_analysis()["flops"] == default.cost_analysis()["flops"] > 0
+    for field in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes"):
+        assert getattr(fast.memory_analysis(), field) == getattr(default.memory_analysis(), field)
