@@ -248,15 +248,30 @@ def _rece_settings(config: Config, preserve_scale: float) -> dict[str, float]:
 
 @functools.cache
 def _edit_fn(epochs: int, settings: tuple[tuple[str, float], ...]):
-    """The jitted UCE (``epochs == 0``) or RECE edit ``(params, concept, guide, preserve) -> params``, one per
-    setting, so concepts with equally many preserve prompts (and reruns) reuse one compilation."""
+    """The jitted UCE (``epochs == 0``) or RECE edit ``(params, concept, guide, preserve, initial) -> params``
+    (``initial``: the initial edit's concept and guide rows), one per setting, so concepts with equally many
+    preserve prompts (and reruns) reuse one compilation."""
     edit = functools.partial(erase.rece, epochs=epochs, **dict(settings))
-    return jax.jit(lambda params, concept, guide, preserve: edit(params, concept, guide, preserve)[0])
+
+    def edited(params, concept, guide, preserve, initial):
+        rows, targets = initial
+        initial = {"initial_concept_keys": rows, "initial_guide_keys": targets}
+        return edit(params, concept, guide, preserve, **initial)[0]
+
+    return jax.jit(edited)
 
 
 def _edits(study: _Study, concept: testbeds.Concept, keys: tuple, beta: float) -> dict[str, tuple]:
-    """Every method's edited UNet parameters and edit seconds (``keys``: concept, guide, preserve rows)."""
+    """Every method's edited UNet parameters and edit seconds (``keys``: concept, guide, preserve rows).
+
+    As in the official pipeline, the initial UCE edit erases the concept prompt's rows from its last word
+    token on, paired with the guide's (:func:`unlearnx.erase.last_word_rows`, with the prompts' token counts:
+    BOS, words, EOS), preserving every row of the preserve prompts; RECE's rounds derive c′ and erase on all
+    rows."""
     config = study.config
+    counts = (np.count_nonzero(study.testbed.tokens(prompt)) for prompt in (concept.name, ""))  # <pad> is 0
+    tokens = dict(zip(("concept_tokens", "guide_tokens"), map(int, counts), strict=True))
+    keys = (*keys, erase.last_word_rows(keys[0], keys[1], **tokens))
     settings = tuple(sorted(_rece_settings(config, beta).items()))
     edits: dict[str, tuple[Any, float]] = {"original": (study.original, 0.0)}
     for epochs in (0, *config.rece_epochs):
