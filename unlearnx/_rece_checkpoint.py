@@ -80,8 +80,7 @@ def rece_checkpoint(
     Raises:
       FileNotFoundError: ``unet_path`` or ``states_path`` is not a file, or ``out_path``'s folder is missing.
       ValueError: a UNet file without cross-attention kernels, a states file without one of the arrays above
-        (the messages name the file), bad hyper-parameters (:func:`unlearnx.erase.rece`), or ``out_path``
-        naming ``unet_path``.
+        (named), bad hyper-parameters (:func:`unlearnx.erase.rece`), or ``out_path`` naming ``unet_path``.
       TypeError: a keyword in ``scales`` that :func:`unlearnx.erase.rece` does not take.
 
     Example:
@@ -106,8 +105,7 @@ def rece_checkpoint(
     original = read_cross_attention(unet_path, dtype=jnp.float32)
     rows, initial = _official_keys(states_path)
     edited, history = erase.rece(original, *rows, epochs=epochs, reg=reg, **initial, **scales)
-    concept, _, preserve = rows
-    keys = write_cross_attention(unet_path, edited, out_path)
+    (concept, _, preserve), keys = rows, write_cross_attention(unet_path, edited, out_path)
     c_prime = erase.derive_embedding(edited, original, concept, reg=reg)  # only the K/V kernels are read
     return {
         "edited_keys": keys,
