@@ -1,9 +1,10 @@
-"""Same seed ⇒ the same ``metrics.json``, byte for byte: the smoke presets run twice from scratch in separate
-output folders. The two slowest experiments check it in their own files, on runs those tests make anyway:
-``rece_erase`` reruns its smoke preset (``test_rece_experiment.py``: byte-identical, the second run reading
-the cached testbed; a fresh testbed against an interrupted-and-resumed one in the resume test) and
-``restor_recovery`` compares a fresh run interrupted twice and resumed with an uninterrupted one
-(``test_restor_experiment.py``)."""
+"""Same seed ⇒ the same ``metrics.json``, byte for byte. ``repeated_data`` runs its smoke preset twice from
+scratch here. The others check it on runs their tests make anyway: ``ssd_forget``, ``granet_sparse`` and
+``powerlaw_rehearsal`` in ``test_kill_resume.py`` (a run SIGKILLed and resumed from the same seed must give
+the uninterrupted run's bytes, which no run with an unseeded source of randomness could), ``rece_erase`` in
+``test_rece_experiment.py`` (a byte-identical rerun reading the cached testbed, and an interrupted-and-resumed
+run against a fresh one) and ``restor_recovery`` in ``test_restor_experiment.py`` (an interrupted-and-resumed
+run against an uninterrupted one)."""
 
 import os
 
@@ -12,9 +13,6 @@ import pytest
 from experiments import __main__ as cli
 
 CASES = {
-    "ssd_forget": ["--alpha_sweep", "10", "--class_sweep", "false"],
-    "granet_sparse": ["--methods", "dense,granet_d2s", "--sparsities", "0.9"],
-    "powerlaw_rehearsal": ["--methods", "naive,ewc", "--sweeps", "false"],
     "repeated_data": ["--steps", "8", "--eval_points", "3", "--repeat_epochs", "2", "--sweep_fractions", ""],
 }
 
