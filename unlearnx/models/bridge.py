@@ -203,10 +203,4 @@ def from_module(
         new_stats = _to_plain(nnx.state(module, nnx.BatchStat))
         return outputs, {**variables, BATCH_STATS: new_stats}
 
-    return Model(
-        init=init,
-        apply=apply,
-        name=name,
-        has_batch_stats=has_batch_stats,
-        stochastic=stochastic,
-    )
+    return Model(init=init, apply=apply, name=name, has_batch_stats=has_batch_stats, stochastic=stochastic)
