@@ -75,8 +75,8 @@ def test_long_loops_on_eight_cpu_devices_do_not_deadlock():
         "--xla_cpu_collective_call_terminate_timeout_seconds=60",
     )
     env.pop("PJRT_NPROC", None)
-    done = subprocess.run([sys.executable, "-c", PACED_LOOPS], env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    command = [sys.executable, "-c", PACED_LOOPS]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -92,3 +92,5 @@ def test_throttle_waits_every_nth_call_only():
     for count in range(1, 20):
         assert parallel.throttle(probe, count, every=8) is probe
     assert Probe.waited == 2  # counts 8 and 16
+    with pytest.raises(ValueError, match="every must be a positive int, got 0"):
+        parallel.throttle(probe, 1, every=0)

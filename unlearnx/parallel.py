@@ -149,11 +149,16 @@ def throttle(tree: PyTree, count: int, every: int = MAX_IN_FLIGHT) -> PyTree:
     Returns:
       ``tree``, unchanged (ready when ``count`` is a multiple of ``every``).
 
+    Raises:
+      ValueError: ``every`` is not a positive int.
+
     Example::
 
       for i, batch in enumerate(batches, 1):
           state, metrics = parallel.throttle(step(state, batch), i)
     """
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"throttle: every must be a positive int, got {every!r}")
     if count % every == 0:
         jax.block_until_ready(tree)
     return tree
