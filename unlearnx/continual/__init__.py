@@ -1,6 +1,7 @@
-"""Continual learning: rehearsal schedules, replay buffers, EWC / online EWC / SI as optax transforms, and
-the accuracy-matrix metrics."""
+"""Continual learning: rehearsal schedules, count-matrix environments, replay buffers, EWC / online EWC /
+SI as optax transforms, and the accuracy-matrix metrics."""
 
+from unlearnx.continual._environment import ENVIRONMENTS, count_matrix
 from unlearnx.continual.buffer import ReplayBuffer, buffer_add, buffer_init, buffer_sample
 from unlearnx.continual.metrics import cl_metrics
 from unlearnx.continual.penalties import (
@@ -16,6 +17,7 @@ from unlearnx.continual.penalties import (
 from unlearnx.continual.rehearsal import KINDS, rehearsal_counts
 
 __all__ = [
+    "ENVIRONMENTS",
     "KINDS",
     "EwcState",
     "OnlineEwcState",
@@ -27,6 +29,7 @@ __all__ = [
     "cl_metrics",
     "consolidate_online_ewc",
     "consolidate_si",
+    "count_matrix",
     "ewc",
     "online_ewc",
     "rehearsal_counts",
