@@ -18,7 +18,8 @@ rounding, :func:`unlearnx.continual.rehearsal_counts`), so they compare at equal
 uniform splits B evenly, exponential with weights exp(−λa) (the public code's exp(−a/β)/β with β = 1/λ; the
 1/β cancels in the normalisation), power_law with weights (a + 1)^(−d) (the clock "time since first learned").
 
-Defaults n₀ = 57,927, c = 10, p = 5.6 are the public permuted-MNIST environment (``archana53/power-law-for-CI``,
+Defaults n₀ = 57,927, c = 10, p = 5.6 are the public permuted-MNIST environment
+(``archana53/power-law-for-CI``,
 ``shared/papers/powerlaw_rehearsal.md`` §3b): its unrestricted counts by age 0..9 are 57,927, 33,969, 20,867,
 13,329, 8,802, 5,981, 4,167, 2,968, 2,155, 1,592, which this formula gives to within 0.04% (exactly except
 age 7: 2,967 here). Two deliberate differences from that code: the budgeted splits sum to B exactly (it floors
