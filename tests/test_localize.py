@@ -146,3 +146,68 @@ def test_eight_devices_match_one(tmp_path):
     updates, _ = optimizer.update({"w": jnp.asarray(data["g"])}, optimizer.init(params), params)
     np.testing.assert_array_equal(eight["chosen"], chosen["w"])
     np.testing.assert_allclose(eight["updates"], updates["w"], rtol=1e-6)
+
+
+def _shapes():
+    return {"w": np.zeros((6, 5), np.float32), "b": np.zeros(4, np.float32), "s": np.zeros((), np.float32)}
+
+
+@pytest.mark.parametrize("count", [0, 1, 17, 35])
+def test_random_selection_keeps_exactly_count(count):
+    tree = _shapes()  # 30 + 4 + 1 = 35 scalars
+    for fn in (localize.random_selection, jax.jit(localize.random_selection)):
+        chosen = fn(jax.random.key(3), tree, count)
+        assert jax.tree.structure(chosen) == jax.tree.structure(tree)
+        for got, leaf in zip(jax.tree.leaves(chosen), jax.tree.leaves(tree), strict=True):
+            assert got.dtype == jnp.bool_ and got.shape == leaf.shape
+        assert sum(int(np.sum(leaf)) for leaf in jax.tree.leaves(chosen)) == count
+        assert localize.selected_count(chosen) == count
+
+
+def test_random_selection_is_determined_by_the_key():
+    tree = _shapes()
+    a = localize.random_selection(jax.random.key(5), tree, 12)
+    b = localize.random_selection(jax.random.key(5), tree, 12)
+    c = localize.random_selection(jax.random.key(6), tree, 12)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    flat = [np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]) for t in (a, c)]
+    assert not np.array_equal(*flat)
+    # A traced count under jit gives the same selection as the concrete one.
+    jitted = jax.jit(localize.random_selection)(jax.random.key(5), tree, jnp.int32(12))
+    jax.tree.map(np.testing.assert_array_equal, a, jitted)
+
+
+def test_random_selection_is_uniform():
+    """Over 2,000 keys each of the 35 scalars is kept with probability count/35 = 2/7: every frequency
+    within 5 binomial standard deviations, and the χ² of the per-position counts below the 99.9% point of
+    χ²(34) (65.2); a selection biased towards one leaf or the first positions fails both."""
+    tree, count, draws = _shapes(), 10, 2000
+    keys = jax.random.split(jax.random.key(0), draws)
+    chosen = jax.vmap(lambda k: localize.random_selection(k, tree, count))(keys)
+    hits = np.concatenate([np.asarray(x).reshape(draws, -1) for x in jax.tree.leaves(chosen)], axis=1)
+    assert (hits.sum(axis=1) == count).all()
+    p = count / hits.shape[1]
+    frequency = hits.mean(axis=0)
+    assert np.abs(frequency - p).max() < 5 * np.sqrt(p * (1 - p) / draws)
+    expected = draws * p
+    chi2 = float(np.sum((hits.sum(axis=0) - expected) ** 2 / expected))
+    assert chi2 < 65.2
+    # Pairs are not favoured either: the 45 chosen pairs per draw spread over all 595 pairs.
+    pairs = hits.T.astype(np.float64) @ hits.astype(np.float64) / draws
+    off = pairs[~np.eye(hits.shape[1], dtype=bool)]
+    q = count * (count - 1) / (35 * 34)
+    assert np.abs(off - q).max() < 5 * np.sqrt(q * (1 - q) / draws)
+
+
+def test_random_selection_respects_where_and_rejects_bad_counts():
+    tree = _shapes()
+    chosen = localize.random_selection(jax.random.key(1), tree, 30, where="w")
+    assert bool(np.all(chosen["w"])) and not np.any(chosen["b"]) and not np.any(chosen["s"])
+    batch_stats = {"params": {"w": np.zeros(3)}, "batch_stats": {"mean": np.zeros(3)}}
+    chosen = localize.random_selection(jax.random.key(1), batch_stats, 3)
+    assert np.all(chosen["params"]["w"]) and not np.any(chosen["batch_stats"]["mean"])
+    for bad in (-1, 36, 2.5, True):
+        with pytest.raises(ValueError, match="count"):
+            localize.random_selection(jax.random.key(1), tree, bad)
+    with pytest.raises(ValueError, match=r"\[0, 30\]"):
+        localize.random_selection(jax.random.key(1), tree, 31, where="w")

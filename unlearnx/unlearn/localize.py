@@ -14,6 +14,10 @@ factor 0 and any other 1), and :func:`masked_updates` zeroes the optimizer's upd
 so ``optax.chain(optimizer, masked_updates(selection))`` (or :func:`localized`) turns any unlearning
 objective into its localised version. The selection lives in the optimizer state, so it is checkpointed and
 sharded with it. α can come from :func:`unlearnx.unlearn.ssd.assd_alpha` (a percentile of the ratio).
+
+:func:`random_selection` is the control of that localisation: exactly as many parameters as a given
+selection keeps (``count``), drawn uniformly at random, so "localising to SSD's selection helps" can be told
+apart from "updating fewer parameters helps".
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from unlearnx import _validation as checks
@@ -37,7 +42,9 @@ __all__ = [
     "importances",
     "localized",
     "masked_updates",
+    "random_selection",
     "selection",
+    "selected_count",
     "selected_fraction",
 ]
 
@@ -65,6 +72,51 @@ def selection(
     # λ = 0 maps every selected parameter to β = 0 and every other one to β = 1.
     factors = dampening_factors(forget_importance, full_importance, alpha=alpha, lam=0.0, selected=allowed)
     return jax.tree.map(lambda beta: beta < 0.5, factors)
+
+
+def selected_count(mask_tree: PyTree) -> int:
+    """Number of scalars a bool selection tree keeps (concrete trees only)."""
+    return sum(int(jnp.sum(leaf)) for leaf in jax.tree.leaves(mask_tree))
+
+
+def random_selection(key: jax.Array, like: PyTree, count, *, where: tree_lib.Where = None) -> PyTree:
+    """Exactly ``count`` scalars of ``like``, drawn uniformly without replacement, as a bool tree.
+
+    The scalars of the leaves ``where`` allows are ordered by one uniform random permutation of their
+    flattened concatenation (:func:`jax.random.permutation`), and the first ``count`` positions are kept,
+    so every subset of that size is equally likely and the count is exact. Leaves outside ``where`` are all
+    ``False``.
+
+    Args:
+      key: a JAX PRNG key; the same key gives the same selection.
+      like: any pytree of arrays (parameters, importances, a selection); only shapes are read.
+      count: how many scalars to keep, 0 ≤ count ≤ the allowed scalars; may be traced under ``jit``.
+      where: selector of the leaves that may be selected (``unlearnx.tree`` syntax; default: all but batch
+        statistics).
+
+    Returns:
+      A tree of bool arrays with ``like``'s structure and shapes.
+
+    Raises:
+      ValueError: a concrete ``count`` that is negative, not an integer, or larger than the allowed scalars.
+    """
+    allowed = jax.tree.leaves(tree_lib.trainable(like, where))
+    leaves, treedef = jax.tree.flatten(like)
+    sizes = [int(np.prod(np.shape(leaf))) if keep else 0 for leaf, keep in zip(leaves, allowed, strict=True)]
+    total = sum(sizes)
+    if not isinstance(count, jax.core.Tracer):
+        if isinstance(count, bool) or not float(count).is_integer():
+            raise ValueError(f"count must be an integer, got {count!r}")
+        if not 0 <= int(count) <= total:
+            raise ValueError(f"count must be in [0, {total}] (the selectable scalars), got {count!r}")
+    order = jax.random.permutation(key, total)
+    flat = jnp.zeros(total, bool).at[order].set(jnp.arange(total) < count)
+    pieces, start = [], 0
+    for leaf, size in zip(leaves, sizes, strict=True):
+        shape = np.shape(leaf)
+        pieces.append(flat[start : start + size].reshape(shape) if size else jnp.zeros(shape, bool))
+        start += size
+    return jax.tree.unflatten(treedef, pieces)
 
 
 def selected_fraction(mask_tree: PyTree) -> float:
