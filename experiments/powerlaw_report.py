@@ -47,20 +47,47 @@ def summarise(config, runs: dict[str, dict[str, Any]], sweeps: dict[str, Any]) -
     return {"summary": summary, "runs": runs, "sweeps": sweep_summary, "diverged": diverged}
 
 
-def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
+def _setting(config) -> str:
+    """The report's first paragraph: data, model, training and the rehearsal setting."""
+    layers = getattr(config, "hidden_layers", 2)
+    dropout = getattr(config, "dropout", 0.0)
+    extras = ["BatchNorm"] if getattr(config, "batch_norm", False) else []
+    extras += [f"dropout {dropout:g}"] if dropout else []
+    model = f"{config.model} {layers} × {config.width}" + (f" ({', '.join(extras)})" if extras else "")
+    pad = getattr(config, "pad_to", None)
+    text = (
+        f"{config.num_tasks} tasks (task 0 unpermuted){f', images padded to {pad} × {pad}' if pad else ''}, "
+        f"{model}, Adam {config.lr:g}, {config.epochs} epochs of batch {config.batch_size} per task, "
+        f"seeds {list(config.seeds)}. "
+    )
+    if getattr(config, "new_count", None) is None:
+        text += (
+            f"Rehearsal budget B = {config.budget} examples per phase for every schedule (memories of "
+            f"{config.memory_size} per task; clock: time since first learned, last_seen[i] = i). "
+        )
+    else:
+        text += (
+            f"Count-matrix environments: n₀ = {config.new_count:,} examples of the new task per phase, "
+            f"replay drawn from each task's training split; budgeted schedules replay ⌊r·n₀⌋ per phase "
+            f"(exponential λ = {config.rate:g}; unrestricted power law n₀·((a + c)/c)^−p, "
+            f"c = {config.unrestricted_offset:g}, p = {config.unrestricted_decay:g}). "
+        )
+    return text + (
+        f"EWC λ = {config.ewc_strength:g} (empirical Fisher), online EWC γ = {config.online_decay:g}, "
+        f"SI c = {config.si_strength:g}, ξ = {config.si_damping:g}. Not tuned."
+    )
+
+
+def report(config, metrics: dict[str, Any], timing: dict[str, Any], environment: list[str] = ()) -> str:
+    """The Markdown report; ``environment`` holds the count-matrix mode's section (tables by budget)."""
     summary = metrics["summary"]
     lines = [
         f"# Power-law rehearsal on permuted {config.dataset}",
         "",
-        f"{config.num_tasks} tasks (task 0 unpermuted), {config.model} 2 × {config.width}, "
-        f"Adam {config.lr:g}, "
-        f"{config.epochs} epochs of batch {config.batch_size} per task, seeds {list(config.seeds)}. "
-        f"Rehearsal budget B = {config.budget} examples per phase for every schedule (memories of "
-        f"{config.memory_size} per task; clock: time since first learned, last_seen[i] = i). "
-        f"EWC λ = {config.ewc_strength:g} (empirical Fisher), online EWC γ = {config.online_decay:g}, "
-        f"SI c = {config.si_strength:g}, ξ = {config.si_damping:g}. Not tuned.",
+        _setting(config),
         *diverged_line(metrics["diverged"]),
         "",
+        *([*environment, ""] if environment else []),
         "## ACC / BWT / FWT / forgetting, % (mean ± std over seeds)",
         "",
         markdown_table(

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import report, runner
-from unlearnx import checkpoint, continual, data, eval, fisher, train
+from experiments import powerlaw_environment, report, runner
+from unlearnx import checkpoint, continual, data, eval, fisher, models, train
 
 if TYPE_CHECKING:
     from experiments.powerlaw_rehearsal import Config, Tasks
@@ -88,10 +88,36 @@ def _loss_fn(model):
     return loss_fn
 
 
-def _fisher(model, params, arrays: dict[str, np.ndarray], examples: int) -> Any:
-    """The empirical Fisher diagonal (labels from the data) on the task's first ``examples`` examples."""
+def _fisher(model, variables, arrays: dict[str, np.ndarray], examples: int) -> Any:
+    """The empirical Fisher diagonal (labels from the data) on the task's first ``examples`` examples, the
+    model in eval mode (BatchNorm with its running statistics, no dropout)."""
     subset = {k: v[:examples] for k, v in arrays.items()}
-    return fisher.diagonal(_loss_fn(model), params, data.batches(subset, 256), estimator="empirical")
+    params = variables["params"]
+    if model.has_batch_stats:
+        stats = variables["batch_stats"]
+
+        def loss_fn(params, batch):
+            logits = model.apply({"params": params, "batch_stats": stats}, batch["x"], train=False)
+            return train.example_losses(logits, batch)
+    else:
+        loss_fn = _loss_fn(model)
+    return fisher.diagonal(loss_fn, params, data.batches(subset, 256), estimator="empirical")
+
+
+@functools.cache
+def _mlp(input_shape, num_classes: int, hidden: tuple[int, ...], dropout: float, batch_norm: bool):
+    """One model object per MLP architecture, so compiled steps are reused across sequences."""
+    return models.mlp(input_shape, num_classes, hidden=hidden, dropout=dropout, batch_norm=batch_norm)
+
+
+def build_model(config: Config, input_shape, num_classes: int, width: int):
+    """``runner.build_model`` for the 2-layer plain MLP (and other models), else the configured MLP:
+    ``hidden_layers`` × ``width`` with BatchNorm / dropout."""
+    plain = config.hidden_layers == 2 and not config.batch_norm and not config.dropout
+    if config.model != "mlp" or plain:
+        return runner.build_model(config.model, input_shape, num_classes, width, ())
+    hidden = (width,) * config.hidden_layers
+    return _mlp(tuple(input_shape), num_classes, hidden, float(config.dropout), bool(config.batch_norm))
 
 
 def _rehearsal_set(buffer, counts: np.ndarray, seed: int, phase: int) -> dict[str, np.ndarray]:
@@ -110,8 +136,23 @@ def _rehearsal_set(buffer, counts: np.ndarray, seed: int, phase: int) -> dict[st
     return {"x": np.concatenate(xs), "y": np.concatenate(ys)}
 
 
-def phase_data(config: Config, spec: Spec, carry, tasks: Tasks, *, seed: int, phase: int, budget: int):
-    """Task ``phase``'s training set with the rehearsed examples appended, and the count per past task."""
+def phase_data(
+    config: Config,
+    spec: Spec,
+    carry,
+    tasks: Tasks,
+    *,
+    seed: int,
+    phase: int,
+    budget: int,
+    num_tasks: int,
+    ratio: float | None = None,
+):
+    """Task ``phase``'s training set with the rehearsed examples appended, and the count per past task
+    (count-matrix mode: N[j, phase] examples of every task j ≤ phase, :mod:`.powerlaw_environment`)."""
+    if config.new_count is not None:
+        where = {"seed": seed, "phase": phase, "num_tasks": num_tasks, "ratio": ratio}
+        return powerlaw_environment.phase_arrays(config, spec, tasks, **where)
     kind, exponent, _ = spec
     arrays = tasks.train(phase)
     if kind == "none" or phase == 0:
@@ -185,7 +226,7 @@ def consolidate(config: Config, model, spec: Spec, carry, state, tasks: Tasks, *
     params = state.variables["params"]
     carry = {**carry, "variables": state.variables, "step": state.step}
     if penalty in ("ewc", "online_ewc"):
-        task_fisher = _fisher(model, params, tasks.train(phase), config.fisher_examples)
+        task_fisher = _fisher(model, state.variables, tasks.train(phase), config.fisher_examples)
         if penalty == "ewc":  # one (F, θ*) slot per task, filled in order
             old = carry["penalty"]
             fishers = (*old.fishers[:phase], task_fisher, *old.fishers[phase + 1 :])
@@ -211,7 +252,7 @@ def initial_carry(config: Config, model, spec: Spec, tasks: Tasks, *, seed: int,
     kind, _, penalty = spec
     variables = model.init(jax.random.key(seed))
     carry = {"variables": variables, "step": jnp.asarray(0, jnp.int32)}
-    if kind != "none":
+    if kind != "none" and config.new_count is None:  # count-matrix mode replays from the training splits
         example = {"x": tasks.train(0)["x"][0], "y": tasks.train(0)["y"][0]}
         carry["buffer"] = continual.buffer_init(num_tasks, config.memory_size, example)
     if penalty == "ewc":
@@ -223,7 +264,17 @@ def initial_carry(config: Config, model, spec: Spec, tasks: Tasks, *, seed: int,
 
 
 def run_sequence(
-    config: Config, spec: Spec, seed: int, tasks: Tasks, *, num_tasks, width, budget, directory, name
+    config: Config,
+    spec: Spec,
+    seed: int,
+    tasks: Tasks,
+    *,
+    num_tasks,
+    width,
+    budget,
+    directory,
+    name,
+    ratio: float | None = None,
 ) -> dict[str, Any]:
     """Trains the method ``spec`` through ``num_tasks`` tasks; R, b̄, the per-phase rehearsal counts and the
     forward facilitation measurements.
@@ -233,7 +284,7 @@ def run_sequence(
     :data:`CARRY_SECONDS`, and the phases' own checkpoints up to there are deleted. A rerun with the same
     ``directory`` restores the carry and replays the phases after it from their final checkpoints (the same
     state, so the same consolidation and logs), then resumes the stopped phase where it stopped."""
-    model = runner.build_model(config.model, tasks.input_shape, tasks.num_classes, width, ())
+    model = build_model(config, tasks.input_shape, tasks.num_classes, width)
     carry = initial_carry(config, model, spec, tasks, seed=seed, num_tasks=num_tasks)
     random_acc = evaluate_all(model, carry["variables"], tasks, num_tasks)
     logs = {key: [] for key in LOGS}
@@ -242,7 +293,8 @@ def run_sequence(
         if between.latest_step() is not None:
             carry, logs = between.restore(carry)
         for phase in range(len(logs["R"]), num_tasks):
-            arrays, counts = phase_data(config, spec, carry, tasks, seed=seed, phase=phase, budget=budget)
+            where = {"seed": seed, "phase": phase, "budget": budget, "num_tasks": num_tasks, "ratio": ratio}
+            arrays, counts = phase_data(config, spec, carry, tasks, **where)
             where = {"seed": seed, "phase": phase, "name": f"{name}-task{phase}"}
             where["directory"] = os.path.join(directory, f"task{phase}")
             state, curve, first_epoch = train_phase(config, model, spec, carry, tasks, arrays, **where)
