@@ -6,6 +6,7 @@ from unlearnx.data.augment import crop_and_flip
 from unlearnx.data.batching import EpochBatches, batches, num_batches
 from unlearnx.data.dataset import Dataset
 from unlearnx.data.repeated import RepeatedMixture, repeated_mixture
+from unlearnx.data.repeated_spans import RepeatedSpans, repeated_spans
 from unlearnx.data.shapes import captioned_shapes
 from unlearnx.data.sources import DatasetInfo, describe, load
 from unlearnx.data.splits import forget_retain_split
@@ -15,6 +16,7 @@ __all__ = [
     "DatasetInfo",
     "EpochBatches",
     "RepeatedMixture",
+    "RepeatedSpans",
     "batches",
     "captioned_shapes",
     "crop_and_flip",
@@ -25,4 +27,5 @@ __all__ = [
     "load",
     "num_batches",
     "repeated_mixture",
+    "repeated_spans",
 ]
