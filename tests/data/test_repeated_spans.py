@@ -75,7 +75,8 @@ def test_copy_mask_targets_are_predictable_from_the_first_copy():
     assert mask.sum() == np.sum(rows.lengths - 1)
     for i, t in zip(*np.nonzero(mask), strict=True):
         n = rows.lengths[i]
-        assert rows.tokens[i, t] == rows.tokens[i, t - n] and rows.tokens[i, t - 1] == rows.tokens[i, t - 1 - n]
+        assert rows.tokens[i, t] == rows.tokens[i, t - n]
+        assert rows.tokens[i, t - 1] == rows.tokens[i, t - 1 - n]
 
 
 @pytest.mark.parametrize(
