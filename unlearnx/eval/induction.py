@@ -4,7 +4,8 @@
   position s < t, scores the attention weight A[t, s + 1] on the token that *followed* that earlier
   occurrence. Averaged over all such (sequence, t); an induction head scores ≈ 1. Measured on uniformly
   random tokens repeated twice (:func:`repeated_random_tokens`).
-* **Copying loss**: next-token loss on the second copy of a held-out segment repeated twice in context.
+* **Copying loss**: next-token loss on the second copy of a held-out segment repeated twice in context;
+  :func:`masked_copying_loss` for copies anywhere in a row (e.g. :func:`unlearnx.data.repeated_spans`).
 * **ICL score**: loss at a late position minus loss at an early one (negative when context helps).
 * **OV copying score**: Σλ / Σ|λ| over the eigenvalues λ of a head's OV circuit W_U W_O W_V W_E (token →
   logits through the head's values and output); +1 for a pure copying circuit, −1 for anti-copying.
@@ -27,9 +28,11 @@ from unlearnx import _validation as checks
 from unlearnx.train import next_token_losses
 
 __all__ = [
+    "chance_prefix_matching",
     "copying_loss",
     "decoder_ov_scores",
     "icl_score",
+    "masked_copying_loss",
     "ov_copying_score",
     "prefix_matching_score",
     "previous_occurrence",
@@ -95,6 +98,18 @@ def prefix_matching_score(attention: jax.Array, tokens: jax.Array, *, period: in
     return total / jnp.maximum(jnp.sum(valid), 1)
 
 
+def chance_prefix_matching(length: int, period: int) -> float:
+    """The prefix-matching score of uniform causal attention (A[t, ·] = 1/(t + 1)) on rows of a segment of
+    ``period`` tokens repeated to ``length``: the chance level, mean of 1/(t + 1) over t ∈ [period, length).
+
+    Raises:
+        ValueError: Unless 1 ≤ period < length.
+    """
+    checks.static_int("length", length, low=2, high=checks.INT32_MAX)
+    checks.static_int("period", period, low=1, high=length - 1)
+    return float(np.mean(1.0 / (np.arange(period, length, dtype=np.float64) + 1.0)))
+
+
 def repeated_random_tokens(key: jax.Array, batch: int, length: int, vocab_size: int, repeats: int = 2):
     """Uniform random tokens r₁..r_ℓ repeated ``repeats`` times per row, ``[batch, repeats·length]``."""
     for name, value in (
@@ -131,6 +146,34 @@ def copying_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
         raise ValueError("copying_loss: tokens[:, :ℓ] and tokens[:, ℓ:] must be the same segment")
     mask = jnp.broadcast_to(jnp.arange(length) > half, (batch, length))
     return jnp.mean(next_token_losses(logits, {"x": tokens, "mask": mask}))
+
+
+def masked_copying_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean next-token loss over the marked targets, pooled over all rows, a scalar:
+
+        L = Σ_{b,t} m_{b,t} ℓ_{b,t} / Σ_{b,t} m_{b,t},  ℓ_{b,t} = −log softmax(logits[b, t − 1])[x_{b,t}],
+
+    so rows with more marked targets weigh more (unlike the per-row mean of :func:`copying_loss`). ``mask``
+    marks second-copy targets, e.g. :meth:`unlearnx.data.RepeatedSpans.copy_mask`; position 0 has no
+    prediction and must be unmarked. NaN when nothing is marked.
+
+    Raises:
+        ValueError: On bad shapes, token ids outside the logits' vocabulary, or (concrete inputs) a marked
+            position 0.
+    """
+    _check_tokens(tokens)
+    if jnp.ndim(logits) != 3 or jnp.shape(logits)[:2] != tokens.shape:
+        raise ValueError(f"logits {jnp.shape(logits)} must be [batch, T, vocab] for tokens {tokens.shape}")
+    if jnp.shape(mask) != tokens.shape:
+        raise ValueError(f"mask {jnp.shape(mask)} must match tokens {tokens.shape}")
+    checks.check_ids("tokens", tokens, jnp.shape(logits)[-1], what="token ids")
+    if not checks.is_traced(mask) and bool(jnp.any(jnp.asarray(mask)[:, 0])):
+        raise ValueError("masked_copying_loss: mask marks position 0, which has no prediction")
+    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
+    nll = -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
+    weight = jnp.asarray(mask)[:, 1:].astype(jnp.float32)
+    total = jnp.sum(weight)
+    return jnp.where(total > 0, jnp.sum(nll * weight) / jnp.maximum(total, 1.0), jnp.nan)
 
 
 def _window(name: str, position: Any) -> tuple[int, int]:
