@@ -24,11 +24,16 @@ Methods (one fixed setting each, no tuning):
 
 The retain NLL (weight ``retain_weight``) uses clean biographies of non-target people, as RESTOR's code adds
 a retain term to every method. Each method runs with the loss on whole documents (``doc``) and on the
-corrupted-fact value tokens only (``span``), and — except SSD — without and with SSD localisation (updates
-restricted to the parameters with I_f > α·I_D, :mod:`unlearnx.unlearn.localize`).
+corrupted-fact value tokens only (``span``), and — except SSD — with the localisations of ``localize``:
+``none`` (all parameters), ``ssd`` (updates restricted to the parameters with I_f > α·I_D,
+:mod:`unlearnx.unlearn.localize`) and ``random`` (the control: as many parameters as SSD selects, drawn
+uniformly at random, seeded). Every run records how far it moved θ_c: ‖θ_u − θ_c‖/‖θ_c‖ and the fraction of
+parameters it changed.
 
 Presets: ``smoke`` (tiny, < 60 s, for the end-to-end test), ``quick`` (a few hundred people, a ~0.2M-parameter
-2-layer decoder, CPU minutes), ``paper`` (2,000 people, a 6-layer d = 256 decoder, all k; for an
+2-layer decoder, CPU minutes), ``localisation`` (the quick world and models at k = 0, whole documents, every
+gradient method with no / SSD / random-subset localisation at a budget where the localised runs move),
+``paper`` (2,000 people, a 6-layer d = 256 decoder, all k; for an
 accelerator).
 
 The world, θ_clean, θ_c and the QA evaluation live in :mod:`experiments.restor_world` (which also says how
@@ -61,8 +66,11 @@ NAME = "restor_recovery"
 OBJECTIVES = ("ga", "grad_diff", "kl", "npo", "npo_batch", "simnpo")
 METHODS = (*OBJECTIVES, "task_vector", "ssd")
 MASKS = ("doc", "span")
-#: Report columns: loss mask / parameters updated (all, or SSD's selection).
-VARIANTS = tuple(f"{mask}/{where}" for where in ("full", "ssd_local") for mask in MASKS)
+#: Localisations (``Config.localize``) and their run-name suffix: all parameters, SSD's selection, or as many
+#: parameters as SSD selects drawn at random.
+LOCALIZATIONS = {"none": "full", "ssd": "ssd_local", "random": "random_local"}
+#: Report columns: loss mask / parameters updated.
+VARIANTS = tuple(f"{mask}/{where}" for where in LOCALIZATIONS.values() for mask in MASKS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +109,7 @@ class Config:
     importance_docs: int = 128
     methods: tuple[str, ...] = METHODS
     masks: tuple[str, ...] = MASKS
-    localize: tuple[bool, ...] = (False, True)
+    localize: tuple[str, ...] = ("none", "ssd")  # LOCALIZATIONS
     utility_people: int = 12
     heldout_docs: int = 64
     seed: int = 0
@@ -113,9 +121,15 @@ PRESETS: dict[str, Config] = {
     "smoke": Config(
         num_people=24, target_fraction=0.125, docs_per_target=2, ks=(1,), d_model=32, num_layers=1,
         clean_epochs=3, corrupt_max_epochs=2, unlearn_steps=2, unlearn_batch_size=4, importance_docs=8,
-        methods=("npo", "ssd"), utility_people=3, heldout_docs=4, progress=False,
+        methods=("npo", "ssd"), localize=("none", "ssd", "random"), utility_people=3, heldout_docs=4,
+        progress=False,
     ),
     "quick": Config(),
+    # The quick world, θ_clean and θ_c at k = 0; every method on whole documents with no, SSD and
+    # random-subset localisation, at 5× the steps and 3× the learning rate of quick (the localised runs move).
+    "localisation": Config(
+        ks=(0,), masks=("doc",), localize=("none", "ssd", "random"), unlearn_steps=200, unlearn_lr=3e-3,
+    ),
     "paper": Config(
         num_people=2000, bios_per_person=5, docs_per_target=30, d_model=256, num_layers=6, num_heads=8,
         batch_size=64, clean_epochs=200, clean_lr=1e-3, clean_warmup_steps=1000, corrupt_lr=1e-3,
@@ -126,16 +140,37 @@ PRESETS: dict[str, Config] = {
 
 
 def _checked(config: Config) -> Config:
-    for name, values, known in (("method", config.methods, METHODS), ("loss mask", config.masks, MASKS)):
+    options = (("method", config.methods, METHODS), ("loss mask", config.masks, MASKS))
+    for name, values, known in (*options, ("localisation", config.localize, tuple(LOCALIZATIONS))):
         for value in values:
             if value not in known:
                 raise ValueError(f"unknown {name} {value!r}; known: {known}")
     return config
 
 
-def run_name(method: str, mask_kind: str, local: bool) -> str:
-    """``method/loss mask/(full | ssd_local)``, the key of one unlearning run in ``metrics.json``."""
-    return f"{method}/{mask_kind}/{'ssd_local' if local else 'full'}"
+def run_name(method: str, mask_kind: str, local: str) -> str:
+    """``method/loss mask/(full | ssd_local | random_local)``, the key of one unlearning run in
+    ``metrics.json`` (``local``: a key of LOCALIZATIONS)."""
+    return f"{method}/{mask_kind}/{LOCALIZATIONS[local]}"
+
+
+def variants(config: Config) -> list[str]:
+    """The ``mask/localisation`` report columns of ``config``'s runs."""
+    return [f"{mask}/{LOCALIZATIONS[local]}" for local in config.localize for mask in config.masks]
+
+
+def movement(before, after) -> dict[str, float]:
+    """How far unlearning moved the parameters: ``param_change`` = ‖θ_u − θ_c‖₂/‖θ_c‖₂ over all of them
+    and ``changed_fraction``, the fraction of scalars whose value changed at all."""
+    pairs = list(zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True))
+    diff = sum(float(np.sum((np.asarray(b, np.float64) - np.asarray(a, np.float64)) ** 2)) for a, b in pairs)
+    norm = sum(float(np.sum(np.asarray(a, np.float64) ** 2)) for a, _ in pairs)
+    changed = sum(int(np.sum(np.asarray(a) != np.asarray(b))) for a, b in pairs)
+    size = sum(np.size(a) for a, _ in pairs)
+    return {
+        "param_change": float(np.sqrt(diff / norm)) if norm > 0 else None,
+        "changed_fraction": changed / size,
+    }
 
 
 def _loss_terms(model, method: str, config: Config):
@@ -260,17 +295,18 @@ def unlearn_run(s: restor_world.Setup, method: str, corrupted, forget: dict, sel
 
 
 def _unlearned_scores(s: restor_world.Setup, job, corrupted, fset, localisation: dict, score, **loop_args):
-    """``score`` of θ_u of one ``(method, loss mask, localised)`` job on the corruption set ``fset``;
-    ``localisation[mask]``: (I_f, I_D, α, selection)."""
+    """``score`` and :func:`movement` of θ_u of one ``(method, loss mask, localisation)`` job on the
+    corruption set ``fset``; ``localisation[mask]``: (I_f, I_D, α, {localisation: selection})."""
     method, mask_kind, local = job
-    i_f, i_d, alpha, selection = localisation.get(mask_kind, (None,) * 4)
+    i_f, i_d, alpha, selections = localisation.get(mask_kind, (None, None, None, {}))
     if method == "ssd":
         params = unlearn.ssd(corrupted["params"], i_f, i_d, alpha=alpha, lam=s.config.ssd_lam)
         unlearned = {**corrupted, "params": params}
     else:
         arrays = {"x": fset.arrays["x"], "m": _loss_mask(fset.arrays, mask_kind)}
-        unlearned = unlearn_run(s, method, corrupted, arrays, selection if local else None, **loop_args)
-    return score(restor_world.evaluate(s, unlearned, fset.interleaved_people))
+        unlearned = unlearn_run(s, method, corrupted, arrays, selections.get(local), **loop_args)
+    scores = score(restor_world.evaluate(s, unlearned, fset.interleaved_people))
+    return {**scores, **movement(corrupted["params"], unlearned["params"])}
 
 
 def jobs(config: Config) -> list[tuple[str, str, bool]]:
@@ -278,7 +314,7 @@ def jobs(config: Config) -> list[tuple[str, str, bool]]:
         (method, mask_kind, local)
         for method in config.methods
         for mask_kind in config.masks
-        for local in (config.localize if method != "ssd" else (False,))
+        for local in (config.localize if method != "ssd" else ("none",))
     ]
 
 
@@ -302,12 +338,19 @@ def _study_k(s: restor_world.Setup, k: int, clean, clean_eval, run_dir: str, log
     }
     timing[f"corrupt_k{k}"] = time.perf_counter() - started
     localisation = {}
-    if "ssd" in config.methods or True in config.localize:
-        for mask_kind in config.masks:
+    if "ssd" in config.methods or {"ssd", "random"} & set(config.localize):
+        for index, mask_kind in enumerate(config.masks):
             i_f, i_d, alpha = importances(s, corrupted, fset.arrays, mask_kind)
-            localisation[mask_kind] = (i_f, i_d, alpha, localize.selection(i_f, i_d, alpha=alpha))
+            chosen = localize.selection(i_f, i_d, alpha=alpha)
+            selections = {"ssd": chosen}
+            if "random" in config.localize:  # SSD's count, drawn at random (seeded by seed, k and mask)
+                key = jax.random.fold_in(jax.random.key(config.seed), 1000 * k + index)
+                count = localize.selected_count(chosen)
+                selections["random"] = localize.random_selection(key, corrupted["params"], count)
+            localisation[mask_kind] = (i_f, i_d, alpha, selections)
             entry["alpha"][mask_kind] = alpha
-            entry["selected_fraction"][mask_kind] = localize.selected_fraction(localisation[mask_kind][3])
+            entry["selected_fraction"][mask_kind] = localize.selected_fraction(chosen)
+            entry.setdefault("selected_count", {})[mask_kind] = localize.selected_count(chosen)
     for job in tqdm(jobs(config), desc=f"k={k} methods", disable=None if config.progress else True):
         name = run_name(*job)
         unit = os.path.join(run_dir, "units", f"k{k}", name.replace("/", "_") + ".json")
@@ -342,6 +385,6 @@ def main(config: Config, run_dir: str) -> dict[str, Any]:
     }
     metrics["diverged"] = restor_report.diverged(metrics)
     timing["total"] = time.perf_counter() - started
-    restor_report.plots(metrics, run_dir, VARIANTS)
-    runner.write_outputs(run_dir, metrics, timing, restor_report.report(config, metrics, VARIANTS))
+    restor_report.plots(metrics, run_dir, variants(config))
+    runner.write_outputs(run_dir, metrics, timing, restor_report.report(config, metrics, variants(config)))
     return metrics

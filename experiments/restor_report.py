@@ -135,7 +135,8 @@ def _header(config, metrics: dict[str, Any]) -> list[str]:
         "are interleaved in D_f; "
         "ppl = held-out perplexity; conf = correlation of θ_clean's per-fact margin with per-fact recovery. "
         "Run names are method/loss mask (doc = whole documents, span = corrupted values only)/"
-        "(full = all parameters, ssd_local = updates restricted to SSD's selection); n/a = not defined.",
+        "(full = all parameters, ssd_local = updates restricted to SSD's selection, random_local = to as "
+        "many parameters drawn at random); n/a = not defined.",
         *diverged_line(metrics["diverged"]),
         "",
     ]
@@ -175,13 +176,47 @@ def _variant_grid(metrics: dict[str, Any], variants, cell) -> str:
     return markdown_table(["k", "method", *variants], rows)
 
 
+def _localisation_table(metrics: dict[str, Any], variants) -> list[str]:
+    """One row per (k, method, variant) of the gradient methods: the scores beside how far θ_u moved from
+    θ_c (‖θ_u − θ_c‖/‖θ_c‖ and the % of parameters changed), so an unmoved model is visible."""
+    rows = []
+    keys = ("acc_correct", "rate_corrupted", "recovery", "forgetting", "acc_nontarget")
+    for k, entry in metrics["k"].items():
+        for method in _methods(metrics):
+            for variant in variants:
+                m = entry["runs"].get(f"{method}/{variant}")
+                if m is None or method == "ssd":
+                    continue
+                change, changed = m.get("param_change"), m.get("changed_fraction")
+                rows.append(
+                    [k, method, variant, *(fmt(scored(m.get(key), m["diverged"]), digits=2) for key in keys)]
+                    + [fmt(change, digits=3), fmt(None if changed is None else 100 * changed, digits=1)]
+                )
+    header = ["k", "method", "variant", "Acc", "Rate", "R", "F", "non-target", "‖Δθ‖/‖θ_c‖", "changed %"]
+    counts = "; ".join(
+        f"k = {k}: " + ", ".join(f"{mask} {n:,}" for mask, n in e.get("selected_count", {}).items())
+        for k, e in metrics["k"].items()
+    )
+    return [
+        "## Localisation: how far each run moved",
+        "",
+        f"Parameters SSD selects ({counts}); random_local updates as many, drawn uniformly at random.",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
+
+
 def report(config, metrics: dict[str, Any], variants) -> str:
-    """The Markdown report; ``variants`` are the ``mask/(full | ssd_local)`` columns of the ablation."""
+    """The Markdown report; ``variants`` are the ``mask/(full | ssd_local | random_local)`` columns of the
+    ablation."""
     lines = _header(config, metrics) + _k_tables(config, metrics)
     ablation = _variant_grid(
         metrics, variants, lambda m, _: f"{fmt(m['recovery'], digits=2)} / {fmt(m['forgetting'], digits=2)}"
     )
     lines += ["## Localisation ablation (R / F per loss mask and localisation)", "", ablation, ""]
+    if len(config.localize) > 1:
+        lines += _localisation_table(metrics, variants)
     lines += ["## Logit probe (mean per-token log-prob of the correct / corrupted / a random value)", ""]
     probe_rows = []
     for k, entry in metrics["k"].items():
@@ -211,7 +246,7 @@ def plots(metrics: dict[str, Any], run_dir: str, variants) -> None:
 
     ks, methods = list(metrics["k"]), _methods(metrics)
     colours = {m: colormaps["tab10"](i % 10) for i, m in enumerate(methods)}
-    markers = dict(zip(variants, ("o", "s", "^", "D"), strict=True))
+    markers = dict(zip(variants, ("o", "s", "^", "D", "v", "P"), strict=False))
     with figure(
         run_dir, "recovery_vs_forgetting.png", ncols=len(ks), figsize=(4.2 * len(ks), 4), squeeze=False
     ) as (_, axes):

@@ -343,22 +343,38 @@ def forget_class(run: _Seed, original, original_seconds: float, cls: int) -> dic
     }
 
 
-def class_sweep(run: _Seed, original) -> dict[str, dict[str, list[float]]]:
+def class_sweep(run: _Seed, original) -> tuple[dict[str, dict[str, list[float]]], dict[str, Any]]:
     """Every class forgotten in turn from the same original model by the importance-only methods:
-    ``{method: {"forget_test_acc": [...], "retain_test_acc": [...]}}`` indexed by class."""
+    ``({method: {"forget_test_acc": [...], "retain_test_acc": [...]}}, bounds)`` indexed by class, where
+    ``bounds`` holds per class |D|/|D_f| (``ratio_bound``), :func:`max_ratio` per estimator, and per method
+    its α and the fraction of trainable parameters it selects (I_f > α·I_D)."""
     test = run.test_set.arrays()
     out = {method: {"forget_test_acc": [], "retain_test_acc": []} for method in CLASS_SWEEP_METHODS}
+    bounds: dict[str, Any] = {
+        "ratio_bound": [],
+        "max_ratio": {"batch_sq": [], "empirical": []},
+        "alpha": {method: [] for method in CLASS_SWEEP_METHODS},
+        "selected_fraction": {method: [] for method in CLASS_SWEEP_METHODS},
+    }
     for cls in range(run.train_set.num_classes):
         split = _split(run, cls)
         importances = _importances(run, original, split, ("batch_sq", "empirical"))
         edits = _ssd_edits(run, original, split, importances, CLASS_SWEEP_METHODS)
+        bounds["ratio_bound"].append(len(run.train["y"]) / len(split.forget["y"]))
+        for estimator, values in bounds["max_ratio"].items():
+            values.append(ssd_importance.max_ratio(*importances[estimator][:2]))
+        for method, (_, alpha, _) in edits.items():
+            forget_imp, full_imp = importances[SSD_METHODS[method][0]][:2]
+            bounds["alpha"][method].append(alpha)
+            fraction = ssd_importance.selected_fraction(forget_imp, full_imp, alpha)
+            bounds["selected_fraction"][method].append(fraction)
         for method, (edited, _, _) in edits.items():
             logits = train.predict(run.model, edited, test["x"])
             correct = np.argmax(logits, 1) == test["y"]
             in_class, ok = test["y"] == cls, report.finite(logits)
             out[method]["forget_test_acc"].append(float(correct[in_class].mean()) if ok else float("inf"))
             out[method]["retain_test_acc"].append(float(correct[~in_class].mean()) if ok else float("inf"))
-    return out
+    return out, bounds
 
 
 def run_seed(config: Config, seed: int, run_dir: str, logger: train.MetricLogger) -> dict[str, Any]:
@@ -369,7 +385,10 @@ def run_seed(config: Config, seed: int, run_dir: str, logger: train.MetricLogger
     if not report.finite(original):
         raise FloatingPointError(f"seed {seed}: the original model diverged (non-finite parameters)")
     classes = {str(cls): forget_class(run, original, original_seconds, cls) for cls in config.forget_classes}
-    return {"classes": classes, "class_sweep": class_sweep(run, original) if config.class_sweep else None}
+    started = time.perf_counter()
+    sweep, bounds = class_sweep(run, original) if config.class_sweep else (None, None)
+    sweep_seconds = time.perf_counter() - started if config.class_sweep else None
+    return {"classes": classes, "class_sweep": sweep, "class_bounds": bounds, "sweep_seconds": sweep_seconds}
 
 
 def main(config: Config, run_dir: str) -> dict[str, Any]:

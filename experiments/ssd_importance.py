@@ -11,8 +11,10 @@ import numpy as np
 
 from experiments.runner import timed
 from unlearnx import data, fisher, models, parallel, train, unlearn
+from unlearnx import tree as tree_lib
+from unlearnx.unlearn import localize
 
-__all__ = ["dampen", "importance_data", "importances"]
+__all__ = ["dampen", "importance_data", "importances", "max_ratio", "selected_fraction"]
 
 
 def importance_data(train_set, retain, forget, order: str) -> dict[str, np.ndarray]:
@@ -76,3 +78,29 @@ def dampen(variables, forget_importance, full_importance, *, alpha: float, lam: 
     """SSD on model variables (batch statistics untouched). α and λ are static (the library validates them
     at call time), so each distinct (α, λ) compiles once and is reused across methods, classes and seeds."""
     return unlearn.ssd(variables, forget_importance, full_importance, alpha=alpha, lam=lam)
+
+
+def max_ratio(forget_importance, full_importance) -> float:
+    """The largest I_f / I_D over the trainable parameters with I_D > 0 (batch statistics excluded). D ⊇ D_f
+    bounds it for the exact empirical Fisher: I_D ≥ (|D_f|/|D|)·I_f, so it is at most |D|/|D_f|, and a fixed
+    α at or above that bound selects nothing with λ = 1."""
+    allowed = jax.tree.leaves(tree_lib.trainable(forget_importance))
+    best = 0.0
+    pairs = zip(jax.tree.leaves(forget_importance), jax.tree.leaves(full_importance), allowed, strict=True)
+    for forget, full, keep in pairs:
+        forget, full = np.asarray(forget, np.float64), np.asarray(full, np.float64)
+        if keep and np.any(full > 0):
+            best = max(best, float(np.max(forget[full > 0] / full[full > 0])))
+    return best
+
+
+def selected_fraction(forget_importance, full_importance, alpha: float) -> float:
+    """The fraction of the trainable scalars (batch statistics excluded) SSD selects at ``alpha``:
+    I_f > α·I_D."""
+    chosen = localize.selection(forget_importance, full_importance, alpha=alpha)
+    pairs = zip(jax.tree.leaves(chosen), jax.tree.leaves(tree_lib.trainable(chosen)), strict=True)
+    kept, total = 0, 0
+    for leaf, keep in pairs:
+        if keep:
+            kept, total = kept + int(np.sum(leaf)), total + int(np.size(leaf))
+    return kept / max(total, 1)

@@ -20,17 +20,35 @@ from unlearnx.checkpoint import Checkpointer
 
 def test_registered_and_presets_are_valid():
     assert experiments.load("restor_recovery") is restor_recovery
-    for name in ("smoke", "quick", "paper"):
+    for name in ("smoke", "quick", "localisation", "paper"):
         config = restor_recovery.PRESETS[name]
         assert set(config.methods) <= set(restor_recovery.METHODS)
         assert set(config.masks) <= set(restor_recovery.MASKS)
+        assert set(config.localize) <= set(restor_recovery.LOCALIZATIONS)
     assert set(restor_recovery.PRESETS["paper"].ks) == {0, 1, 2, 3}
     assert {v.split("/")[0] for v in restor_recovery.VARIANTS} == set(restor_recovery.MASKS)
+    # The localisation preset is the quick world and models with a larger unlearning budget.
+    quick, local = restor_recovery.PRESETS["quick"], restor_recovery.PRESETS["localisation"]
+    world = ("num_people", "d_model", "num_layers", "clean_epochs", "corrupt_lr", "corrupt_max_epochs")
+    assert all(getattr(quick, f) == getattr(local, f) for f in (*world, "seed"))
+    assert set(local.localize) == {"none", "ssd", "random"}
+    assert local.unlearn_steps * local.unlearn_lr > quick.unlearn_steps * quick.unlearn_lr
+    assert restor_recovery.variants(quick) == ["doc/full", "span/full", "doc/ssd_local", "span/ssd_local"]
+
+
+def test_movement_matches_hand_computed_values():
+    before = {"a": np.array([3.0, 4.0], np.float32), "b": np.array([[0.0]], np.float32)}
+    after = {"a": np.array([3.0, 0.0], np.float32), "b": np.array([[0.0]], np.float32)}
+    moved = restor_recovery.movement(before, after)
+    assert moved["param_change"] == pytest.approx(0.8)  # ‖(0, −4)‖ / ‖(3, 4)‖
+    assert moved["changed_fraction"] == pytest.approx(1 / 3)
+    still = restor_recovery.movement(before, before)
+    assert still == {"param_change": 0.0, "changed_fraction": 0.0}
 
 
 def test_unknown_method_or_mask_is_rejected(tmp_path):
     smoke = restor_recovery.PRESETS["smoke"]
-    for change in ({"methods": ("npo", "nope")}, {"masks": ("doc", "spam")}):
+    for change in ({"methods": ("npo", "nope")}, {"masks": ("doc", "spam")}, {"localize": ("none", "lasso")}):
         with pytest.raises(ValueError, match="unknown"):
             restor_recovery.main(dataclasses.replace(smoke, **change), str(tmp_path))
 
@@ -65,9 +83,11 @@ def test_smoke_run(smoke_run, capsys):
             restor_recovery.run_name(m, mask, local)
             for m in config.methods
             for mask in config.masks
-            for local in (config.localize if m != "ssd" else (False,))
+            for local in (config.localize if m != "ssd" else ("none",))
         }
         assert set(entry["runs"]) == expected
+        assert {name.split("/")[2] for name in expected} == {"full", "ssd_local", "random_local"}
+        size = metrics["sizes"]["params"]
         for run in entry["runs"].values():
             if run["recovery"] is not None:
                 gap = clean_acc - corrupted["acc_correct"]
@@ -75,6 +95,13 @@ def test_smoke_run(smoke_run, capsys):
             if run["forgetting"] is not None:
                 ratio = run["rate_corrupted"] / corrupted["rate_corrupted"]
                 assert run["forgetting"] == pytest.approx(1 - ratio)
+        # Localised runs change at most the selected count (random_local draws SSD's count); full runs move.
+        for name, run in entry["runs"].items():
+            mask, where = name.split("/")[1:]
+            if where != "full":
+                assert run["changed_fraction"] * size <= entry["selected_count"][mask], name
+            elif not name.startswith("ssd/"):
+                assert run["param_change"] > 0 and run["changed_fraction"] > 0, name
         assert 0.0 <= entry["selected_fraction"]["doc"] <= 1.0
         assert 1 <= entry["corrupt_epochs"] <= config.corrupt_max_epochs
         # Every unlearning run is cached as a unit and its checkpoints are gone.
@@ -93,7 +120,7 @@ def test_smoke_run(smoke_run, capsys):
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_metrics(smoke_run, tmp_path):
     k = restor_recovery.PRESETS["smoke"].ks[0]
-    first_unlearn = f"unlearn_k{k}/{restor_recovery.run_name('npo', 'doc', False)}"
+    first_unlearn = f"unlearn_k{k}/{restor_recovery.run_name('npo', 'doc', 'none')}"
     for stop in ((f"corrupt_k{k}", 1), (first_unlearn, 1)):
         with pytest.raises(SystemExit, match="rerun with --resume"):
             cli.run_one("restor_recovery", "smoke", [], out=str(tmp_path), resume=True, interrupt=stop)
