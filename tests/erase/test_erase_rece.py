@@ -398,3 +398,23 @@ def test_degenerate_kernel_grams(case):
     for i, w in enumerate(want):
         assert _rel(new[f"b{i}"]["attn2"]["to_k"]["kernel"], w) <= 5e-4  # per-kernel composition: 4e-4
     assert np.all(np.isfinite(history["change"]))
+
+
+def test_serial_lapack_runs_blas_single_threaded_and_restores_the_callers_setting():
+    import threadpoolctl
+
+    from unlearnx.erase import _linalg
+
+    def threads():
+        return {
+            i["filepath"]: i["num_threads"]
+            for i in threadpoolctl.threadpool_info()
+            if i["user_api"] == "blas"
+        }
+
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        with _linalg.serial_lapack():
+            inside = threads()
+        after = threads()
+    assert any("scipy" in path for path in inside)  # SciPy's OpenBLAS: the one jaxlib's LAPACK calls
+    assert set(inside.values()) == {1} and set(after.values()) == {2}

@@ -72,8 +72,9 @@ def as_rows(name: str, keys: Any, d_in: int, *, allow_empty: bool) -> jax.Array:
     return keys
 
 
-def as_kernel(name: str, kernel: Any) -> jax.Array:
-    """Validates a floating-point Flax-layout kernel ``(d_in, *out)`` and returns it as an array."""
+def as_kernel(name: str, kernel: Any, *, check_values: bool = True) -> jax.Array:
+    """Validates a floating-point Flax-layout kernel ``(d_in, *out)`` and returns it as an array (its
+    values too unless ``check_values=False``: callers with many kernels check them in one pass)."""
     kernel = jnp.asarray(kernel)
     if not jnp.issubdtype(kernel.dtype, jnp.floating):
         raise TypeError(f"{name} must be a floating-point array, got dtype {kernel.dtype}")
@@ -81,7 +82,8 @@ def as_kernel(name: str, kernel: Any) -> jax.Array:
         raise ValueError(f"{name} must be a kernel of shape (d_in, d_out, ...), got shape {kernel.shape}")
     if kernel.shape[0] == 0 or math.prod(kernel.shape[1:]) == 0:
         raise ValueError(f"{name} has an empty dimension: shape {kernel.shape}")
-    checks.check_tree(name, kernel)
+    if check_values:
+        checks.check_tree(name, kernel)
     return kernel
 
 

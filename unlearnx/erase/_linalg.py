@@ -2,13 +2,66 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["gram", "hi_matmul", "matmul_minus", "solve_refined", "solve_spd_refined"]
+from unlearnx._validation import is_traced
+
+__all__ = [
+    "gram",
+    "hi_matmul",
+    "matmul_minus",
+    "serial_lapack",
+    "serially",
+    "solve_refined",
+    "solve_spd_refined",
+]
+
+
+@functools.cache
+def _blas_libraries():
+    """threadpoolctl's controller of the loaded BLAS libraries, SciPy's among them (``None`` without
+    threadpoolctl). ``scipy.linalg`` is imported first: XLA:CPU's LAPACK calls use SciPy's bundled OpenBLAS,
+    which is otherwise loaded only by the first factorisation."""
+    try:
+        import scipy.linalg  # noqa: F401  (loads the OpenBLAS that jaxlib's LAPACK kernels call)
+        import threadpoolctl
+    except ImportError:
+        return None
+    return threadpoolctl.ThreadpoolController()
+
+
+@contextlib.contextmanager
+def serial_lapack() -> Iterator[None]:
+    """Runs the enclosed computations with the BLAS/LAPACK libraries limited to one thread each.
+
+    On CPU, XLA runs a Cholesky or LU factorisation as a call into SciPy's OpenBLAS, whose own thread pool
+    then competes with XLA's for the same cores: a 768 × 768 Cholesky costs 70 ms of CPU time on 2 busy
+    cores with OpenBLAS's two threads and 5 ms with one. The erase transforms' factorisations are small
+    (order ≤ d_in), so one thread loses nothing. Only the enclosed *execution* is affected: callers block
+    on the results inside the block. Accelerators' solvers are unaffected.
+    """
+    libraries = _blas_libraries()
+    if libraries is None:
+        yield
+        return
+    with libraries.limit(limits=1, user_api="blas"):
+        yield
+
+
+def serially(fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)`` computed under :func:`serial_lapack`: concrete results are waited for inside
+    it (traced ones are returned as they are: an outer ``jit`` runs them later, on OpenBLAS's defaults)."""
+    with serial_lapack():
+        result = fn(*args, **kwargs)
+        if not is_traced(result):
+            jax.block_until_ready(result)
+    return result
 
 
 def hi_matmul(a: jax.Array, b: jax.Array) -> jax.Array:

@@ -22,7 +22,7 @@ import numpy as np
 from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
 from unlearnx.erase._checks import as_kernel, as_rows, check_scale, flat32, host64, overflow_cause
-from unlearnx.erase._linalg import hi_matmul, matmul_minus, solve_spd_refined
+from unlearnx.erase._linalg import hi_matmul, matmul_minus, serially, solve_spd_refined
 
 __all__ = ["derive_embedding", "mapped_embedding"]
 
@@ -93,7 +93,7 @@ def derive_embedding(
         news.append(new)
         olds.append(old)
     keys = as_rows("concept_keys", concept_keys, d_in, allow_empty=False)
-    embedding = _derive(news, olds, keys, reg)
+    embedding = serially(_derive, news, olds, keys, reg)
     if not checks.is_traced(embedding):
         checks.check_output(
             "derive_embedding: the embedding C′", embedding, _EmbeddingPeaks(news, olds, keys)

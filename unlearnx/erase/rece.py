@@ -42,6 +42,7 @@ from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
 from unlearnx.erase._chain import rece_chain
 from unlearnx.erase._checks import as_kernel, as_rows, check_scale, host64, overflow_cause
+from unlearnx.erase._linalg import serially
 from unlearnx.erase.selectors import cross_attention_kv
 
 PyTree = Any
@@ -62,9 +63,9 @@ def _selected_kernels(params: PyTree, where: tree_lib.Where) -> tuple[list, Any,
             f"rece: where={where!r} selects no kernel in params (its paths include {paths[:4]}); pass a "
             "selector matching the cross-attention key/value kernels"
         )
-    d_in = None
+    d_in, kernels = None, {}
     for i in chosen:
-        kernel = as_kernel(f"params[{paths[i]!r}]", flat[i][1])
+        kernel = kernels[paths[i]] = as_kernel(f"params[{paths[i]!r}]", flat[i][1], check_values=False)
         if d_in is None:
             d_in, first = kernel.shape[0], paths[i]
         elif kernel.shape[0] != d_in:
@@ -72,6 +73,7 @@ def _selected_kernels(params: PyTree, where: tree_lib.Where) -> tuple[list, Any,
                 f"rece: selected kernels must share d_in: {paths[i]!r} has shape {jnp.shape(flat[i][1])}, "
                 f"{first!r} has d_in {d_in}"
             )
+    checks.check_tree("params", kernels)  # the values: one pass over every kernel
     return [leaf for _, leaf in flat], treedef, chosen, d_in
 
 
@@ -207,11 +209,10 @@ def rece(
                    round_erase_scale=round_erase_scale, round_preserve_scale=round_preserve_scale,
                    round_lamb=round_lamb)  # fmt: skip
     kernels = [jnp.asarray(leaves[i]) for i in chosen]
-    edited, history = rece_chain(kernels, initial, rounds, hyper, epochs=epochs)
+    edited, history = serially(rece_chain, kernels, initial, rounds, hyper, epochs=epochs)
     _check_edit(params, [leaves[i] for i in chosen], chosen, edited, history, (initial, rounds, hyper))
-    new_leaves = list(leaves)
-    for i, kernel in zip(chosen, edited, strict=True):
-        new_leaves[i] = kernel
+    replaced = dict(zip(chosen, edited, strict=True))
+    new_leaves = [replaced.get(i, leaf) for i, leaf in enumerate(leaves)]
     return jax.tree_util.tree_unflatten(treedef, new_leaves), history
 
 
