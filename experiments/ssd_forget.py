@@ -165,6 +165,9 @@ class _Seed:
     model: models.Model
     keys: dict[str, jax.Array]
     train: dict[str, np.ndarray]  # train_set's arrays
+    # The original model's I_D of the order-free estimator (the empirical Fisher does not depend on how D
+    # is ordered or batched, and D is the whole training set for every forget class): computed once.
+    full_cache: dict[str, tuple] = dataclasses.field(default_factory=dict)
 
 
 def _setup(config: Config, seed: int, run_dir: str, logger: train.MetricLogger) -> _Seed:
@@ -249,12 +252,18 @@ def _evaluate(run: _Seed, variables, split: _Split) -> dict[str, float]:
 
 
 def _importances(run: _Seed, variables, split: _Split, estimators: tuple[str, ...]) -> dict[str, tuple]:
-    """``{estimator: (I_f, I_D, seconds for I_f, seconds for I_D)}`` of ``variables`` on ``split``."""
+    """``{estimator: (I_f, I_D, seconds for I_f, seconds for I_D)}`` of ``variables`` (the seed's original
+    model) on ``split``; the empirical I_D is computed once per seed (``run.full_cache``) and its seconds
+    are those of that one pass."""
     options = {"batch_size": run.config.importance_batch_size, "chunk_size": run.config.empirical_chunk_size}
     sets = (split.forget, split.importance_data)
-    return {
-        name: ssd_importance.importances(run.model, variables, *sets, name, **options) for name in estimators
-    }
+    out = {}
+    for name in estimators:
+        cached = run.full_cache.get(name)
+        out[name] = ssd_importance.importances(run.model, variables, *sets, name, full=cached, **options)
+        if name == "empirical":
+            run.full_cache[name] = (out[name][1], out[name][3])
+    return out
 
 
 def _ssd_edits(run: _Seed, original, split: _Split, importances, methods=tuple(SSD_METHODS)) -> dict:

@@ -34,14 +34,16 @@ def importances(
     model: models.Model,
     variables,
     forget: dict,
-    full: dict,
+    full_data: dict,
     estimator: str,
     *,
     batch_size: int,
     chunk_size: int | None,
+    full: tuple | None = None,
 ):
     """(I_f, I_D, seconds for I_f, seconds for I_D) over all ``variables``: eval mode, unshuffled,
-    data-parallel over all devices; ``batch_abs`` is LFSSD's label-free estimator.
+    data-parallel over all devices; ``batch_abs`` is LFSSD's label-free estimator. ``full``: an already
+    computed ``(I_D, seconds)`` of the same model and estimator, returned instead of a pass over D.
 
     Importances cover the batch statistics too (SSD's default selector never touches them), so the
     loss depends on the model alone and compiles once per model and estimator, not once per seed.
@@ -57,7 +59,8 @@ def importances(
         return timed(fisher.diagonal, loss_fn, variables, batches, **options)
 
     importance(forget)
-    (forget_importance, forget_seconds), (full_importance, full_seconds) = map(importance, (forget, full))
+    forget_importance, forget_seconds = importance(forget)
+    full_importance, full_seconds = importance(full_data) if full is None else full
     return forget_importance, full_importance, forget_seconds, full_seconds
 
 
