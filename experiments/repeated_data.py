@@ -41,7 +41,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from experiments import repeated_report, report, runner
+from experiments import repeated_induction, repeated_report, report, runner
 from unlearnx import parallel, repeated_linear, train
 from unlearnx.checkpoint import interval_policy
 from unlearnx.data import repeated_mixture, text
@@ -86,6 +86,9 @@ class Config:
     shard_params: bool = False  # FSDP: parameters and optimizer state sharded over the devices
     checkpoint_seconds: float = 60.0
     progress: bool = True
+    # (min, max) span lengths: every train and test sequence gets a random byte span followed by its
+    # repeat (unlearnx.data.repeated_spans, the spec's induction fallback); () for plain text
+    span_lengths: tuple[int, ...] = ()
 
 
 PRESETS: dict[str, Config] = {
@@ -103,6 +106,12 @@ PRESETS: dict[str, Config] = {
         warmup_steps=400, weight_decay=0.1, eval_points=30, eval_sequences=256, repeated_eval_sequences=64,
         final_eval_sequences=2048, probe_batch=64, icl_early=(40, 60), icl_late=(490, 510), seeds=(0,),
         runs_per_loop=1, microbatches=16, shard_params=True, checkpoint_seconds=600.0,
+    ),
+    "induction": Config(
+        sizes=(), attention_only_sizes=("64x2x4",), seq_len=32, batch_size=32, steps=4000,
+        repeat_epochs=(100, 1000), sweep_fractions=(), lr=3e-3, warmup_steps=50,
+        eval_points=16, eval_sequences=64, final_eval_sequences=256, probe_batch=64, icl_early=(2, 8),
+        icl_late=(24, 32), linear_seeds=8, linear_epochs=(1, 4, 16), span_lengths=(8, 16),
     ),
 }  # fmt: skip
 
@@ -139,15 +148,24 @@ class Data:
         test = text.load(config.dataset, "test", data_dir=config.data_dir)
         budget = config.steps * config.batch_size * config.seq_len
         self.runs = runs(config)
-        mixture = functools.partial(
-            repeated_mixture, self.train.tokens, budget=budget, seq_len=config.seq_len
-        )
+        tokens = self.train.tokens
+        if config.span_lengths:  # every sequence slot of the training stream gets its span
+            rows = np.asarray(tokens)[: len(tokens) // config.seq_len * config.seq_len]
+            tokens = repeated_induction.with_spans(
+                config, rows.reshape(-1, config.seq_len), 2
+            ).tokens.reshape(-1)
+        mixture = functools.partial(repeated_mixture, tokens, budget=budget, seq_len=config.seq_len)
         self.mixtures = [
             mixture(repeated_fraction=run["fraction"], repeat_epochs=run["epochs"], seed=run["seed"])
             for run in self.runs
         ]
         held_out = _chunks(test.tokens, config.seq_len, config.final_eval_sequences + config.probe_batch, 1)
         self.final_test = held_out[: config.final_eval_sequences]
+        # copy_mask: the span copying loss's targets (second span copies of the final test sequences)
+        self.copy_mask = np.zeros((len(held_out) + config.probe_batch, config.seq_len), bool)
+        if config.span_lengths:
+            spanned = repeated_induction.with_spans(config, self.final_test, 3)
+            self.final_test, self.copy_mask[: len(spanned.tokens)] = spanned.tokens, spanned.copy_mask()
         self.test = self.final_test[: config.eval_sequences]
         segments = held_out[config.final_eval_sequences :, : config.seq_len // 2]
         copies = np.concatenate([segments, segments], axis=1)
@@ -199,7 +217,7 @@ class Family:
         )
         self.step = jax.jit(jax.vmap(step))
         self.evaluate = jax.jit(jax.vmap(self._evaluate, in_axes=(0, None, 0)))
-        self.probes = jax.jit(jax.vmap(self._probes, in_axes=(0, None)))
+        self.probes = jax.jit(jax.vmap(self._probes, in_axes=(0, None, None)))
 
     def _losses(self, variables, tokens):
         return train.next_token_losses(self.model.apply(variables, tokens), {"x": tokens})
@@ -207,13 +225,16 @@ class Family:
     def _evaluate(self, variables, test, repeated):
         return self._losses(variables, test), self._losses(variables, repeated)
 
-    def _probes(self, variables, tokens):
+    def _probes(self, variables, tokens, copy_mask):
         config = self.config
         logits, attention = self.attention_model.apply(variables, tokens)
         final, probe = config.final_eval_sequences, config.probe_batch
         test, copies, random_tokens = tokens[:final], tokens[final : final + probe], tokens[final + probe :]
         test_logits = logits[:final]
-        return {
+        extra = {}
+        if config.span_lengths:
+            extra["span_copying_loss"] = induction.masked_copying_loss(test_logits, test, copy_mask[:final])
+        return extra | {
             "test_loss": jnp.mean(train.next_token_losses(test_logits, {"x": test})),
             "icl": induction.icl_score(
                 test_logits, test, late=tuple(config.icl_late), early=tuple(config.icl_early)
@@ -321,7 +342,9 @@ def _train_runs(config, data: Data, size, mlp_ratio, run_dir, mesh, group: list[
     evaluated = [record for record in history if record["step"] in points]
     result = {
         key: np.asarray(value, np.float64)
-        for key, value in family.probes(state.variables, place(data.probes, mesh)).items()
+        for key, value in family.probes(
+            state.variables, place(data.probes, mesh), place(data.copy_mask, mesh)
+        ).items()
     }
     per_run = [jax.tree.map(lambda leaf, i=i: leaf[i], state.variables) for i in range(len(group))]
     finite = [report.finite(v, loss) for v, loss in zip(per_run, result["test_loss"], strict=True)]
@@ -345,8 +368,12 @@ def main(config: Config, run_dir: str) -> dict[str, Any]:
     """
     for size in (*config.sizes, *config.attention_only_sizes):
         parse_size(size)
-    if len(config.sizes) < 3:
-        raise ValueError(f"the scaling fit needs at least 3 sizes, got {config.sizes}")
+    if len(config.sizes) < 3 and (config.sizes or not config.span_lengths):
+        raise ValueError(
+            f"the scaling fit needs at least 3 sizes (none with span_lengths), got {config.sizes}"
+        )
+    if len(config.span_lengths) not in (0, 2):
+        raise ValueError(f"span_lengths must be () or (min, max), got {config.span_lengths}")
     if config.seq_len % 2 or config.seq_len < 4:
         raise ValueError(
             f"seq_len must be even and >= 4 (probes repeat seq_len / 2 tokens), got {config.seq_len}"
@@ -369,7 +396,10 @@ def main(config: Config, run_dir: str) -> dict[str, Any]:
     )
     seconds["linear"] = time.perf_counter() - began
     metrics = repeated_report.summarise(config, data.runs, families, linear, data.metadata)
+    writer = repeated_induction if config.span_lengths else repeated_report
+    if config.span_lengths:
+        repeated_induction.add_summary(config, metrics, data.mixtures)
     timing = {"per_part": seconds, "total": float(sum(seconds.values())), "devices": jax.device_count()}
-    runner.write_outputs(run_dir, metrics, timing, repeated_report.report(config, metrics, timing))
-    repeated_report.plot(config, metrics, run_dir)
+    runner.write_outputs(run_dir, metrics, timing, writer.report(config, metrics, timing))
+    writer.plot(config, metrics, run_dir)
     return metrics

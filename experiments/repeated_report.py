@@ -11,6 +11,7 @@ from experiments.report import diverged_line, figure, fmt, markdown_table, mean_
 from unlearnx.eval import scaling
 
 PER_RUN = ("test_loss", "icl", "copying_loss")
+CURVES_AND_MAPS = ("prefix_matching", "test_curve", "repeated_curve", "ov_copying", "diverged")
 
 
 def _label(family: dict[str, Any]) -> str:
@@ -35,7 +36,8 @@ def _setting_entry(family: dict[str, Any], index: list[int], fraction: float, ep
     """One (f, E) of one size: mean ± std over its seeds' runs ``index``."""
     entry = {"fraction": fraction, "epochs": epochs}
     diverged = family["diverged"][index]
-    entry.update({key: stat(map(scored, family[key][index], diverged)) for key in PER_RUN})
+    keys = (*PER_RUN, "span_copying_loss") if "span_copying_loss" in family else PER_RUN
+    entry.update({key: stat(map(scored, family[key][index], diverged)) for key in keys})
     entry["repeated_loss"] = stat(family["repeated_curve"][index, -1])
     entry["bump"] = stat(max_rise(family["test_curve"][i]) for i in index)
     entry["prefix_matching"] = family["prefix_matching"][index].mean(axis=0)
@@ -59,9 +61,7 @@ def _size_summary(family: dict[str, Any], runs: list[dict[str, Any]]) -> dict[st
         "eval_steps": family["eval_steps"],
         "settings": per_setting,
         "per_run": {
-            key: family[key]
-            for key in (*PER_RUN, "prefix_matching", "test_curve", "repeated_curve", "ov_copying", "diverged")
-            if key in family
+            key: family[key] for key in (*PER_RUN, "span_copying_loss", *CURVES_AND_MAPS) if key in family
         },
     }
 
