@@ -45,12 +45,12 @@ training split instead of a memory; ``budget`` and ``memory_size`` are then unus
 
 Presets (``PRESETS``): ``smoke`` (tests), ``quick`` (digits, 10 tasks, MLP 2 × 100, B = 300, 3 seeds, every
 method), ``sweeps`` (``quick`` plus tasks / width / budget sweeps), ``fashion`` (permuted Fashion-MNIST),
-``paper`` (the public environment: permuted MNIST from TFDS padded to 32 × 32, 10 tasks, n₀ = 57,927, MLP
-4 × 1000 with BatchNorm and dropout 0.5, batch 2,048, 100 passes per phase, r ∈ {1, 0.75, 0.5, 0.25, 0.1}),
-``paper_env_fashion`` (the same environment structure on permuted Fashion-MNIST for 2 CPU cores: 5 tasks,
-n₀ = 5,793 = 57,927 / 10, MLP 4 × 256 with BatchNorm and dropout 0.5, batch 512, 2 passes, 3 seeds, the
-first 2,000 test examples) and
-``smoke_env`` (tests).
+``paper`` (the public environment: permuted MNIST from TFDS padded to 32 × 32, 10 tasks, n₀ = 57,927 drawn
+from the first 57,927 training images as the public code does, MLP 4 × 1000 with BatchNorm and dropout 0.5,
+batch 2,048, 100 passes per phase, r ∈ {1, 0.75, 0.5, 0.25, 0.1}), ``paper_env_fashion`` (the same environment
+structure on permuted Fashion-MNIST for 2 CPU cores: 5 tasks, n₀ = 5,793 = 57,927 / 10, MLP 4 × 256 with
+BatchNorm and dropout 0.5, batch 512, 2 passes, 3 seeds, the first 2,000 test examples) and ``smoke_env``
+(tests). A task with fewer training examples than N[j, i] (mock data) is drawn with replacement.
 """
 
 from __future__ import annotations
@@ -151,8 +151,8 @@ PRESETS: dict[str, Config] = {
         memory_size=1000, fisher_examples=1000, progress=True, checkpoint_seconds=60.0,
     ),
     "paper": Config(
-        dataset="tfds:mnist", methods=ENV_METHODS, num_tasks=10, width=1000, hidden_layers=4,
-        batch_norm=True, dropout=0.5, pad_to=32, epochs=100, batch_size=2048, new_count=57927,
+        dataset="tfds:mnist", train_examples=57927, new_count=57927, methods=ENV_METHODS, num_tasks=10,
+        width=1000, hidden_layers=4, batch_norm=True, dropout=0.5, pad_to=32, epochs=100, batch_size=2048,
         ewc_strength=500.0, fisher_examples=2000, probe_size=1024, progress=True, checkpoint_seconds=60.0,
     ),
     "paper_env_fashion": Config(

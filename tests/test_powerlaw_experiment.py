@@ -197,4 +197,5 @@ def test_paper_preset_is_the_public_environment():
         True, 0.5, 32, 2048, 100,
     )  # fmt: skip
     assert paper.replay_ratios == (1.0, 0.75, 0.5, 0.25, 0.1) and paper.ewc_strength == 500.0
+    assert paper.train_examples == 57927  # the public code draws from the first 57,927 training images
     assert {"naive", "upper", "ewc", "power_law_unrestricted", "uniform", "exponential"} <= set(paper.methods)
