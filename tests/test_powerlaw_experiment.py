@@ -112,6 +112,7 @@ def test_methods_and_sweep_cells():
         powerlaw_rehearsal.main(powerlaw_rehearsal.Config(methods=("nope",)), "unused")
 
 
+@pytest.mark.slow
 def test_count_matrix_smoke_run_presents_exactly_the_environment(tmp_path, capsys):
     """``smoke_env``: every phase trains on N[j, i] examples of each task j ≤ i (its logged replay equals
     ``count_matrix``'s column), the baselines and budgets are as specified, and the outputs are written."""
