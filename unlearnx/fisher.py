@@ -6,7 +6,7 @@ With per-example losses ℓᵢ(θ) over N examples split into K batches bₖ:
   gradients with ``vmap``; independent of how the data are batched);
 * ``"batch_sq"``   I = (1/K) Σₖ (∂ mean_{i∈bₖ} ℓᵢ / ∂θ)²  -- what the SSD reference computes; since
   E[ḡ²] = μ² + σ²/B it shrinks with the batch size B;
-* ``"batch_abs"``  I = (1/K) Σₖ |∂ mean_{i∈bₖ} ℓᵢ / ∂θ|   -- LFSSD's accumulator (with ℓᵢ = ‖f(xᵢ)‖²).
+* ``"batch_abs"``  I = (1/K) Σₖ ``|∂ mean_{i∈bₖ} ℓᵢ / ∂θ|``   -- LFSSD's accumulator (with ℓᵢ = ‖f(xᵢ)‖²).
 
 The two batch estimators agree with ``"empirical"`` (squared) at B = 1.
 

@@ -5,7 +5,7 @@ log-probability of each target token under the model being unlearned) and a 0/1 
 selects the tokens to unlearn (whole documents, or only the corrupted-fact spans). With
 
     Sᵦ = Σₜ maskᵦₜ · logpᵦₜ           (sequence log-likelihood ℓ_θ(yᵦ) over the masked tokens)
-    |yᵦ| = Σₜ maskᵦₜ                   (number of masked tokens of sequence b)
+    ``|yᵦ|`` = Σₜ maskᵦₜ                   (number of masked tokens of sequence b)
     NLL = −Σᵦₜ mask · logp / Σᵦₜ mask   (batch-mean token loss)
 
 the objectives are
@@ -13,7 +13,7 @@ the objectives are
 * ``gradient_ascent``  L = Σ mask·logp / Σ mask = −NLL (minimising it raises the forget NLL);
 * ``npo``              L = (2/β) · meanᵦ log(1 + exp(β(Sᵦ − S_refᵦ)))   (standard per-sequence NPO, β = 0.1);
 * ``npo_batch_mean``   L = −(2/β) · log σ(β(NLL − NLL_ref))          (RESTOR code's batch-mean form);
-* ``simnpo``           L = −(2/β) · meanᵦ log σ(β(−Sᵦ/|yᵦ| − δ))     (reference-free, β = 4.5, δ = 0);
+* ``simnpo``           L = −(2/β) · meanᵦ log σ(β(−Sᵦ/``|yᵦ|`` − δ))     (reference-free, β = 4.5, δ = 0);
 * ``grad_diff``        L = γ_f · (−NLL_f) + γ_r · NLL_r               (γ_f = γ_r = 1, open-unlearning);
 * ``kl``               over full token distributions (logits), to the corrupted model P_c:
   ``"cross_entropy"`` (RESTOR's code) L = meanₜ Σ_v P_θ(v) log P_c(v), i.e. maximise the token cross-entropy
@@ -30,7 +30,7 @@ arguments never overflow.
   the batch, and a row without target tokens has S = S_ref = 0 there, adding (2/β)·log 2 to the mean
   with zero gradient (NPO; SimNPO at δ = 0, (2/β)·log(1 + e^{βδ}) in general), which shrinks the
   gradient by the fraction of such rows.
-* *SimNPO's length* |yᵦ| counts the predicted tokens, the mask entries paired with ``logp`` (after the
+* *SimNPO's length* ``|yᵦ|`` counts the predicted tokens, the mask entries paired with ``logp`` (after the
   one-position shift of a causal LM, :func:`next_token_log_probs` with ``mask[:, 1:]``). open-unlearning
   divides the shifted sum by the number of labels before the shift, one more when the first token of a
   row is itself a label (whole-document forget sets); on prompt-masked QA data the two agree.
@@ -41,10 +41,10 @@ arguments never overflow.
   the final position included, no label mask); it equals −``kl(logits, ref_logits, ones, form="forward")``
   on retain data.
 
-Two exact relations (tested): on one sequence with |y| = T tokens, ``npo_batch_mean`` at β equals ``npo``
+Two exact relations (tested): on one sequence with ``|y|`` = T tokens, ``npo_batch_mean`` at β equals ``npo``
 at β/T divided by T, since both are (2/β)·softplus(β(S − S_ref)/T); and at θ = θ_ref,
 ∂ npo / ∂ logp = 2σ(0)·mask = mask per sequence, i.e. the NPO gradient is ∇ℓ_θ, the sequence-summed
-gradient-ascent direction (``gradient_ascent``'s gradient divided by |y| on one sequence).
+gradient-ascent direction (``gradient_ascent``'s gradient divided by ``|y|`` on one sequence).
 
 Hyper-parameters (β, δ, γ_f, γ_r, the task-vector α) are static Python numbers, validated at call time; a
 traced one raises ``TypeError`` (see :mod:`unlearnx._validation`). Data checks -- shapes, a mask that is not
@@ -230,9 +230,9 @@ def npo_batch_mean(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array, *, bet
 
 
 def simnpo(logp: jax.Array, mask: jax.Array, *, beta: float = 4.5, delta: float = 0.0) -> jax.Array:
-    """SimNPO (Fan et al. 2024): L = −(2/β) · meanᵦ log σ(β(−Sᵦ/|yᵦ| − δ)), no reference model.
+    """SimNPO (Fan et al. 2024): L = −(2/β) · meanᵦ log σ(β(−Sᵦ/``|yᵦ|`` − δ)), no reference model.
 
-    |yᵦ| = Σₜ maskᵦₜ counts the predicted (masked target) tokens of row b, and rows without any are left
+    ``|yᵦ|`` = Σₜ maskᵦₜ counts the predicted (masked target) tokens of row b, and rows without any are left
     out of the mean; open-unlearning counts the labels before the causal shift and averages every row
     (module docstring).
 

@@ -168,8 +168,8 @@ def assd_alpha(
 ) -> jax.Array:
     """The ASSD α: a percentile of the importance ratio I_f / I_D over all parameters.
 
-    α = percentile_p(I_f / I_D) with p = 100 − ln(1 + 100·s) and s = |D_f| / |D|; ratios that are NaN or
-    infinite (I_D = 0) are dropped; with λ = 1 this needs no tuning (Schoepf et al., arXiv 2402.10098).
+    α = percentile_p(I_f / I_D) with p = 100 − ln(1 + 100·s) and s = ``|D_f|`` / ``|D|``; ratios that are
+    NaN or infinite (I_D = 0) are dropped; with λ = 1 this needs no tuning (Schoepf et al., arXiv 2402.10098).
 
     Args:
       forget_importance: I_f tree.
