@@ -57,6 +57,20 @@ def key_path_str(key_path: tuple) -> str:
 
     Integer keys become their decimal string and a trailing NNX ``.value`` attribute is dropped, so an NNX
     ``State`` and its pure-dict form give the same paths.
+
+    Args:
+        key_path: a key path as ``jax.tree_util.tree_flatten_with_path`` yields it.
+
+    Returns:
+        The keys joined with ``/``.
+
+    Examples:
+        >>> import jax
+        >>> [(path, leaf)] = jax.tree_util.tree_flatten_with_path({"params": [{"w": 1.0}]})[0]
+        >>> path
+        (DictKey(key='params'), SequenceKey(idx=0), DictKey(key='w'))
+        >>> key_path_str(path)
+        'params/0/w'
     """
     parts = [_key_str(k) for k in key_path]
     if parts and parts[-1] == "value" and isinstance(key_path[-1], jax.tree_util.GetAttrKey):
@@ -65,13 +79,35 @@ def key_path_str(key_path: tuple) -> str:
 
 
 def leaves_with_paths(tree: PyTree) -> list[tuple[str, Any]]:
-    """Returns ``[(path_string, leaf), ...]`` in the tree's flattening order."""
+    """The leaves of a tree with their path strings, in the tree's flattening order.
+
+    Args:
+        tree: any pytree.
+
+    Returns:
+        A list ``[(path, leaf), ...]`` with ``path`` as :func:`key_path_str` writes it.
+
+    Examples:
+        >>> leaves_with_paths({"params": {"b": 0.0, "w": [1.0, 2.0]}})
+        [('params/b', 0.0), ('params/w/0', 1.0), ('params/w/1', 2.0)]
+    """
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     return [(key_path_str(path), leaf) for path, leaf in flat]
 
 
 def path_tree(tree: PyTree) -> PyTree:
-    """A tree with the structure of ``tree`` whose leaves are their own path strings."""
+    """A tree with the structure of ``tree`` whose leaves are their own path strings.
+
+    Args:
+        tree: any pytree.
+
+    Returns:
+        A tree with ``tree``'s structure whose leaves are their :func:`key_path_str` paths.
+
+    Examples:
+        >>> path_tree({"params": {"w": 1.0, "b": [0.0]}})
+        {'params': {'b': ['params/b/0'], 'w': 'params/w'}}
+    """
     return jax.tree_util.tree_map_with_path(lambda path, _: key_path_str(path), tree)
 
 
@@ -84,7 +120,18 @@ def _is_variable(node: Any) -> bool:
 
 
 def is_batch_stat(tree: PyTree) -> PyTree:
-    """A bool tree marking batch statistics: leaves under a ``batch_stats`` key or in an NNX ``BatchStat``."""
+    """A bool tree marking batch statistics: leaves under a ``batch_stats`` key or in an NNX ``BatchStat``.
+
+    Args:
+        tree: a Linen variable dict, an NNX ``State`` or any pytree.
+
+    Returns:
+        A tree with ``tree``'s structure whose leaves are ``True`` exactly for batch statistics.
+
+    Examples:
+        >>> is_batch_stat({"params": {"scale": 1.0}, "batch_stats": {"mean": 0.0}})
+        {'batch_stats': {'mean': True}, 'params': {'scale': False}}
+    """
     try:
         from flax import nnx
 
@@ -117,14 +164,21 @@ def select(tree: PyTree, where: Where = None) -> PyTree:
     """Evaluates a selector on every leaf of ``tree``.
 
     Args:
-      tree: any pytree of arrays.
-      where: a selector (see the module docstring).
+        tree: any pytree of arrays.
+        where: a selector (see the module docstring).
 
     Returns:
-      A tree with ``tree``'s structure whose leaves are Python bools.
+        A tree with ``tree``'s structure whose leaves are Python bools.
 
     Raises:
-      TypeError: a bool tree whose structure differs from ``tree``, or whose leaves are not bools.
+        TypeError: a bool tree whose structure differs from ``tree``, or whose leaves are not bools.
+
+    Examples:
+        >>> params = {"Dense_0": {"bias": 0.0, "kernel": 1.0}, "Dense_1": {"bias": 0.0, "kernel": 1.0}}
+        >>> select(params, "*/kernel")
+        {'Dense_0': {'bias': False, 'kernel': True}, 'Dense_1': {'bias': False, 'kernel': True}}
+        >>> select(params, "re:_1/")["Dense_1"]
+        {'bias': True, 'kernel': True}
     """
     if where is None:
         return jax.tree.map(lambda stat: not stat, is_batch_stat(tree))
@@ -139,7 +193,20 @@ def select(tree: PyTree, where: Where = None) -> PyTree:
 
 
 def trainable(tree: PyTree, where: Where = None) -> PyTree:
-    """:func:`select`, then minus batch statistics whatever ``where`` says: a tree of Python bools."""
+    """:func:`select`, then minus batch statistics whatever ``where`` says.
+
+    Args:
+        tree: any pytree of arrays.
+        where: a selector (see the module docstring).
+
+    Returns:
+        A tree with ``tree``'s structure whose leaves are Python bools: selected and not a batch statistic.
+
+    Examples:
+        >>> variables = {"params": {"scale": 1.0}, "batch_stats": {"mean": 0.0}}
+        >>> trainable(variables, "*")
+        {'batch_stats': {'mean': False}, 'params': {'scale': True}}
+    """
     return jax.tree.map(
         lambda chosen, stat: bool(chosen) and not stat, select(tree, where), is_batch_stat(tree)
     )
@@ -148,8 +215,27 @@ def trainable(tree: PyTree, where: Where = None) -> PyTree:
 def check_same_structure(
     a: PyTree, b: PyTree, *, names: tuple[str, str] = ("a", "b"), shapes: bool = True
 ) -> None:
-    """Raises ``ValueError`` naming the paths where two trees' structures (or, with ``shapes``, leaf shapes)
-    differ: the paths of ``a`` missing from ``b`` and those of ``b`` missing from ``a``."""
+    """Checks that two trees have the same paths, tree types and (with ``shapes``) leaf shapes.
+
+    Args:
+        a: a pytree.
+        b: a pytree to compare with ``a``.
+        names: the two trees' names in the error message.
+        shapes: also compare the leaves' shapes (``np.shape``).
+
+    Returns:
+        ``None``.
+
+    Raises:
+        ValueError: naming the paths where the structures (or leaf shapes) differ: the paths of ``a``
+            missing from ``b`` and those of ``b`` missing from ``a``.
+
+    Examples:
+        >>> check_same_structure({"w": 1.0}, {"w": 2.0})
+        >>> check_same_structure({"w": 1.0}, {"v": 2.0}, names=("params", "grads"))
+        Traceback (most recent call last):
+        ValueError: params and grads have different structures: grads lacks ['w']; grads has extra ['v']
+    """
     paths_a = {p: leaf for p, leaf in leaves_with_paths(a)}
     paths_b = {p: leaf for p, leaf in leaves_with_paths(b)}
     missing = [p for p in paths_a if p not in paths_b]
@@ -173,11 +259,22 @@ def check_same_structure(
 
 
 def tree_stats(tree: PyTree, where: Where = None) -> dict[str, Any]:
-    """Summary statistics of the selected leaves of a tree.
+    """Summary statistics of the selected leaves of a tree, computed in float64 on the host.
 
-    Returns a dict with ``size`` (number of scalars), ``zeros`` (exact zeros), ``sparsity`` (zeros / size),
-    ``l2_norm`` (sqrt of the sum of squares), ``max_abs``, ``nonfinite`` (NaN/inf count) and ``per_leaf``,
-    a ``{path: {size, zeros, sparsity, l2_norm}}`` dict. Computed in float64 on the host.
+    Args:
+        tree: any pytree of arrays.
+        where: a selector (see the module docstring); the default leaves out batch statistics.
+
+    Returns:
+        A dict with ``size`` (number of scalars), ``zeros`` (exact zeros), ``sparsity`` (zeros / size),
+        ``l2_norm`` (sqrt of the sum of squares of the finite entries), ``max_abs``, ``nonfinite`` (NaN/inf
+        count) and ``per_leaf``, a ``{path: {size, zeros, sparsity, l2_norm}}`` dict.
+
+    Examples:
+        >>> import numpy as np
+        >>> stats = tree_stats({"w": np.array([3.0, 0.0, -4.0, 0.0])})
+        >>> stats["sparsity"], stats["l2_norm"], stats["max_abs"]
+        (0.5, 5.0, 4.0)
     """
     flags = dict(leaves_with_paths(select(tree, where)))
     per_leaf: dict[str, dict[str, float]] = {}
