@@ -51,8 +51,23 @@ def interval_policy(
     saves: the final step and preemption). With ``seconds``, orbax's continuous policy also saves at the
     first point offered when the directory holds no checkpoint yet.
 
+    Args:
+        seconds: the least wall time between two saves (``None``: no time condition).
+        steps: save at the steps that are multiples of ``steps`` (``None``: no step condition).
+
+    Returns:
+        An orbax ``SaveDecisionPolicy`` (any of the two conditions saves), or ``None``.
+
     Raises:
-      ValueError: if ``seconds`` is negative or ``steps`` is not a positive int.
+        ValueError: if ``seconds`` is negative or ``steps`` is not a positive int.
+
+    Examples:
+        >>> type(interval_policy(steps=100)).__name__
+        'FixedIntervalPolicy'
+        >>> type(interval_policy(seconds=600, steps=100)).__name__
+        'AnySavePolicy'
+        >>> interval_policy() is None
+        True
     """
     chosen = []
     if seconds is not None:

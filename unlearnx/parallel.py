@@ -41,7 +41,14 @@ def initialize_distributed() -> bool:
 
     A multi-host job is recognised by ``JAX_COORDINATOR_ADDRESS`` or by a TPU pod's worker list
     (``TPU_WORKER_HOSTNAMES`` with more than one host). Call it once at entrypoint start, before any other
-    JAX call. Returns whether it initialised.
+    JAX call.
+
+    Returns:
+        Whether it initialised (``False`` on a single host, where nothing is to be done).
+
+    Examples:
+        >>> initialize_distributed()  # one process: no coordinator, no TPU worker list
+        False
     """
     workers = os.environ.get("TPU_WORKER_HOSTNAMES", "")
     if os.environ.get("JAX_COORDINATOR_ADDRESS") or "," in workers:
@@ -51,12 +58,37 @@ def initialize_distributed() -> bool:
 
 
 def is_main_process() -> bool:
-    """True on process 0, the one that should log and write reports."""
+    """Whether this is process 0, the one that should log and write reports.
+
+    Returns:
+        ``jax.process_index() == 0``.
+
+    Examples:
+        >>> is_main_process()
+        True
+    """
     return jax.process_index() == 0
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = DATA_AXIS) -> Mesh:
-    """A one-axis mesh over ``devices`` (default: every device of every process)."""
+    """A one-axis mesh over ``devices``.
+
+    Args:
+        devices: the devices, in mesh order (default: every device of every process, ``jax.devices()``).
+        axis_name: the mesh axis's name.
+
+    Returns:
+        A ``jax.sharding.Mesh`` of shape ``(len(devices),)``.
+
+    Raises:
+        ValueError: ``devices`` is empty.
+
+    Examples:
+        >>> import jax
+        >>> mesh = data_mesh(jax.devices()[:1])
+        >>> mesh.axis_names, mesh.devices.shape
+        (('data',), (1,))
+    """
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
         raise ValueError("data_mesh needs at least one device")
@@ -64,13 +96,44 @@ def data_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = DATA
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-    """Places every leaf of ``tree`` fully replicated on ``mesh``."""
+    """Places every leaf of ``tree`` fully replicated on ``mesh``.
+
+    Args:
+        tree: a pytree of arrays.
+        mesh: the mesh to replicate over.
+
+    Returns:
+        ``tree`` with every leaf a ``jax.Array`` holding a full copy on every device of ``mesh``.
+
+    Examples:
+        >>> import jax, numpy as np
+        >>> params = replicate({"w": np.ones(3)}, data_mesh(jax.devices()[:1]))
+        >>> params["w"].sharding.is_fully_replicated
+        True
+    """
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def param_shardings(tree: PyTree, mesh: Mesh) -> PyTree:
-    """Per-leaf shardings that split each leaf over ``mesh``'s first axis along its largest dimension the
-    axis size divides (FSDP-style parameter sharding); leaves with no such dimension are replicated."""
+    """Per-leaf shardings for FSDP-style parameter sharding.
+
+    Each leaf is split over ``mesh``'s first axis along its largest dimension that the axis size divides;
+    leaves with no such dimension (and every leaf on a one-device mesh) are replicated.
+
+    Args:
+        tree: a pytree of arrays (or of shaped objects).
+        mesh: the mesh whose first axis splits the leaves.
+
+    Returns:
+        A tree with ``tree``'s structure whose leaves are ``NamedSharding`` objects.
+
+    Examples:
+        >>> import jax, numpy as np
+        >>> from jax.sharding import Mesh, PartitionSpec
+        >>> mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+        >>> param_shardings({"w": np.zeros((4, 6))}, mesh)["w"].spec == PartitionSpec()  # one device
+        True
+    """
     axis, count = mesh.axis_names[0], mesh.devices.size
 
     def sharding(leaf):
@@ -90,6 +153,21 @@ def process_share(batch: PyTree, axis: int = 0) -> PyTree:
 
     Process i of P keeps rows [i·B/P, (i+1)·B/P) of ``axis``; the shares, concatenated in process order,
     are the global batch that :func:`shard_batch` assembles. With one process the batch is returned as is.
+
+    Args:
+        batch: the global host batch, a pytree of arrays.
+        axis: the example axis.
+
+    Returns:
+        This process's rows of every leaf.
+
+    Raises:
+        ValueError: the batch size is not a multiple of the number of processes.
+
+    Examples:
+        >>> import numpy as np
+        >>> process_share({"x": np.arange(4)})["x"]  # one process keeps every row
+        array([0, 1, 2, 3])
     """
     count, index = jax.process_count(), jax.process_index()
     if count == 1:
@@ -110,6 +188,24 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis: int = 0) -> PyTree:
     there is one process). On one process a batch not divisible by the number of devices (a short last
     batch) is replicated instead, which gives the same result at some extra cost; across processes that
     would mix different data, so it is an error.
+
+    Args:
+        batch: this process's share of the batch, a pytree of arrays with one example-axis size.
+        mesh: the mesh whose first axis splits the batch.
+        axis: the example axis.
+
+    Returns:
+        ``batch`` as global arrays sharded along ``axis`` (replicated if the size does not split).
+
+    Raises:
+        ValueError: leaves disagree on the batch size, or (several processes) it does not split over the
+            local devices.
+
+    Examples:
+        >>> import jax, numpy as np
+        >>> batch = shard_batch({"x": np.arange(8.0).reshape(4, 2)}, data_mesh(jax.devices()[:1]))
+        >>> batch["x"].sharding.spec == PartitionSpec("data"), float(batch["x"].sum())
+        (True, 28.0)
     """
     name = mesh.axis_names[0]
     local_devices = mesh.local_mesh.devices.size
@@ -142,20 +238,24 @@ def throttle(tree: PyTree, count: int, every: int = MAX_IN_FLIGHT) -> PyTree:
     written without this call.
 
     Args:
-      tree: outputs of the program just dispatched (arrays; other leaves are ignored).
-      count: how many programs the loop has dispatched so far (1 after the first).
-      every: the most programs to leave in flight.
+        tree: outputs of the program just dispatched (arrays; other leaves are ignored).
+        count: how many programs the loop has dispatched so far (1 after the first).
+        every: the most programs to leave in flight.
 
     Returns:
-      ``tree``, unchanged (ready when ``count`` is a multiple of ``every``).
+        ``tree``, unchanged (ready when ``count`` is a multiple of ``every``).
 
     Raises:
-      ValueError: ``every`` is not a positive int.
+        ValueError: ``every`` is not a positive int.
 
-    Example::
-
-      for i, batch in enumerate(batches, 1):
-          state, metrics = parallel.throttle(step(state, batch), i)
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> step = jax.jit(lambda x: x + 1)
+        >>> x = jnp.zeros(())
+        >>> for i in range(1, 17):  # waits after the 8th and the 16th dispatch
+        ...     x = throttle(step(x), i)
+        >>> float(x)
+        16.0
     """
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"throttle: every must be a positive int, got {every!r}")
