@@ -54,21 +54,52 @@ EpsFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 class Schedule(NamedTuple):
-    """A noise schedule: ``betas`` and ``alphas_cumprod`` ᾱ, float32 ``[T]``."""
+    """A noise schedule: β_t and ᾱ_t = Π_{s≤t} (1 − β_s) for t = 0..T − 1.
+
+    Attributes:
+        betas: β, float32 ``[T]``.
+        alphas_cumprod: ᾱ, float32 ``[T]``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> schedule = Schedule(jnp.array([0.5, 0.5]), jnp.array([0.5, 0.25]))
+        >>> schedule.num_timesteps
+        2
+    """
 
     betas: jax.Array
     alphas_cumprod: jax.Array
 
     @property
     def num_timesteps(self) -> int:
+        """T, the number of timesteps."""
         return int(self.betas.shape[0])
 
 
 def linear_schedule(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
     """DDPM's linear β schedule, β_t from ``beta_start`` to ``beta_end``; ᾱ accumulated in float64.
 
+    β_t = β_start + (β_end − β_start)·t/(T − 1) and ᾱ_t = Π_{s≤t} (1 − β_s) for t = 0..T − 1.
+
+    Args:
+        num_timesteps: T.
+        beta_start: β_0, in (0, 1).
+        beta_end: β_{T−1}, in [``beta_start``, 1).
+
+    Returns:
+        The :class:`Schedule`.
+
     Raises:
         ValueError: ``num_timesteps < 1`` or betas outside (0, 1) or decreasing.
+
+    Examples:
+        >>> schedule = linear_schedule(3, beta_start=0.1, beta_end=0.3)
+        >>> schedule.betas.tolist(), [round(a, 4) for a in schedule.alphas_cumprod.tolist()]
+        ([0.1, 0.2, 0.3], [0.9, 0.72, 0.504])
+
+    References:
+        Ho, Jain & Abbeel, `Denoising Diffusion Probabilistic Models <https://arxiv.org/abs/2006.11239>`_,
+        NeurIPS 2020.
     """
     checks.static_int("num_timesteps", num_timesteps, low=1, high=checks.INT32_MAX)
     checks.static_number("beta_start", beta_start)
@@ -84,8 +115,24 @@ def _per_example(values: jax.Array, like: jax.Array) -> jax.Array:
 
 
 def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
-    """x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε for integer timesteps ``t`` ``[B]`` in [0, T); ``t`` in range and finite
-    ``x0`` and ``noise`` are checked when concrete."""
+    """Samples the forward process: x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε.
+
+    Args:
+        schedule: the noise schedule.
+        x0: clean data ``[B, …]``.
+        t: integer timesteps ``[B]`` in [0, T); checked when concrete.
+        noise: ε, shaped like ``x0``; ``x0`` and ``noise`` are checked finite when concrete.
+
+    Returns:
+        x_t, shaped like ``x0``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> schedule = linear_schedule(3, beta_start=0.1, beta_end=0.3)  # ᾱ = 0.9, 0.72, 0.504
+        >>> x_t = q_sample(schedule, jnp.ones((2, 1)), jnp.array([0, 2]), jnp.zeros((2, 1)))
+        >>> [round(v, 4) for v in x_t[:, 0].tolist()]  # √ᾱ_t
+        [0.9487, 0.7099]
+    """
     checks.check_ids("t", t, schedule.num_timesteps, what="timesteps")
     checks.check_tree("x0", x0)
     checks.check_tree("noise", noise)
@@ -94,8 +141,24 @@ def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) 
 
 
 def guided_eps(eps_cond: jax.Array, eps_uncond: jax.Array, scale: float | jax.Array) -> jax.Array:
-    """Classifier-free guidance ε̂ = ε_∅ + w (ε_c − ε_∅); w = 1 is the conditional model, w = 0 the
-    unconditional one."""
+    """Classifier-free guidance ε̂ = ε_∅ + w (ε_c − ε_∅).
+
+    Args:
+        eps_cond: ε_c, the conditional prediction.
+        eps_uncond: ε_∅, the unconditional prediction (same shape).
+        scale: w; 1 gives the conditional model, 0 the unconditional one.
+
+    Returns:
+        ε̂, shaped like ``eps_cond``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> guided_eps(jnp.array([1.0]), jnp.array([0.5]), 3.0).tolist()
+        [2.0]
+
+    References:
+        Ho & Salimans, `Classifier-Free Diffusion Guidance <https://arxiv.org/abs/2207.12598>`_, 2022.
+    """
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
@@ -122,6 +185,18 @@ def eps_loss(
         schedule: The noise schedule.
         p_uncond: Caption-dropout probability in [0, 1).
         snr_gamma: γ > 0 of the Min-SNR weight w_t = min(SNR_t, γ) / SNR_t, or ``None`` for w_t = 1.
+
+    Returns:
+        The scalar loss, float32.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> schedule = linear_schedule(10)
+        >>> zero_eps = lambda x, t, c: jnp.zeros_like(x)  # predicts ε = 0: the loss is E[ε²] ≈ 1
+        >>> loss = eps_loss(zero_eps, jnp.zeros((64, 8)), jnp.ones((64, 1, 2)), jnp.zeros((1, 2)),
+        ...                 jax.random.key(0), schedule)
+        >>> 0.8 < float(loss) < 1.2
+        True
     """
     checks.static_number("p_uncond", p_uncond, low=0.0, high=1.0, high_open=True)
     if snr_gamma is not None:
@@ -141,7 +216,26 @@ def eps_loss(
 
 
 def min_snr_weight(schedule: Schedule, t: jax.Array, gamma: float) -> jax.Array:
-    """The Min-SNR-γ weight of the ε loss, min(SNR_t, γ) / SNR_t = min(1, γ (1 − ᾱ_t) / ᾱ_t), at ``t``."""
+    """The Min-SNR-γ weight of the ε loss, min(SNR_t, γ) / SNR_t = min(1, γ (1 − ᾱ_t) / ᾱ_t).
+
+    Args:
+        schedule: the noise schedule.
+        t: integer timesteps in [0, T) (checked when concrete).
+        gamma: γ > 0.
+
+    Returns:
+        w_t, float32, shaped like ``t``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> schedule = linear_schedule(3, beta_start=0.1, beta_end=0.3)  # SNR_0 = 0.9 / 0.1 = 9
+        >>> [round(w, 4) for w in min_snr_weight(schedule, jnp.array([0, 2]), 5.0).tolist()]
+        [0.5556, 1.0]
+
+    References:
+        Hang et al., `Efficient Diffusion Training via Min-SNR Weighting Strategy
+        <https://arxiv.org/abs/2303.09556>`_, ICCV 2023.
+    """
     checks.static_number("gamma", gamma, low=0.0, low_open=True)
     checks.check_ids("t", t, schedule.num_timesteps, what="timesteps")
     alpha_bar = schedule.alphas_cumprod[t]
@@ -149,11 +243,23 @@ def min_snr_weight(schedule: Schedule, t: jax.Array, gamma: float) -> jax.Array:
 
 
 def ddim_timesteps(num_steps: int, num_timesteps: int = 1000) -> np.ndarray:
-    """The decreasing DDIM subsequence ``τ_i = (i − 1)·(T // S)`` for i = S..1 (diffusers' "leading"
-    spacing, without offset), int32 ``[S]``.
+    """The decreasing DDIM subsequence ``τ_i = (i − 1)·(T // S)`` for i = S..1.
+
+    This is diffusers' "leading" spacing, without offset.
+
+    Args:
+        num_steps: S.
+        num_timesteps: T.
+
+    Returns:
+        τ_S, …, τ_1, int32 ``[S]``.
 
     Raises:
         ValueError: ``num_steps`` outside [1, T].
+
+    Examples:
+        >>> ddim_timesteps(4, 1000).tolist()
+        [750, 500, 250, 0]
     """
     checks.static_int("num_timesteps", num_timesteps, low=1, high=checks.INT32_MAX)
     checks.static_int("num_steps", num_steps, low=1, high=num_timesteps)
@@ -194,6 +300,19 @@ def ddim_sample(
 
     Returns:
         The final x₀ sample, shaped like ``x_T``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> schedule, x0, noise = linear_schedule(100), jnp.full((1, 2), 0.5), jnp.ones((1, 2))
+        >>> oracle = lambda x, t, c: (x - jnp.sqrt(schedule.alphas_cumprod[t])[:, None] * x0) / jnp.sqrt(
+        ...     1 - schedule.alphas_cumprod[t])[:, None]  # the exact ε of every x_t on x0's path
+        >>> x_T = q_sample(schedule, x0, jnp.array([99]), noise)
+        >>> ddim_sample(oracle, x_T, jnp.zeros((1, 1, 1)), None, schedule, num_steps=10).round(4).tolist()
+        [[0.5, 0.5]]
+
+    References:
+        Song, Meng & Ermon, `Denoising Diffusion Implicit Models <https://arxiv.org/abs/2010.02502>`_,
+        ICLR 2021.
     """
     checks.static_number("eta", eta, low=0.0)
     checks.static_number("guidance_scale", guidance_scale)
@@ -202,23 +321,39 @@ def ddim_sample(
     if clip_x0 is not None:
         checks.static_number("clip_x0", clip_x0, low=0.0, low_open=True)
     guided = null_context is not None and guidance_scale != 1.0
-    batch = x_T.shape[0]
     timesteps = jnp.asarray(ddim_timesteps(num_steps, schedule.num_timesteps))
     previous = jnp.concatenate([timesteps[1:], jnp.asarray([-1], jnp.int32)])
     both_contexts = (
         jnp.concatenate([context, jnp.broadcast_to(null_context, context.shape)]) if guided else context
     )
     rng = jax.random.key(0) if rng is None else rng
+    step = _ddim_step(eps_fn, schedule, both_contexts, guidance_scale if guided else None, eta, clip_x0, rng)
+    x, _ = jax.lax.scan(step, x_T, (timesteps, previous, jnp.arange(num_steps)))
+    return x
+
+
+def _ddim_step(
+    eps_fn: EpsFn,
+    schedule: Schedule,
+    contexts: jax.Array,
+    guidance_scale: float | None,
+    eta: float,
+    clip_x0: float | None,
+    rng: jax.Array,
+) -> Callable:
+    """The ``lax.scan`` body of :func:`ddim_sample`: one DDIM update from τ_i to τ_{i−1}; ``contexts`` is
+    ``[c; ∅]`` when ``guidance_scale`` is set, else ``c``."""
 
     def step(x, inputs):
         t, t_prev, index = inputs
+        batch = x.shape[0]
         alpha = schedule.alphas_cumprod[t]
         alpha_prev = jnp.where(t_prev >= 0, schedule.alphas_cumprod[jnp.maximum(t_prev, 0)], 1.0)
-        if guided:
-            eps_both = eps_fn(jnp.concatenate([x, x]), jnp.full((2 * batch,), t), both_contexts)
+        if guidance_scale is not None:
+            eps_both = eps_fn(jnp.concatenate([x, x]), jnp.full((2 * batch,), t), contexts)
             eps = guided_eps(eps_both[:batch], eps_both[batch:], guidance_scale)
         else:
-            eps = eps_fn(x, jnp.full((batch,), t), both_contexts)
+            eps = eps_fn(x, jnp.full((batch,), t), contexts)
         x0 = (x - jnp.sqrt(1.0 - alpha) * eps) / jnp.sqrt(alpha)
         if clip_x0 is not None:
             x0 = jnp.clip(x0, -clip_x0, clip_x0)
@@ -230,5 +365,4 @@ def ddim_sample(
             x_prev = x_prev + sigma * jax.random.normal(jax.random.fold_in(rng, index), x.shape, x.dtype)
         return x_prev.astype(x.dtype), None
 
-    x, _ = jax.lax.scan(step, x_T, (timesteps, previous, jnp.arange(num_steps)))
-    return x
+    return step

@@ -203,6 +203,7 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis: int = 0) -> PyTree:
 
     Examples:
         >>> import jax, numpy as np
+        >>> from jax.sharding import PartitionSpec
         >>> batch = shard_batch({"x": np.arange(8.0).reshape(4, 2)}, data_mesh(jax.devices()[:1]))
         >>> batch["x"].sharding.spec == PartitionSpec("data"), float(batch["x"].sum())
         (True, 28.0)
