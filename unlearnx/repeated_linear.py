@@ -51,7 +51,28 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class LinearConfig:
-    """The duplicated-row regression sweep (defaults: the spec's suggested setting)."""
+    """The duplicated-row regression sweep (defaults: the spec's suggested setting).
+
+    Attributes:
+        dim: d, the observed features.
+        hidden: h, the hidden (unobserved) features.
+        budget: N, the rows of one training set (duplicates counted).
+        fraction: f ∈ [0, 1), the share of the budget spent on repeated rows.
+        noise: σ, the label noise's standard deviation.
+        hidden_energy: E‖γ‖², the misspecification's variance.
+        ridge: λ ≥ 0.
+        seeds: how many independent draws of β, γ and the data.
+        epochs: the repeat counts E of the ridge sweep.
+        curve_epochs: the repeat counts whose gradient-descent test-MSE curves are traced.
+        curve_points: log-spaced points of each curve (1 to 10⁶ steps; duplicates dropped).
+
+    Raises:
+        ValueError: a field out of range (see ``__post_init__``).
+
+    Examples:
+        >>> LinearConfig(budget=100, fraction=0.2).hidden
+        400
+    """
 
     dim: int = 50
     hidden: int = 400
@@ -87,7 +108,20 @@ class LinearConfig:
 def draw_problem(key: jax.Array, config: LinearConfig) -> dict[str, jax.Array]:
     """One seed: β ~ N(0, I/d), γ ~ N(0, (energy/h)·I), a pool of N unique and ⌈f·N⌉ repeat-candidate rows.
 
-    Returns ``{"x": [P, d], "y": [P], "beta": [d], "hidden_energy": ‖γ‖²}`` with P = N + ⌈f·N⌉.
+    Rows are x ~ N(0, I_d), z ~ N(0, I_h) and y = xᵀβ + zᵀγ + σε.
+
+    Args:
+        key: the seed's PRNG key.
+        config: the sweep's configuration.
+
+    Returns:
+        ``{"x": [P, d], "y": [P], "beta": [d], "hidden_energy": ‖γ‖²}`` with P = N + ⌈f·N⌉.
+
+    Examples:
+        >>> import jax
+        >>> problem = draw_problem(jax.random.key(0), LinearConfig(dim=3, hidden=5, budget=10, fraction=0.2))
+        >>> problem["x"].shape, problem["y"].shape
+        ((12, 3), (12,))
     """
     pool = config.budget + math.ceil(config.fraction * config.budget)
     k_beta, k_gamma, k_x, k_z, k_eps = jax.random.split(key, 5)
@@ -100,7 +134,25 @@ def draw_problem(key: jax.Array, config: LinearConfig) -> dict[str, jax.Array]:
 
 
 def row_weights(config: LinearConfig, epochs: int) -> np.ndarray:
-    """Weights over the pool: 1 on the first N − m·E unique rows, E on the first m repeat candidates."""
+    """Weights over the pool: 1 on the first N − m·E unique rows, E on the first m repeat candidates.
+
+    m = min(round(f·N / E), ⌊N / E⌋) (:func:`unlearnx.data.repeated.repeat_count`), so the weights sum to N.
+
+    Args:
+        config: the sweep's configuration (N = ``budget``, f = ``fraction``).
+        epochs: E ≥ 1.
+
+    Returns:
+        float32 ``[N + ⌈f·N⌉]`` weights over :func:`draw_problem`'s pool.
+
+    Raises:
+        ValueError: a repeated subset that rounds to zero rows.
+
+    Examples:
+        >>> weights = row_weights(LinearConfig(budget=10, fraction=0.2), 2)  # m = 1 row repeated twice
+        >>> weights.tolist(), float(weights.sum())
+        ([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 2.0, 0.0], 10.0)
+    """
     repeated = repeat_count(config.budget, config.fraction, epochs)
     weights = np.zeros(config.budget + math.ceil(config.fraction * config.budget), np.float32)
     weights[: config.budget - repeated * epochs] = 1.0
@@ -118,10 +170,27 @@ def _check_system(x: jax.Array, y: jax.Array, weights: jax.Array) -> None:
 
 
 def weighted_ridge(x: jax.Array, y: jax.Array, weights: jax.Array, ridge: float) -> jax.Array:
-    """θ̂ = (XᵀWX + λI)⁻¹ XᵀWy (a linear solve, no inverse).
+    """θ̂ = (XᵀWX + λI)⁻¹ XᵀWy with W = diag(weights) (a linear solve, no inverse).
+
+    Args:
+        x: X, ``[n, d]``.
+        y: ``[n]``.
+        weights: the rows' weights (multiplicities), ``[n]``.
+        ridge: λ.
+
+    Returns:
+        θ̂, ``[d]``.
 
     Raises:
-      ValueError: ``x`` not ``[n, d]``, or ``y`` / ``weights`` not ``[n]``.
+        ValueError: ``x`` not ``[n, d]``, or ``y`` / ``weights`` not ``[n]``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> x, y = jnp.array([[1.0], [2.0]]), jnp.array([1.0, 1.0])
+        >>> float(weighted_ridge(x, y, jnp.array([1.0, 1.0]), 0.0)[0])  # (1 + 2) / (1 + 4)
+        0.6
+        >>> float(weighted_ridge(x, y, jnp.array([3.0, 1.0]), 0.0)[0])  # row 1 three times: 5 / 7
+        0.714286
     """
     _check_system(x, y, weights)
     gram = x.T @ (weights[:, None] * x) + ridge * jnp.eye(x.shape[1], dtype=x.dtype)
@@ -133,8 +202,25 @@ def gradient_descent(
 ) -> jax.Array:
     """θ after ``steps`` plain GD steps on J(θ) = (1/N)[Σ wᵢ(xᵢᵀθ − yᵢ)² + λ‖θ‖²] from 0, N = Σ wᵢ.
 
+    Args:
+        x: X, ``[n, d]``.
+        y: ``[n]``.
+        weights: the rows' weights, ``[n]``.
+        ridge: λ.
+        lr: the step η.
+        steps: how many steps.
+
+    Returns:
+        θ_steps, ``[d]``.
+
     Raises:
-      ValueError: ``x`` not ``[n, d]``, or ``y`` / ``weights`` not ``[n]``.
+        ValueError: ``x`` not ``[n, d]``, or ``y`` / ``weights`` not ``[n]``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> x, y, w = jnp.array([[1.0], [2.0]]), jnp.array([1.0, 1.0]), jnp.array([1.0, 1.0])
+        >>> round(float(gradient_descent(x, y, w, 0.0, lr=0.2, steps=100)[0]), 5)  # → θ̂ = 0.6
+        0.6
     """
     _check_system(x, y, weights)
     count = jnp.sum(weights)
@@ -153,20 +239,55 @@ def gd_trajectory(
 
     The default step is η = N / (2 s_max), i.e. c·s_max = 1.
 
+    Args:
+        x: X, ``[n, d]``.
+        y: ``[n]``.
+        weights: the rows' weights, ``[n]``.
+        ridge: λ.
+        steps: the step counts k, ``[K]`` (any non-negative reals).
+        lr: η, or ``None`` for N / (2 s_max).
+
+    Returns:
+        θ_k for every k, ``[K, d]``.
+
     Raises:
-      ValueError: ``x`` not ``[n, d]``, or ``y`` / ``weights`` not ``[n]``.
+        ValueError: ``x`` not ``[n, d]``, or ``y`` / ``weights`` not ``[n]``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> x, y, w = jnp.array([[1.0], [2.0]]), jnp.array([1.0, 1.0]), jnp.array([1.0, 1.0])
+        >>> # c·s = (2·0.2/2)·5 = 1: one step reaches θ̂ = 0.6, as gradient_descent(..., steps=1) does
+        >>> gd_trajectory(x, y, w, 0.0, jnp.array([0.0, 1.0]), lr=0.2).tolist()
+        [[0.0], [0.6]]
     """
     _check_system(x, y, weights)
     gram = x.T @ (weights[:, None] * x) + ridge * jnp.eye(x.shape[1], dtype=x.dtype)
     spectrum, basis = jnp.linalg.eigh(gram)
     scale = 1.0 / spectrum[-1] if lr is None else 2.0 * lr / jnp.sum(weights)
     projected = basis.T @ (x.T @ (weights * y))
-    shrink = jnp.exp(jnp.asarray(steps, x.dtype)[:, None] * jnp.log1p(-scale * spectrum)[None, :])
+    steps = jnp.asarray(steps, x.dtype)[:, None]
+    # (1 − c·s)^k through log1p (exact for tiny c·s); k = 0 is θ₀ = 0 even where c·s = 1 (log1p(−1) = −∞).
+    shrink = jnp.where(steps == 0, 1.0, jnp.exp(steps * jnp.log1p(-scale * spectrum)[None, :]))
     return ((1.0 - shrink) / spectrum * projected) @ basis.T
 
 
 def test_mse(theta: jax.Array, problem: dict[str, jax.Array], noise: float) -> jax.Array:
-    """E[(y − xᵀθ)²] = ‖θ − β‖² + ‖γ‖² + σ² for a fresh row."""
+    """The test error of θ on a fresh row, E[(y − xᵀθ)²] = ‖θ − β‖² + ‖γ‖² + σ².
+
+    Args:
+        theta: θ, ``[..., d]``.
+        problem: :func:`draw_problem`'s result (its ``beta`` and ``hidden_energy``).
+        noise: σ.
+
+    Returns:
+        The test MSE, shaped like ``theta`` without its last axis.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> problem = {"beta": jnp.array([1.0, 0.0]), "hidden_energy": jnp.array(0.5)}
+        >>> float(test_mse(jnp.zeros(2), problem, noise=0.5))  # 1 + 0.5 + 0.25
+        1.75
+    """
     return jnp.sum((theta - problem["beta"]) ** 2, axis=-1) + problem["hidden_energy"] + noise**2
 
 
@@ -202,6 +323,10 @@ def _compiled_sweep(config: LinearConfig):
 def sweep(config: LinearConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Test MSE of the ridge solution for every E and seed, and GD test-MSE curves for ``curve_epochs``.
 
+    Args:
+        config: the sweep's configuration.
+        seed: the root seed (seed i of the sweep uses ``split(key(seed), config.seeds)[i]``).
+
     Returns:
         ``{"epochs": [nE], "test_mse": [nE, seeds], "repeated_rows": [nE], "curve_steps": [K],
         "curve_epochs": [nC], "curves": [nC, seeds, K]}``; the f = 0 reference is ``epochs`` = 1.
@@ -209,13 +334,17 @@ def sweep(config: LinearConfig, seed: int = 0) -> dict[str, np.ndarray]:
     Raises:
         ValueError: a repeated subset that rounds to zero rows (:func:`unlearnx.data.repeated.repeat_count`).
 
-    Example:
+    Examples:
         >>> from unlearnx import repeated_linear
         >>> config = repeated_linear.LinearConfig(dim=4, hidden=8, budget=40, seeds=3, epochs=(1, 4),
         ...                                       curve_epochs=(1, 4), curve_points=5)
         >>> result = repeated_linear.sweep(config)
         >>> result["test_mse"].shape, result["repeated_rows"].tolist()
         ((2, 3), [8, 2])
+
+    References:
+        Hernandez et al., `Scaling Laws and Interpretability of Learning from Repeated Data
+        <https://arxiv.org/abs/2205.10487>`_, 2022.
     """
     keys = jax.random.split(jax.random.key(seed), config.seeds)
     weights = jnp.asarray(np.stack([row_weights(config, e) for e in config.epochs]))
