@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 
@@ -69,16 +70,29 @@ def _granet_sparse(config: Any) -> list[Phase]:
 
 
 def _powerlaw_rehearsal(config: Any) -> list[Phase]:
-    """Every task phase of every (method, seed) sequence: the task's examples plus B replayed ones, Adam
-    (the penalties' element-wise terms are left out of the FLOPs)."""
+    """Every task phase of every (method, seed) sequence, Adam (the penalties' element-wise terms are left
+    out of the FLOPs): the task's examples plus B replayed ones, or in count-matrix mode the column sums of
+    each run's N (budgeted methods once per replay ratio)."""
+    from experiments import powerlaw_environment, powerlaw_rehearsal, powerlaw_sequence
+
     info = data.describe(config.dataset, config.train_split)
-    model = _classifier(config, config.model, info, config.width)
-    task = info.size if config.train_examples is None else min(info.size, config.train_examples)
-    steps = config.epochs * ((task + config.budget) // config.batch_size) * config.num_tasks
+    shape = tuple(info.input_shape)
+    if config.pad_to is not None:
+        shape = (config.pad_to, config.pad_to, *shape[2:])
+    model = powerlaw_sequence.build_model(config, shape, info.num_classes, config.width)
     optimizer = optax.adam(config.lr)
-    repeats = len(config.methods) * len(config.seeds)
-    return [supervised_phase("task phases", model, optimizer, info.input_shape, config.batch_size, steps,
-                             repeats=repeats)]  # fmt: skip
+    if config.new_count is None:
+        task = info.size if config.train_examples is None else min(info.size, config.train_examples)
+        steps = config.epochs * ((task + config.budget) // config.batch_size) * config.num_tasks
+        name, repeats = "task phases", len(config.methods) * len(config.seeds)
+    else:
+        specs = powerlaw_rehearsal.ENV_SPECS
+        steps = 0
+        for _, method, ratio in powerlaw_environment.jobs(config, specs):
+            counts = powerlaw_environment.matrix(config, specs[method], config.num_tasks, ratio)
+            steps += config.epochs * int(np.sum(-(-counts.sum(axis=0) // config.batch_size)))
+        name, repeats = "task phases (every run of one seed)", len(config.seeds)
+    return [supervised_phase(name, model, optimizer, shape, config.batch_size, steps, repeats=repeats)]
 
 
 def _restor_recovery(config: Any) -> list[Phase]:

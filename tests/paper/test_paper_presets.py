@@ -58,8 +58,8 @@ CASES = {
     ("granet_sparse", "paper_vgg19_cifar100"): (GRANET, 200),
     ("powerlaw_rehearsal", "paper"): (
         ["--seeds", "0", "--num_tasks", "2", "--width", "16", "--epochs", "1", "--batch_size", "32",
-         "--budget", "40", "--memory_size", "40", "--fisher_examples", "40", "--probe_size", "32",
-         "--methods", "naive,power_law_1,ewc"],
+         "--new_count", "96", "--replay_ratios", "0.5", "--fisher_examples", "40", "--probe_size", "32",
+         "--methods", "naive,power_law_unrestricted,uniform,ewc"],
         150,
     ),
     ("restor_recovery", "paper"): (
