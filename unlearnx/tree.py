@@ -40,18 +40,6 @@ __all__ = [
 ]
 
 
-def _key_str(key: Any) -> str:
-    if isinstance(key, jax.tree_util.DictKey):
-        return str(key.key)
-    if isinstance(key, jax.tree_util.GetAttrKey):
-        return key.name
-    if isinstance(key, jax.tree_util.SequenceKey):
-        return str(key.idx)
-    if isinstance(key, jax.tree_util.FlattenedIndexKey):
-        return str(key.key)
-    return str(key)
-
-
 def key_path_str(key_path: tuple) -> str:
     """Joins a JAX key path with ``/``, e.g. ``(DictKey('params'), DictKey('w'))`` -> ``params/w``.
 
@@ -72,10 +60,10 @@ def key_path_str(key_path: tuple) -> str:
         >>> key_path_str(path)
         'params/0/w'
     """
-    parts = [_key_str(k) for k in key_path]
-    if parts and parts[-1] == "value" and isinstance(key_path[-1], jax.tree_util.GetAttrKey):
-        parts = parts[:-1]
-    return "/".join(parts)
+    key_path = tuple(key_path)
+    if key_path and isinstance(key_path[-1], jax.tree_util.GetAttrKey) and key_path[-1].name == "value":
+        key_path = key_path[:-1]
+    return jax.tree_util.keystr(key_path, simple=True, separator="/")
 
 
 def leaves_with_paths(tree: PyTree) -> list[tuple[str, Any]]:
