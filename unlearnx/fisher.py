@@ -34,6 +34,7 @@ from unlearnx import _fisher_structured as _structured
 from unlearnx import _validation as checks
 from unlearnx import parallel
 from unlearnx import tree as tree_lib
+from unlearnx._fisher_losses import output_norm_loss, sampled_label_loss
 
 PyTree = Any
 LossFn = Callable[[PyTree, PyTree], jax.Array]
@@ -57,43 +58,43 @@ def diagonal(
     """Diagonal importance of every parameter (see the module docstring for the three estimators).
 
     Args:
-      loss_fn: ``loss_fn(params, batch) -> [B]`` per-example losses. Row i must depend on example i only
-        (e.g. BatchNorm in eval mode): examples are differentiated one at a time for ``"empirical"`` and
-        short batches are padded with zero-weight rows.
-      params: the parameter tree (Linen dict, NNX ``State``, plain dict, ...). Leaves must be floating.
-      batches: an iterable of batches, pytrees of one leading batch axis (the last batch may be smaller).
-      estimator: ``"empirical"``, ``"batch_sq"`` or ``"batch_abs"``.
-      chunk_size: for ``"empirical"``, the number of per-example gradients materialised at once (bounds
-        memory at ``chunk_size × |θ|`` floats); ``None`` does a whole batch at once.
-      axis_name: inside ``shard_map``/``pmap`` over a data axis, its name: sums and batch means are
-        all-reduced, so every device returns the importance of the global data.
-      structured: for ``"empirical"``, structured per-example squares where the loss's jaxpr shows them
-        (module docstring); other leaves, or all when ``False``, take ``vmap`` per-example gradients. Both
-        are exact; the structured path costs about one batch gradient.
-      mesh: data parallelism without ``shard_map``: each host batch (this process's share) is padded with
-        zero-weight rows to a multiple of the devices and split over them; the same importance.
+        loss_fn: ``loss_fn(params, batch) -> [B]`` per-example losses. Row i must depend on example i only
+            (e.g. BatchNorm in eval mode): examples are differentiated one at a time for ``"empirical"`` and
+            short batches are padded with zero-weight rows.
+        params: the parameter tree (Linen dict, NNX ``State``, plain dict, ...). Leaves must be floating.
+        batches: an iterable of batches, pytrees of one leading batch axis (the last batch may be smaller).
+        estimator: ``"empirical"``, ``"batch_sq"`` or ``"batch_abs"``.
+        chunk_size: for ``"empirical"``, the number of per-example gradients materialised at once (bounds
+            memory at ``chunk_size × |θ|`` floats); ``None`` does a whole batch at once.
+        axis_name: inside ``shard_map``/``pmap`` over a data axis, its name: sums and batch means are
+            all-reduced, so every device returns the importance of the global data.
+        structured: for ``"empirical"``, structured per-example squares where the loss's jaxpr shows them
+            (module docstring); other leaves, or all when ``False``, take ``vmap`` per-example gradients. Both
+            are exact; the structured path costs about one batch gradient.
+        mesh: data parallelism without ``shard_map``: each host batch (this process's share) is padded with
+            zero-weight rows to a multiple of the devices and split over them; the same importance.
 
     Returns:
-      A float32 tree with ``params``' exact structure.
+        A float32 tree with ``params``' exact structure.
 
     Raises:
-      ValueError: unknown estimator, bad ``chunk_size``, no batches, empty or ragged batches, a loss that is
-        not per-example; and, when concrete: NaN/inf parameters, a non-finite loss of a real example (e.g.
-        a label outside [0, C): NaN with a zero gradient), or a float32 overflow, naming the batch or path.
-      TypeError: a non-floating parameter leaf, or a ``structured`` that is not a bool.
+        ValueError: unknown estimator, bad ``chunk_size``, no batches, empty or ragged batches, a loss that is
+            not per-example; and, when concrete: NaN/inf parameters, a non-finite loss of a real example (e.g.
+            a label outside [0, C): NaN with a zero gradient), or a float32 overflow (naming batch or path).
+        TypeError: a non-floating parameter leaf, or a ``structured`` that is not a bool.
 
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from unlearnx import fisher
-      >>> loss = lambda p, batch: jnp.sum(batch["x"] @ p["w"], axis=1)  # ∂ℓᵢ/∂w = xᵢ
-      >>> batch = {"x": jnp.asarray([[1.0, 2.0], [3.0, 0.0]])}
-      >>> fisher.diagonal(loss, {"w": jnp.ones((2, 1))}, [batch])["w"][:, 0].tolist()  # mean of xᵢ²
-      [5.0, 2.0]
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from unlearnx import fisher
+        >>> loss = lambda p, batch: jnp.sum(batch["x"] @ p["w"], axis=1)  # ∂ℓᵢ/∂w = xᵢ
+        >>> batch = {"x": jnp.asarray([[1.0, 2.0], [3.0, 0.0]])}
+        >>> fisher.diagonal(loss, {"w": jnp.ones((2, 1))}, [batch])["w"][:, 0].tolist()  # mean of xᵢ²
+        [5.0, 2.0]
 
     References:
-      Foster, Schoepf and Brintrup, *Fast Machine Unlearning Without Retraining Through Selective Synaptic
-      Dampening*, AAAI 2024 (``batch_sq``); Dangel, Kunstner and Hennig, *BackPACK: Packing more into
-      backprop*, ICLR 2020 (per-example squared gradients from layer inputs and output gradients).
+        Foster, Schoepf and Brintrup, *Fast Machine Unlearning Without Retraining Through Selective Synaptic
+        Dampening*, AAAI 2024 (``batch_sq``); Dangel, Kunstner and Hennig, *BackPACK: Packing more into
+        backprop*, ICLR 2020 (per-example squared gradients from layer inputs and output gradients).
     """
     _check_arguments(params, estimator, chunk_size, structured)
     structured = structured and estimator == "empirical"
@@ -324,59 +325,3 @@ def _varying(leaf: jax.Array, axis_name: str) -> jax.Array:
         return jax.lax.pcast(leaf, axis_name, to="varying")
     except ValueError:  # already varying along the axis
         return leaf
-
-
-def _example_fingerprints(batch: PyTree) -> jax.Array:
-    """A uint32 hash per example of all the batch's leaves, so sampling is tied to the example itself.
-
-    The same example hashes the same whether it is evaluated alone (per-example gradients) or inside a
-    batch, which keeps the sampled labels identical across the estimators.
-    """
-    hashes = None
-    for leaf in jax.tree.leaves(batch):
-        flat = jnp.reshape(leaf, (leaf.shape[0], -1)).astype(jnp.float32)
-        bits = jax.lax.bitcast_convert_type(flat, jnp.uint32)
-        weights = (2 * jnp.arange(flat.shape[1], dtype=jnp.uint32) + 1) * jnp.uint32(2654435761)
-        leaf_hash = jnp.sum(bits * weights, axis=1, dtype=jnp.uint32)
-        hashes = leaf_hash if hashes is None else hashes * jnp.uint32(31) + leaf_hash
-    return hashes
-
-
-def sampled_label_loss(logits_fn: Callable[[PyTree, PyTree], jax.Array], rng: jax.Array) -> LossFn:
-    """A per-example loss whose labels are drawn from the model's own predictive distribution.
-
-    ℓᵢ(θ) = −log p_θ(ŷᵢ | xᵢ) with ŷᵢ ~ p_θ(· | xᵢ) (sampled without gradient). Used with the
-    ``"empirical"`` estimator this is a Monte-Carlo estimate of the true Fisher diagonal
-    E_x E_{y~p_θ}[(∂ log p_θ(y|x)/∂θ)²]. Each example's sample uses ``rng`` folded with a hash of the
-    example's contents, so it does not depend on batching.
-
-    Args:
-      logits_fn: ``logits_fn(params, batch) -> [B, C]`` logits.
-      rng: a ``jax.random.key``.
-
-    Returns:
-      ``loss_fn(params, batch) -> [B]``.
-    """
-
-    def loss_fn(params: PyTree, batch: PyTree) -> jax.Array:
-        logits = logits_fn(params, batch)
-        if jnp.ndim(logits) != 2:
-            raise ValueError(
-                f"sampled_label_loss: logits_fn must return [B, C] logits, got {jnp.shape(logits)}"
-            )
-        keys = jax.vmap(lambda h: jax.random.fold_in(rng, h))(_example_fingerprints(batch))
-        labels = jax.vmap(jax.random.categorical)(keys, jax.lax.stop_gradient(logits))
-        log_probs = jax.nn.log_softmax(logits)
-        return -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
-
-    return loss_fn
-
-
-def output_norm_loss(logits_fn: Callable[[PyTree, PyTree], jax.Array]) -> LossFn:
-    """LFSSD's label-free per-example loss ℓᵢ(θ) = ‖f_θ(xᵢ)‖₂² over the model outputs."""
-
-    def loss_fn(params: PyTree, batch: PyTree) -> jax.Array:
-        outputs = logits_fn(params, batch)
-        return jnp.sum(jnp.square(outputs.reshape(outputs.shape[0], -1)), axis=1)
-
-    return loss_fn

@@ -79,19 +79,25 @@ def dampening_factors(
     """The per-parameter SSD multipliers β (1 where a parameter is not selected).
 
     Args:
-      forget_importance: I_f tree (non-negative, finite).
-      full_importance: I_D tree of the same structure (non-negative, finite).
-      alpha: selection threshold α ≥ 0 (static).
-      lam: dampening constant λ ≥ 0 (static).
-      selected: optional bool tree; ``False`` leaves are never dampened.
+        forget_importance: I_f tree (non-negative, finite).
+        full_importance: I_D tree of the same structure (non-negative, finite).
+        alpha: selection threshold α ≥ 0 (static).
+        lam: dampening constant λ ≥ 0 (static).
+        selected: optional bool tree; ``False`` leaves are never dampened.
 
     Returns:
-      A float32 tree of β ∈ [0, 1].
+        A float32 tree of β ∈ [0, 1].
 
     Raises:
-      ValueError: mismatched structures, negative/non-finite importances (checked when concrete), negative or
-        non-finite α or λ.
-      TypeError: a traced α or λ (hyper-parameters are static; see :mod:`unlearnx._validation`).
+        ValueError: mismatched structures, negative/non-finite importances (checked when concrete), negative
+            or non-finite α or λ.
+        TypeError: a traced α or λ (hyper-parameters are static; see :mod:`unlearnx._validation`).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> forget, full = {"w": jnp.array([1.0, 1.0, 0.0])}, {"w": jnp.array([0.05, 0.5, 0.0])}
+        >>> dampening_factors(forget, full, alpha=10.0)["w"].tolist()  # 1 > 10·0.05: β = 0.05 / 1
+        [0.05, 1.0, 1.0]
     """
     checks.static_number("alpha", alpha, low=0.0)
     checks.static_number("lam", lam, low=0.0)
@@ -121,25 +127,38 @@ def ssd(
     """Selective Synaptic Dampening of ``params`` (see the module docstring for the rule).
 
     Args:
-      params: parameter tree (Linen dict, NNX ``State``, plain dict, ...).
-      forget_importance: I_f, same structure as ``params`` (non-negative, finite).
-      full_importance: I_D, same structure (non-negative, finite). D includes the forget set.
-      alpha: selection threshold α ≥ 0 (paper default 10 for ResNet-18, 5 for ViT full-class).
-      lam: dampening constant λ ≥ 0 (paper default 1).
-      where: selector of the parameters SSD may touch (``unlearnx.tree`` syntax; default: all).
-        Batch statistics are never changed, whatever ``where`` selects.
+        params: parameter tree (Linen dict, NNX ``State``, plain dict, ...).
+        forget_importance: I_f, same structure as ``params`` (non-negative, finite).
+        full_importance: I_D, same structure (non-negative, finite). D includes the forget set.
+        alpha: selection threshold α ≥ 0 (paper default 10 for ResNet-18, 5 for ViT full-class).
+        lam: dampening constant λ ≥ 0 (paper default 1).
+        where: selector of the parameters SSD may touch (``unlearnx.tree`` syntax; default: all).
+            Batch statistics are never changed, whatever ``where`` selects.
 
     Returns:
-      The dampened tree, ``params``' exact structure and dtypes; unselected leaves are returned bit-identical.
-      Importances below float32's smallest normal number (≈1.2e-38) count as 0, since XLA flushes
-      subnormals to zero; rescale both importance trees by a common factor if yours are that small.
+        The dampened tree, ``params``' exact structure and dtypes; unselected leaves are returned
+        bit-identical. Importances below float32's smallest normal number (≈1.2e-38) count as 0, since XLA
+        flushes subnormals to zero; rescale both importance trees by a common factor if yours are that small.
 
     Raises:
-      ValueError: mismatched structures or shapes, negative/non-finite importances or NaN/inf parameters
-        among the selected ones (checked when concrete, also when closed over by an outer ``jit``),
-        negative or non-finite α or λ.
-      TypeError: a traced α or λ (hyper-parameters are static: mark them ``static_argnames`` when jitting),
-        or a selected parameter that is not floating point (dampening would truncate it).
+        ValueError: mismatched structures or shapes, negative/non-finite importances or NaN/inf parameters
+            among the selected ones (checked when concrete, also when closed over by an outer ``jit``),
+            negative or non-finite α or λ.
+        TypeError: a traced α or λ (hyper-parameters are static: mark them ``static_argnames`` when jitting),
+            or a selected parameter that is not floating point (dampening would truncate it).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> variables = {"params": {"w": jnp.array([2.0, 2.0])}, "batch_stats": {"mean": jnp.array([2.0])}}
+        >>> forget = {"params": {"w": jnp.array([4.0, 1.0])}, "batch_stats": {"mean": jnp.array([9.0])}}
+        >>> full = {"params": {"w": jnp.array([0.2, 0.5])}, "batch_stats": {"mean": jnp.array([0.1])}}
+        >>> out = ssd(variables, forget, full, alpha=10.0, lam=1.0)  # only w[0]: 4 > 10·0.2, β = 0.2 / 4
+        >>> out["params"]["w"].tolist(), out["batch_stats"]["mean"].tolist()
+        ([0.1, 2.0], [2.0])
+
+    References:
+        Foster, Schoepf & Brintrup, `Fast Machine Unlearning Without Retraining Through Selective Synaptic
+        Dampening <https://arxiv.org/abs/2308.07707>`_, AAAI 2024.
     """
     checks.static_number("alpha", alpha, low=0.0)
     checks.static_number("lam", lam, low=0.0)
@@ -172,18 +191,30 @@ def assd_alpha(
     NaN or infinite (I_D = 0) are dropped; with λ = 1 this needs no tuning (Schoepf et al., arXiv 2402.10098).
 
     Args:
-      forget_importance: I_f tree.
-      full_importance: I_D tree of the same structure.
-      forget_fraction: s ∈ (0, 1].
-      where: the parameters whose ratios enter the percentile (default: all but batch statistics).
+        forget_importance: I_f tree.
+        full_importance: I_D tree of the same structure.
+        forget_fraction: s ∈ (0, 1].
+        where: the parameters whose ratios enter the percentile (default: all but batch statistics).
 
     Returns:
-      A float32 scalar α (linear-interpolated percentile, as ``numpy.percentile``).
+        A float32 scalar α (linear-interpolated percentile, as ``numpy.percentile``).
 
     Raises:
-      ValueError: ``forget_fraction`` outside (0, 1], mismatched trees, negative or non-finite importances
-        (checked when concrete), or (concrete importances) no finite ratio at all.
-      TypeError: a traced ``forget_fraction`` (hyper-parameters are static).
+        ValueError: ``forget_fraction`` outside (0, 1], mismatched trees, negative or non-finite importances
+            (checked when concrete), or (concrete importances) no finite ratio at all.
+        TypeError: a traced ``forget_fraction`` (hyper-parameters are static).
+
+    Examples:
+        >>> import math, jax.numpy as jnp
+        >>> ratios = jnp.arange(1.0, 101.0)  # I_f / I_D = 1, 2, ..., 100
+        >>> alpha = assd_alpha({"w": ratios}, {"w": jnp.ones(100)}, forget_fraction=0.1)
+        >>> p = 100 - math.log1p(100 * 0.1)  # the 97.60th percentile
+        >>> round(float(alpha), 3), round(1 + 0.99 * p, 3)
+        (97.626, 97.626)
+
+    References:
+        Schoepf, Foster & Brintrup, `Parameter-Tuning-Free Data Entry Error Unlearning with Adaptive Selective
+        Synaptic Dampening <https://arxiv.org/abs/2402.10098>`_, 2024.
     """
     fraction = checks.static_number("forget_fraction", forget_fraction, low=0.0, high=1.0, low_open=True)
     tree_lib.check_same_structure(
