@@ -10,8 +10,8 @@ reporting N_eff / N (0.5 in the headline case: an 800M model trained with repeat
 The fit profiles over L∞: for a fixed L∞ < min L the model is linear in log space,
 log(L − L∞) = log a − α log N, solved by least squares; L∞ is chosen to minimise the residual sum of
 squares in loss space, first on a grid L∞ = min L·(1 − u), u log-spaced in [1e−9, 1] (L∞ = 0 included),
-then by golden-section search between the best grid point's neighbours. Only fits with α > 0 count.
-Host-side NumPy float64; no SciPy.
+then by SciPy's bounded scalar minimiser (``scipy.optimize.minimize_scalar``, Brent's method) between the
+best grid point's neighbours. Only fits with α > 0 count. Host-side NumPy/SciPy float64.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+from scipy import optimize
 
 __all__ = ["EffectiveParams", "PowerLawFit", "effective_params", "fit_power_law"]
-
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
 class PowerLawFit(NamedTuple):
@@ -108,20 +107,15 @@ def fit_power_law(sizes: npt.ArrayLike, losses: npt.ArrayLike) -> PowerLawFit:
     best = int(np.argmin(rss))
     lo = candidates[max(best - 1, 0)]
     hi = candidates[min(best + 1, len(candidates) - 1)]
-    # golden-section search on the bracket; the objective is cheap, so 200 steps reach float precision
-    c, d = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-    fc, fd = _profile(log_n, loss, c)[2], _profile(log_n, loss, d)[2]
-    for _ in range(200):
-        if fc < fd:
-            hi, d, fd = d, c, fc
-            c = hi - _GOLDEN * (hi - lo)
-            fc = _profile(log_n, loss, c)[2]
-        else:
-            lo, c, fc = c, d, fd
-            d = lo + _GOLDEN * (hi - lo)
-            fd = _profile(log_n, loss, d)[2]
-    options = [(rss[best], candidates[best]), (fc, c), (fd, d)]
-    l_inf = min(options)[1]
+    refined = l_inf = candidates[best]
+    if hi > lo:
+        search = optimize.minimize_scalar(
+            lambda c: _profile(log_n, loss, c)[2], bounds=(lo, hi), method="bounded",
+            options={"xatol": 1e-12 * max(hi, 1.0)},
+        )  # fmt: skip
+        refined = float(search.x)
+    if _profile(log_n, loss, refined)[2] < rss[best]:
+        l_inf = refined
     log_a, alpha, residual = _profile(log_n, loss, l_inf)
     return PowerLawFit(math.exp(log_a), alpha, float(l_inf), float(n.min()), float(n.max()), residual)
 
