@@ -85,36 +85,36 @@ def fit(
     """Trains ``variables`` for ``epochs`` passes over ``arrays``; returns ``(variables, history)``.
 
     Args:
-      model: the pure model.
-      variables: initial variables (``{"params": ..., ["batch_stats": ...]}``).
-      arrays: training examples, ``{"x": [N, ...], "y": [N], ...}`` (see :func:`example_losses`).
-      optimizer: an optax transformation.
-      epochs: number of passes (0 returns ``variables`` unchanged).
-      batch_size: examples per step.
-      rng: key for stochastic layers.
-      seed: data-order seed.
-      checkpoint_dir: where to checkpoint (``None``: no checkpoints).
-      checkpoint_seconds: minimum wall time between end-of-epoch checkpoints (0: every epoch; ``None``: only
-        the last epoch). The last epoch is always saved, so a rerun of a finished fit returns at once.
-      logger: receives one record per epoch (JSONL + TensorBoard).
-      mesh: data-parallel mesh (default: all devices).
-      on_epoch_end: ``on_epoch_end(epoch, state) -> dict | None``; the dict joins the epoch's record (and so
-        the checkpointed history).
-      augment: host-side batch transform ``augment(batch, generator)`` (e.g.
-        :func:`unlearnx.data.crop_and_flip`), seeded by ``(seed, epoch, batch index)``.
-      loss: per-example objective ``loss(outputs, batch) -> [B]`` (:func:`example_losses` for classifiers,
-        :func:`next_token_losses` for language models).
-      desc: the loop's name (progress bar, records, :func:`stop_at`).
-      progress: show a progress bar.
-      shard_params: shard parameters and optimizer state over the mesh instead of replicating them.
+        model: the pure model.
+        variables: initial variables (``{"params": ..., ["batch_stats": ...]}``).
+        arrays: training examples, ``{"x": [N, ...], "y": [N], ...}`` (see :func:`example_losses`).
+        optimizer: an optax transformation.
+        epochs: number of passes (0 returns ``variables`` unchanged).
+        batch_size: examples per step.
+        rng: key for stochastic layers.
+        seed: data-order seed.
+        checkpoint_dir: where to checkpoint (``None``: no checkpoints).
+        checkpoint_seconds: minimum wall time between end-of-epoch checkpoints (0: every epoch; ``None``: only
+            the last epoch). The last epoch is always saved, so a rerun of a finished fit returns at once.
+        logger: receives one record per epoch (JSONL + TensorBoard).
+        mesh: data-parallel mesh (default: all devices).
+        on_epoch_end: ``on_epoch_end(epoch, state) -> dict | None``; the dict joins the epoch's record (and so
+            the checkpointed history).
+        augment: host-side batch transform ``augment(batch, generator)`` (e.g.
+            :func:`unlearnx.data.crop_and_flip`), seeded by ``(seed, epoch, batch index)``.
+        loss: per-example objective ``loss(outputs, batch) -> [B]`` (:func:`example_losses` for classifiers,
+            :func:`next_token_losses` for language models).
+        desc: the loop's name (progress bar, records, :func:`stop_at`).
+        progress: show a progress bar.
+        shard_params: shard parameters and optimizer state over the mesh instead of replicating them.
 
     Returns:
-      ``(variables, history)``: the trained variables and the per-epoch records.
+        ``(variables, history)``: the trained variables and the per-epoch records.
 
     Raises:
-      ValueError: for ``epochs < 0``, ``batch_size < 1``, empty ``arrays``, variables without ``params``,
-        arrays without ``x`` (or ``y``/``target_probs`` for the default loss), or labels outside [0, C).
-      Preempted: after a checkpoint, when a stop was requested.
+        ValueError: for ``epochs < 0``, ``batch_size < 1``, empty ``arrays``, variables without ``params``,
+            arrays without ``x`` (or ``y``/``target_probs`` for the default loss), or labels outside [0, C).
+        Preempted: after a checkpoint, when a stop was requested.
 
     Example::
 

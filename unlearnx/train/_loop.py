@@ -155,29 +155,29 @@ def loop(
     Records, checkpoints, resume, stops and sharding work as the module docstring describes.
 
     Args:
-      step_fn: ``(state, batch) -> (state, {name: scalar or per-run array})``, usually jitted.
-      state: any pytree (e.g. :class:`TrainState`); RNG belongs in it (fold in the step inside ``step_fn``).
-      batch_at: the host batch of step ``i``; must be a deterministic function of ``i`` for exact resume.
-      num_steps: total steps of this loop (a resumed loop runs only the rest).
-      name: the loop's name in records, progress bar, :func:`stop_at` and :class:`Preempted`.
-      interval: steps per record (an epoch, an evaluation period).
-      on_interval: extra record fields from ``(step, state, step_metrics)``, e.g. an evaluation; include
-        ``"done": True`` to stop early.
-      checkpoint_dir: where to checkpoint (``None``: no checkpoints; a stop request then loses progress).
-      checkpoint_policy: orbax ``SaveDecisionPolicy`` consulted at each record (default: at most once a
-        minute, :func:`unlearnx.checkpoint.interval_policy`; ``None``: only the final and stop saves).
-      logger: where records are written (resumed loops first drop their own records past the restored step).
-      mesh: data-parallel mesh (default: every device of every process).
-      shard_params: shard the state's leaves over the mesh instead of replicating them.
-      batch_axis: the axis of every batch leaf that holds examples (1 for batches of vmapped runs).
-      progress: show a progress bar.
+        step_fn: ``(state, batch) -> (state, {name: scalar or per-run array})``, usually jitted.
+        state: any pytree (e.g. :class:`TrainState`); RNG belongs in it (fold in the step inside ``step_fn``).
+        batch_at: the host batch of step ``i``; must be a deterministic function of ``i`` for exact resume.
+        num_steps: total steps of this loop (a resumed loop runs only the rest).
+        name: the loop's name in records, progress bar, :func:`stop_at` and :class:`Preempted`.
+        interval: steps per record (an epoch, an evaluation period).
+        on_interval: extra record fields from ``(step, state, step_metrics)``, e.g. an evaluation; include
+            ``"done": True`` to stop early.
+        checkpoint_dir: where to checkpoint (``None``: no checkpoints; a stop request then loses progress).
+        checkpoint_policy: orbax ``SaveDecisionPolicy`` consulted at each record (default: at most once a
+            minute, :func:`unlearnx.checkpoint.interval_policy`; ``None``: only the final and stop saves).
+        logger: where records are written (resumed loops first drop their own records past the restored step).
+        mesh: data-parallel mesh (default: every device of every process).
+        shard_params: shard the state's leaves over the mesh instead of replicating them.
+        batch_axis: the axis of every batch leaf that holds examples (1 for batches of vmapped runs).
+        progress: show a progress bar.
 
     Returns:
-      ``(state, history)``: the final state and the list of records.
+        ``(state, history)``: the final state and the list of records.
 
     Raises:
-      ValueError: for a negative ``num_steps``, an ``interval`` < 1, or a checkpoint past ``num_steps``.
-      Preempted: after saving, when a stop was requested.
+        ValueError: for a negative ``num_steps``, an ``interval`` < 1, or a checkpoint past ``num_steps``.
+        Preempted: after saving, when a stop was requested.
 
     Example::
 

@@ -30,7 +30,26 @@ __all__ = ["Phase", "plan", "supervised_phase"]
 class Phase:
     """One training loop of a study: ``repeats`` identical loops (seeds, methods, classes) of ``steps``
     steps of ``step(state, batch)``, with ``state`` and one global ``batch`` as abstract shapes
-    (``jax.ShapeDtypeStruct`` leaves) or arrays; ``batch_axis`` and ``shard_params`` as the loop runs them."""
+    (``jax.ShapeDtypeStruct`` leaves) or arrays; ``batch_axis`` and ``shard_params`` as the loop runs them.
+
+    Attributes:
+        name: the loop's name in :func:`plan`'s table.
+        step: ``step(state, batch)``, as :func:`unlearnx.train.loop` calls it.
+        state: the state, abstract or concrete.
+        batch: one global batch, abstract or concrete.
+        steps: steps of one loop.
+        repeats: identical loops.
+        batch_axis: the example axis of the batch.
+        shard_params: whether the loop shards parameters (``loop(..., shard_params=)``).
+        loop_trips: iterations of a ``lax.scan`` in the step (microbatches): XLA counts a loop body once.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> phase = Phase("sum", lambda s, b: s + b["x"].sum(), jax.ShapeDtypeStruct((), jnp.float32),
+        ...               {"x": jax.ShapeDtypeStruct((8, 2), jnp.float32)}, steps=100)
+        >>> phase.repeats, phase.batch["x"].shape
+        (1, (8, 2))
+    """
 
     name: str
     step: Callable[[Any, Mapping[str, Any]], Any]
@@ -60,20 +79,27 @@ def supervised_phase(
     ``jax.eval_shape``: nothing is initialised).
 
     Args:
-      name: the loop's name in the table.
-      model: a :class:`unlearnx.models.Model`.
-      optimizer: the optax transformation the run uses.
-      input_shape: one example's input shape.
-      batch_size: the global batch size.
-      steps: optimizer steps of one run.
-      repeats: identical runs (seeds, methods, classes).
-      loss: :func:`~unlearnx.train.example_losses` (a batch with integer labels ``"y"`` of
-        ``target_shape``) or another per-example loss of ``make_train_step`` (inputs only).
-      input_dtype: the input's dtype (``jnp.int32`` for tokens).
-      target_shape: one example's label shape.
+        name: the loop's name in the table.
+        model: a :class:`unlearnx.models.Model`.
+        optimizer: the optax transformation the run uses.
+        input_shape: one example's input shape.
+        batch_size: the global batch size.
+        steps: optimizer steps of one run.
+        repeats: identical runs (seeds, methods, classes).
+        loss: :func:`~unlearnx.train.example_losses` (a batch with integer labels ``"y"`` of
+            ``target_shape``) or another per-example loss of ``make_train_step`` (inputs only).
+        input_dtype: the input's dtype (``jnp.int32`` for tokens).
+        target_shape: one example's label shape.
 
     Returns:
-      The :class:`Phase`.
+        The :class:`Phase`.
+
+    Examples:
+        >>> import optax
+        >>> from unlearnx import models
+        >>> phase = supervised_phase("mlp", models.mlp((4,), 3, hidden=(8,)), optax.sgd(0.1), (4,), 32, 500)
+        >>> phase.batch["x"].shape, phase.batch["y"].shape, phase.steps
+        ((32, 4), (32,), 500)
     """
 
     def create():
@@ -111,20 +137,20 @@ def plan(phases: Sequence[Phase]) -> tuple[str, dict[str, Any]]:
     :data:`~unlearnx.train.DEFAULT_UTILISATION` of the bf16 peak, and XLA's memory per device.
 
     Args:
-      phases: the study's loops.
+        phases: the study's loops.
 
     Returns:
-      ``(markdown, record)``; ``record`` holds each phase's :class:`~unlearnx.train.StepCost` fields, its
-      repeats and hours, and ``total_hours`` per device kind.
+        ``(markdown, record)``; ``record`` holds each phase's :class:`~unlearnx.train.StepCost` fields, its
+        repeats and hours, and ``total_hours`` per device kind.
 
-    Example:
-      >>> import optax
-      >>> from unlearnx import models, train
-      >>> model = models.mlp((8,), 3, hidden=(16,))
-      >>> phase = train.supervised_phase("fit", model, optax.adam(1e-3), (8,), 32, 100)
-      >>> text, record = train.plan([phase])
-      >>> record["phases"][0]["steps"]
-      100
+    Examples:
+        >>> import optax
+        >>> from unlearnx import models, train
+        >>> model = models.mlp((8,), 3, hidden=(16,))
+        >>> phase = train.supervised_phase("fit", model, optax.adam(1e-3), (8,), 32, 100)
+        >>> text, record = train.plan([phase])
+        >>> record["phases"][0]["steps"]
+        100
     """
     detected, detected_peak = device_peak_flops()
     peaks = {"detected": (detected_peak, None), **{name: (p, 1) for name, p in REFERENCE_DEVICES.items()}}

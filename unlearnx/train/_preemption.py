@@ -33,9 +33,14 @@ class Preempted(RuntimeError):
     """Raised by :func:`unlearnx.train.loop` after it checkpointed because a stop was requested.
 
     Attributes:
-      name: the loop that stopped.
-      step: the step it saved.
-      directory: the checkpoint directory a rerun resumes from.
+        name: the loop that stopped.
+        step: the step it saved.
+        directory: the checkpoint directory a rerun resumes from.
+
+    Examples:
+        >>> error = Preempted("fit", 120, "runs/mine/ckpt")
+        >>> str(error), error.step
+        ("'fit' stopped after step 120; checkpoint in runs/mine/ckpt", 120)
     """
 
     def __init__(self, name: str, step: int, directory: str | None):
@@ -45,15 +50,41 @@ class Preempted(RuntimeError):
 
 
 def request_stop() -> None:
-    """Asks every running :func:`unlearnx.train.loop` to checkpoint and raise :class:`Preempted`."""
+    """Asks every running :func:`unlearnx.train.loop` to checkpoint and raise :class:`Preempted`.
+
+    The request stays until :func:`clear_stop`; SIGTERM makes the same request after
+    :func:`install_sigterm_handler`.
+
+    Returns:
+        ``None``.
+
+    Examples:
+        >>> request_stop()
+        >>> stop_requested("fit", 0), stop_requested("other", 7)  # every loop stops
+        (True, True)
+        >>> clear_stop()
+    """
     _requested.set()
 
 
 def stop_at(name: str, step: int) -> None:
     """Asks the loop named ``name`` to checkpoint and stop once it has run ``step`` steps.
 
+    Args:
+        name: the loop's name (``loop(..., name=)``).
+        step: stop once this many steps have run.
+
+    Returns:
+        ``None``.
+
     Raises:
-      ValueError: if ``name`` is empty or ``step`` is not a non-negative int.
+        ValueError: if ``name`` is empty or ``step`` is not a non-negative int.
+
+    Examples:
+        >>> stop_at("fit", 100)
+        >>> stop_requested("fit", 99), stop_requested("fit", 100), stop_requested("other", 100)
+        (False, True, False)
+        >>> clear_stop()
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"stop_at: name must be a non-empty string, got {name!r}")
@@ -63,7 +94,17 @@ def stop_at(name: str, step: int) -> None:
 
 
 def clear_stop() -> None:
-    """Forgets every pending request (after a handled :class:`Preempted`, before training again)."""
+    """Forgets every pending request (after a handled :class:`Preempted`, before training again).
+
+    Returns:
+        ``None``.
+
+    Examples:
+        >>> request_stop()
+        >>> clear_stop()
+        >>> stop_requested("fit", 0)
+        False
+    """
     _requested.clear()
     _stop_points.clear()
 
@@ -73,6 +114,20 @@ def install_sigterm_handler() -> None:
 
     On several processes JAX's own preemption notifier (started by ``jax.distributed.initialize``) handles
     SIGTERM and :func:`stop_requested` consults its sync point, so this does nothing there.
+
+    Returns:
+        ``None``.
+
+    Examples:
+        >>> import signal
+        >>> previous = signal.getsignal(signal.SIGTERM)
+        >>> install_sigterm_handler()
+        >>> handler = signal.getsignal(signal.SIGTERM)  # SIGTERM now calls request_stop
+        >>> handler(signal.SIGTERM, None)
+        >>> stop_requested("fit", 0)
+        True
+        >>> clear_stop()
+        >>> _ = signal.signal(signal.SIGTERM, previous)
     """
     if jax.process_count() > 1:
         return
@@ -80,7 +135,20 @@ def install_sigterm_handler() -> None:
 
 
 def stop_requested(name: str, step: int) -> bool:
-    """Whether the loop ``name`` should stop after ``step`` steps (agreed across processes)."""
+    """Whether the loop ``name`` should stop after ``step`` steps (agreed across processes).
+
+    Args:
+        name: the loop's name.
+        step: the steps it has run.
+
+    Returns:
+        ``True`` after :func:`request_stop` (or SIGTERM), at or past a :func:`stop_at` point of ``name``, or
+        at a multi-host job's preemption sync point.
+
+    Examples:
+        >>> stop_requested("fit", 10)
+        False
+    """
     local = _requested.is_set() or (name in _stop_points and step >= _stop_points[name])
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils

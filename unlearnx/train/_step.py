@@ -33,12 +33,18 @@ class TrainState(NamedTuple):
     """Everything a training step reads and changes, checkpointed whole by :func:`unlearnx.train.loop`.
 
     Attributes:
-      step: int32 step count; a step's randomness is ``fold_in(rng, step)``.
-      variables: the model variables (``{"params": ..., ["batch_stats": ...]}``).
-      opt_state: the optimizer state (penalty anchors, Fisher, SI integrals and sparse masks live here, in
-        their optax transforms' states).
-      rng: the run's key (never split in place: steps fold in their step number).
-      extra: any other state a custom step carries (e.g. an EMA of the parameters); ``None`` by default.
+        step: int32 step count; a step's randomness is ``fold_in(rng, step)``.
+        variables: the model variables (``{"params": ..., ["batch_stats": ...]}``).
+        opt_state: the optimizer state (penalty anchors, Fisher, SI integrals and sparse masks live here, in
+            their optax transforms' states).
+        rng: the run's key (never split in place: steps fold in their step number).
+        extra: any other state a custom step carries (e.g. an EMA of the parameters); ``None`` by default.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> state = TrainState.create({"params": {"w": jnp.zeros(2)}}, optax.sgd(0.1), jax.random.key(0))
+        >>> int(state.step), state.extra is None
+        (0, True)
     """
 
     step: jax.Array
@@ -68,7 +74,28 @@ def _gathered_nll(log_probs: jax.Array, ids: jax.Array, name: str, what: str) ->
 
 
 def example_losses(logits: jax.Array, batch: Batch) -> jax.Array:
-    """Per-example weighted loss ℓᵢ (see the module docstring), shape ``[B]``."""
+    """Per-example weighted loss ℓᵢ = wᵢ·CE or wᵢ·KL(tᵢ ‖ softmax f(xᵢ)) (see the module docstring).
+
+    Args:
+        logits: f(x), ``[B, C]``.
+        batch: a dict with integer labels ``"y"`` ``[B]`` or soft targets ``"target_probs"`` ``[B, C]``
+            (which win when both are given), and optionally weights ``"weight"`` ``[B]``.
+
+    Returns:
+        ℓ, float32 ``[B]``.
+
+    Raises:
+        ValueError: neither ``"y"`` nor ``"target_probs"``, or (concrete) a label outside [0, C); a traced
+            one gives NaN.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> logits = jnp.log(jnp.array([[0.5, 0.5], [0.8, 0.2]]))
+        >>> example_losses(logits, {"y": jnp.array([0, 1]), "weight": jnp.array([1.0, -1.0])})  # -ln p_y·w
+        Array([ 0.6931...,  -1.6094...], dtype=float32)
+        >>> example_losses(logits, {"target_probs": jnp.array([[0.5, 0.5], [0.8, 0.2]])})  # KL = 0
+        Array([0., 0.], dtype=float32)
+    """
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
     if "target_probs" in batch:
         targets = batch["target_probs"].astype(jnp.float32)
@@ -94,6 +121,22 @@ def next_token_losses(logits: jax.Array, batch: Batch) -> jax.Array:
         ℓ_b = Σ_{t≥1} m_{b,t} · (−log softmax(logits_{b,t−1})[x_{b,t}]) / max(1, Σ_{t≥1} m_{b,t})
 
     so a sequence without target tokens contributes 0.
+
+    Args:
+        logits: the LM's logits ``[B, T, V]``.
+        batch: ``{"x": int tokens [B, T]}`` and optionally ``"mask"`` ``[B, T]``.
+
+    Returns:
+        ℓ, float32 ``[B]``.
+
+    Raises:
+        ValueError: (concrete) a token outside [0, V); a traced one gives NaN.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> logits = jnp.zeros((1, 3, 4))  # uniform over 4 tokens: every target costs ln 4
+        >>> next_token_losses(logits, {"x": jnp.array([[0, 1, 2]])})
+        Array([1.3862...], dtype=float32)
     """
     log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
     token_nll = _gathered_nll(log_probs, batch["x"][:, 1:], "batch['x']", "token ids")
@@ -169,7 +212,32 @@ def _split(leaf: jax.Array, parts: int) -> jax.Array:
 
 
 def predict(model: Model, variables: PyTree, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
-    """Eval-mode outputs of ``model`` on ``x``, computed in batches; returns a host float32 array."""
+    """Eval-mode outputs of ``model`` on ``x``, computed in batches.
+
+    Each batch is padded to a power of two (at most ``batch_size``), so sets of any size reuse a few
+    compiled shapes.
+
+    Args:
+        model: a :class:`unlearnx.models.Model`.
+        variables: its variables.
+        x: the inputs, ``[N, ...]``.
+        batch_size: the most examples per call.
+
+    Returns:
+        ``model.apply(variables, x, train=False)`` as a host float32 array ``[N, ...]``.
+
+    Raises:
+        ValueError: ``x`` is empty.
+
+    Examples:
+        >>> import jax, numpy as np
+        >>> from unlearnx import models
+        >>> model = models.mlp((4,), 3, hidden=(8,))
+        >>> variables, x = model.init(jax.random.key(0)), np.ones((5, 4), np.float32)
+        >>> outputs = predict(model, variables, x, batch_size=2)  # batches of 2, 2 and 1 (padded to 1)
+        >>> outputs.shape, bool(np.allclose(outputs, model.apply(variables, x, train=False), atol=1e-6))
+        ((5, 3), True)
+    """
     if len(x) == 0:
         raise ValueError("predict: x is empty")
     apply = _eval_fn(model)

@@ -36,8 +36,8 @@ class MetricLogger:
     ``path``; ``False`` for none). Only process 0 writes.
 
     Args:
-      path: the JSONL file (``None``: log nothing).
-      tensorboard_dir: where the event files go.
+        path: the JSONL file (``None``: log nothing).
+        tensorboard_dir: where the event files go.
 
     Example::
 
