@@ -24,7 +24,9 @@ runs alongside. Sizes are ``"d_model x layers x heads"`` strings.
 
 Presets (``PRESETS``): ``smoke`` (tests), ``quick`` (Python stdlib bytes, sizes 32/64/96 × 2 × 4 plus an
 attention-only 32 × 2 × 4, 160 steps of batch 8 × 128, E ∈ {3, 10, 30, 100} at f = 0.1, 2 seeds) and ``paper``
-(``tfds_text:lm1b`` bytes, ≈ 10M–400M non-embedding parameters, 8,000 steps of 256 × 1024, E up to 10⁴).
+(``tfds_text:lm1b`` bytes, ≈ 10M–400M non-embedding parameters, 8,000 steps of 256 × 1024, E up to 10⁴);
+``induction``: the span mixture (``span_lengths``; :mod:`experiments.repeated_induction`), attention-only
+64 × 2 × 4, 4,000 steps of 32 × 32, E ∈ {100, 1000} at f = 0.1, 2 seeds.
 """
 
 from __future__ import annotations
@@ -148,24 +150,15 @@ class Data:
         test = text.load(config.dataset, "test", data_dir=config.data_dir)
         budget = config.steps * config.batch_size * config.seq_len
         self.runs = runs(config)
-        tokens = self.train.tokens
-        if config.span_lengths:  # every sequence slot of the training stream gets its span
-            rows = np.asarray(tokens)[: len(tokens) // config.seq_len * config.seq_len]
-            tokens = repeated_induction.with_spans(
-                config, rows.reshape(-1, config.seq_len), 2
-            ).tokens.reshape(-1)
+        tokens = repeated_induction.training_stream(config, self.train.tokens)
         mixture = functools.partial(repeated_mixture, tokens, budget=budget, seq_len=config.seq_len)
         self.mixtures = [
             mixture(repeated_fraction=run["fraction"], repeat_epochs=run["epochs"], seed=run["seed"])
             for run in self.runs
         ]
         held_out = _chunks(test.tokens, config.seq_len, config.final_eval_sequences + config.probe_batch, 1)
-        self.final_test = held_out[: config.final_eval_sequences]
-        # copy_mask: the span copying loss's targets (second span copies of the final test sequences)
-        self.copy_mask = np.zeros((len(held_out) + config.probe_batch, config.seq_len), bool)
-        if config.span_lengths:
-            spanned = repeated_induction.with_spans(config, self.final_test, 3)
-            self.final_test, self.copy_mask[: len(spanned.tokens)] = spanned.tokens, spanned.copy_mask()
+        # copy_mask [probes, seq_len]: the span copying loss's targets (all False without spans)
+        self.final_test, self.copy_mask = repeated_induction.final_test_rows(config, held_out)
         self.test = self.final_test[: config.eval_sequences]
         segments = held_out[config.final_eval_sequences :, : config.seq_len // 2]
         copies = np.concatenate([segments, segments], axis=1)

@@ -39,6 +39,26 @@ def with_spans(config, rows: np.ndarray, seed: int) -> RepeatedSpans:
     return repeated_spans(rows, min_span=low, max_span=high, vocab_size=256, seed=seed)
 
 
+def training_stream(config, tokens: np.ndarray) -> np.ndarray:
+    """The training token stream: ``tokens`` itself, or with ``span_lengths`` its seq_len-token rows (the
+    mixture's sequence slots) each given a span and its repeat, flattened."""
+    if not config.span_lengths:
+        return tokens
+    rows = np.asarray(tokens)[: len(tokens) // config.seq_len * config.seq_len]
+    return with_spans(config, rows.reshape(-1, config.seq_len), 2).tokens.reshape(-1)
+
+
+def final_test_rows(config, held_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The final test rows (the first ``final_eval_sequences`` of ``held_out``, with spans when
+    ``span_lengths``) and the copy mask over the probe batch (test rows, then 2 · ``probe_batch`` probes)."""
+    final = held_out[: config.final_eval_sequences]
+    mask = np.zeros((len(held_out) + config.probe_batch, config.seq_len), bool)
+    if config.span_lengths:
+        spanned = with_spans(config, final, 3)
+        final, mask[: len(final)] = spanned.tokens, spanned.copy_mask()
+    return final, mask
+
+
 def chance(config) -> float:
     """The probe's chance level: rows of seq_len / 2 random bytes repeated twice."""
     return induction.chance_prefix_matching(config.seq_len, config.seq_len // 2)
@@ -98,8 +118,13 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
         f"Corpus `{config.dataset}` bytes cut into sequences of {config.seq_len}; each sequence carries a "
         f"random byte span of ℓ ∈ [{low}, {high}] followed by its repeat (random start). Budget D = "
         f"{budget:,} tokens ({config.steps} steps × {config.batch_size} × {config.seq_len}), one pass; "
-        f"f = {config.fraction:g} with E ∈ {list(config.repeat_epochs)}, fractions "
-        f"{list(config.sweep_fractions)} at E = {config.sweep_epochs}; seeds {list(config.seeds)}; "
+        f"f = {config.fraction:g} with E ∈ {list(config.repeat_epochs)}"
+        + (
+            f", fractions {list(config.sweep_fractions)} at E = {config.sweep_epochs}"
+            if config.sweep_fractions
+            else ""
+        )
+        + f"; seeds {list(config.seeds)}; "
         f"AdamW {config.lr:g} (warm-up {config.warmup_steps}, cosine). Losses in nats per byte, "
         "mean ± std over seeds. Not tuned.",
         "",
