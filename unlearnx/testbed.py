@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,15 @@ import numpy as np
 import optax
 
 from unlearnx import data, diffusion, models, train
+from unlearnx._testbed_spec import (
+    Concept,
+    PromptGrid,
+    TestbedConfig,
+    concept,
+    local_arrays,
+    make_optimizer,
+    quality_gate,
+)
 from unlearnx.checkpoint import interval_policy
 from unlearnx.data import shapes as shapes_data
 from unlearnx.models.text_encoder import text_encoder
@@ -34,77 +42,8 @@ from unlearnx.models.unet import unet
 __all__ = ["Concept", "PromptGrid", "Testbed", "TestbedConfig", "build", "concept", "diffusion_step"]
 __all__ += ["eps_function", "held_out", "local_arrays", "make_optimizer", "quality_gate"]
 
-# Bumped whenever the cached checkpoints change structure, so a cache written by older code is never read
-# (2: TrainState with the EMA in ``extra`` and a named optimizer chain, on train.loop / train.fit).
-_CACHE_FORMAT = 2
 _RECORD_EVERY = 50  # diffusion steps per logged record (mean loss)
 _SAVE_SECONDS = 120.0  # minimum wall time between diffusion checkpoints (the last step is always saved)
-
-
-@dataclasses.dataclass(frozen=True)
-class TestbedConfig:
-    """Everything that determines the trained testbed (its cache key).
-
-    The defaults (Min-SNR-5 ε loss, batch 32, 3,000 steps) give unedited samples with the prompted shape and
-    colour 100% of the time after ~11 min on 2 CPU cores; DDPM's unweighted loss with 1,500 steps of batch 64
-    reached only 59% (shape) and 81% (colour), its squares and triangles drawn as blobs.
-    """
-
-    image_size: int = 16
-    shapes: tuple[str, ...] = ("circle", "square", "triangle", "star")
-    colours: tuple[str, ...] = ("red", "green", "blue", "yellow")
-    length: int = 16
-    num_train: int = 20_000
-    text_width: int = 64
-    text_layers: int = 2
-    channels: tuple[int, ...] = (16, 32, 64)
-    attention: tuple[bool, ...] = (False, True, True)
-    layers_per_block: int = 1
-    steps: int = 3000
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup: int = 100
-    ema_decay: float = 0.998
-    p_uncond: float = 0.1
-    snr_gamma: float | None = 5.0
-    classifier_epochs: int = 4
-    seed: int = 0
-
-    def key(self) -> str:
-        """The cache key: a hash of the settings and of the cache's checkpoint format."""
-        text = json.dumps({"cache_format": _CACHE_FORMAT, **dataclasses.asdict(self)}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-class Concept(NamedTuple):
-    """One erasable concept of the testbed: a shape or a colour."""
-
-    name: str
-    kind: str  # "shape" or "colour"
-    label: int  # its index in ``shapes`` or ``colours``
-    others: tuple[str, ...]  # the other concepts of the same kind
-
-
-def concept(config: TestbedConfig, name: str) -> Concept:
-    """The shape or colour ``name`` of ``config``.
-
-    Raises:
-      ValueError: if ``name`` is neither a shape nor a colour of ``config``.
-    """
-    for kind, names in (("shape", config.shapes), ("colour", config.colours)):
-        if name in names:
-            return Concept(name, kind, names.index(name), tuple(other for other in names if other != name))
-    raise ValueError(f"concept {name!r} is neither a shape {config.shapes} nor a colour {config.colours}")
-
-
-class PromptGrid(NamedTuple):
-    """Every prompt "a <colour> <shape>" (shape-major), ``repeat`` samples each: the prompts, each sample's
-    prompted shape and colour index, and its text-encoder rows ``[N, L, d]``."""
-
-    prompts: list[str]
-    shape: np.ndarray
-    colour: np.ndarray
-    contexts: jax.Array
 
 
 def _captioned_shapes(config: TestbedConfig, count: int, seed: int) -> shapes_data.CaptionedShapes:
@@ -133,6 +72,11 @@ class Testbed:
         text_variables, unet_variables, classifier_variables: Their trained variables.
         schedule: The DDPM schedule (linear β, T = 1000).
         train_seconds: Wall time of training in this process (0 when loaded from the cache).
+
+    Examples:
+        >>> testbed = Testbed(TestbedConfig(num_train=8))  # untrained: :func:`build` trains or restores
+        >>> testbed.tokens("a red circle").shape, testbed.num_classes
+        ((16,), 16)
     """
 
     def __init__(self, config: TestbedConfig):
@@ -229,8 +173,23 @@ def _embed(text_model, variables, tokens):
 
 
 def eps_function(unet_model: models.Model, unet_params: Any):
-    """``eps_fn(x_t, t, context)`` of the UNet with parameters ``unet_params``; one context ``[L, d]`` is
-    shared by the whole batch, a ``[B, L, d]`` block gives each example its own."""
+    """The ε-predictor ``eps_fn(x_t, t, context)`` of the UNet with parameters ``unet_params``.
+
+    Args:
+        unet_model: the UNet (``apply({"params": p}, (x_t, t, context))``).
+        unet_params: its parameters.
+
+    Returns:
+        ``eps_fn`` for :mod:`unlearnx.diffusion`: one context ``[L, d]`` is shared by the whole batch, a
+        ``[B, L, d]`` block gives each example its own.
+
+    Examples:
+        >>> import types, jax.numpy as jnp
+        >>> toy = types.SimpleNamespace(apply=lambda v, inputs: inputs[2].sum((1, 2)) * v["params"])
+        >>> eps_fn = eps_function(toy, 2.0)
+        >>> eps_fn(jnp.zeros((3, 1)), jnp.zeros(3, int), jnp.ones((4, 5))).tolist()  # context broadcast
+        [40.0, 40.0, 40.0]
+    """
 
     def eps_fn(x, t, context):
         context = jnp.broadcast_to(context, (x.shape[0], *context.shape[-2:]))
@@ -249,22 +208,19 @@ def _sampler(unet_model: models.Model, num_steps: int, guidance_scale: float):
     return jax.jit(run)
 
 
-def make_optimizer(config: TestbedConfig) -> optax.GradientTransformation:
-    """Adam with global-norm clipping 1, linear warm-up to ``lr``, then cosine decay to 0.1·lr."""
-    schedule = optax.join_schedules(
-        [
-            optax.linear_schedule(0.0, config.lr, config.warmup),
-            optax.cosine_decay_schedule(config.lr, config.steps, 0.1),
-        ],
-        [config.warmup],
-    )
-    return optax.named_chain(("clip", optax.clip_by_global_norm(1.0)), ("adam", optax.adam(schedule)))
-
-
 def diffusion_step(testbed: Testbed, optimizer: optax.GradientTransformation) -> Callable:
     """The jitted joint step ``(state, {"x", "tokens"}) -> (state, {"loss"})``: Min-SNR-γ ε loss with the
     caption dropped to the empty prompt with probability ``p_uncond``, noise from ``fold_in(state.rng,
-    state.step)``, then the EMA update of ``state.extra["ema"]`` (decay min(ema_decay, (1+k)/(10+k)))."""
+    state.step)``, then the EMA update of ``state.extra["ema"]`` (decay min(ema_decay, (1+k)/(10+k))).
+
+    Args:
+        testbed: the testbed (its models, schedule and settings).
+        optimizer: the optimizer of ``state.opt_state`` (:func:`make_optimizer`).
+
+    Returns:
+        The jitted step for :func:`unlearnx.train.loop`, over ``state.variables["params"]`` =
+        ``{"text", "unet"}`` and token batches of the captions.
+    """
     config = testbed.config
     empty = jnp.asarray(testbed.tokens(""))[None]
     text_model, unet_model, noise_schedule = testbed.text_model, testbed.unet_model, testbed.schedule
@@ -325,12 +281,6 @@ def _train_diffusion(
     return local_arrays(ema["text"]), local_arrays(ema["unet"])
 
 
-def local_arrays(tree: Any) -> Any:
-    """Plain default-device arrays (restored or mesh-replicated arrays carry another sharding, which would
-    make every jitted consumer compile twice: once for them and once for jit outputs)."""
-    return jax.tree.map(lambda leaf: jnp.asarray(np.asarray(leaf)), tree)
-
-
 def _train_classifier(
     testbed: Testbed, directory: str, progress: bool, logger: train.MetricLogger | None = None
 ) -> Any:
@@ -355,18 +305,17 @@ def _train_classifier(
     return local_arrays(variables)
 
 
-def quality_gate(grid: PromptGrid, shape: np.ndarray, colour: np.ndarray, bar: float = 0.8) -> dict[str, Any]:
-    """How often the unedited model's samples of ``grid`` show the prompted shape and colour (``shape`` and
-    ``colour``: their predicted indices); ``passed`` when both rates reach ``bar``."""
-    rates = {
-        "shape_acc": float(np.mean(shape == grid.shape)),
-        "colour_acc": float(np.mean(colour == grid.colour)),
-    }
-    return {**rates, "passed": rates["shape_acc"] >= bar and rates["colour_acc"] >= bar}
-
-
 def held_out(testbed: Testbed, *, seed: int, count: int = 2000) -> dict[str, float]:
-    """The classifier's shape and colour accuracy on freshly generated real images (another seed)."""
+    """The classifier's shape and colour accuracy on freshly generated real images (another seed).
+
+    Args:
+        testbed: a built testbed.
+        seed: the data seed of the fresh images (not the training seed).
+        count: how many images.
+
+    Returns:
+        ``{"shape_acc", "colour_acc"}``, fractions in [0, 1].
+    """
     test = _captioned_shapes(testbed.config, count, seed)
     shape, colour = testbed.classify(test.images)
     return {
@@ -381,9 +330,23 @@ def build(
     """Trains (or restores from ``cache_dir/testbed-<config key>``) the testbed; a training interrupted
     earlier (preemption, :func:`unlearnx.train.stop_at`) resumes from its newest checkpoint there.
 
+    Args:
+        config: the settings (their :meth:`TestbedConfig.key` names the cache folder).
+        cache_dir: the folder of the cached checkpoints.
+        progress: show progress bars.
+        logger: receives the training records (JSONL + TensorBoard).
+
     Returns:
         The :class:`Testbed` with its variables set and ``train_seconds`` the training wall time spent in
         this call.
+
+    Example (about 11 minutes on 2 CPU cores the first time, seconds from the cache)::
+
+        testbed = build(TestbedConfig(), "runs/cache")
+        grid = testbed.prompt_grid(repeat=8)
+        images = testbed.sample(testbed.unet_variables["params"], grid.contexts, jax.random.key(0),
+                                num_steps=25, guidance_scale=5.0)
+        print(quality_gate(grid, *testbed.classify(images)))
     """
     testbed = Testbed(config)
     directory = os.path.join(os.path.abspath(cache_dir), f"testbed-{config.key()}")
