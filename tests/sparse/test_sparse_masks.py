@@ -157,7 +157,7 @@ def test_drop_and_grow_and_global_pruning_with_many_ties_match_numpy():
 )
 def test_drop_counts_are_pythons_float64_ceiling_for_large_layers(fraction, active, expected):
     from unlearnx.sparse import _select
-    from unlearnx.sparse.masks import drop_count
+    from unlearnx.sparse._masks import drop_count
 
     assert math.ceil(fraction * active) == expected
     assert int(np.ceil(np.float32(fraction) * np.float32(active))) != expected  # where float32 is off by one
@@ -206,7 +206,7 @@ def test_drop_counts_with_x64_read_the_float64_fraction_exactly():
         """
         import math, jax, jax.numpy as jnp
         from unlearnx import sparse
-        from unlearnx.sparse.masks import drop_count
+        from unlearnx.sparse._masks import drop_count
         assert jnp.asarray(0.5).dtype == jnp.float64
         for p, n in [(0.001, 3_000_000), (0.088, 4_194_307), (0.3, 10), (0.1, 10), (1.0, 2**31 - 1)]:
             got = int(jax.jit(drop_count)(jnp.float64(p), jnp.int32(n)))

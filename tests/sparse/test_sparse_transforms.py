@@ -193,7 +193,9 @@ def test_granet_globally_pruned_then_regrown_restarts_at_zero_with_zero_momentum
 
 
 def test_granet_death_rates_and_kept_counts_are_the_float64_schedules():
-    from unlearnx.sparse import _select, schedules, transforms
+    from unlearnx.sparse import _schedules as schedules
+    from unlearnx.sparse import _select
+    from unlearnx.sparse import _transforms as transforms
 
     rates = transforms._death_rates(0.5, 0.005, 1000, 10, 0, 1000)
     kept = transforms._kept_counts(

@@ -13,16 +13,16 @@ Kernels are in Flax layout ``(d_in, d_out)`` (x ↦ x K); keys are token rows ``
 ``papers/rece.md``.
 """
 
-from unlearnx.erase.embedding import derive_embedding
-from unlearnx.erase.rece import rece
-from unlearnx.erase.rows import last_word_rows
-from unlearnx.erase.selectors import (
+from unlearnx.erase._embedding import derive_embedding
+from unlearnx.erase._rece import rece
+from unlearnx.erase._rows import last_word_rows
+from unlearnx.erase._selectors import (
     cross_attention_k,
     cross_attention_kv,
     cross_attention_v,
     sd_cross_attention_shapes,
 )
-from unlearnx.erase.uce import uce
+from unlearnx.erase._uce import uce
 
 __all__ = [
     "cross_attention_k",

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from unlearnx.erase._checks import flat32
+from unlearnx.erase._embedding import mapped_embedding
 from unlearnx.erase._linalg import gram, hi_matmul
-from unlearnx.erase.embedding import mapped_embedding
-from unlearnx.erase.uce import uce_change
+from unlearnx.erase._uce import uce_change
 
 __all__ = ["rece_chain"]
 

@@ -1,6 +1,6 @@
 """The machinery shared by the sparse transforms (private): state, masking, the update step.
 
-See :mod:`unlearnx.sparse.transforms` for the step's order and the momentum policies.
+See :mod:`unlearnx.sparse` (its transforms module) for the step's order and the momentum policies.
 """
 
 from __future__ import annotations
@@ -15,16 +15,28 @@ import optax
 
 from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
-from unlearnx.sparse import distributions
-from unlearnx.sparse.masks import keep_top
+from unlearnx.sparse import _distributions as distributions
+from unlearnx.sparse._masks import keep_top
 
 PyTree = Any
 MOMENTUM_POLICIES = ("mask_every_step", "reset_regrown", "none")
 
 
 class SparseState(NamedTuple):
-    """``count``: optimizer steps taken; ``masks``: bool tree with params' structure (all True for dense
-    tensors); ``inner_state``: the wrapped optimizer's state."""
+    """The state of every sparse transform of :mod:`unlearnx.sparse`.
+
+    Attributes:
+        count: optimizer steps taken (int32).
+        masks: a bool tree with the parameters' structure (all True for dense tensors).
+        inner_state: the wrapped optimizer's state.
+
+    Examples:
+        >>> import jax.numpy as jnp, optax
+        >>> from unlearnx import sparse
+        >>> state = sparse.static_sparse(optax.sgd(0.1), sparsity=0.5).init({"w": jnp.ones((2, 4))})
+        >>> type(state).__name__, int(state.count), int(state.masks["w"].sum())
+        ('SparseState', 0, 4)
+    """
 
     count: jax.Array
     masks: PyTree

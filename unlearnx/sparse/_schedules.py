@@ -22,12 +22,32 @@ def cubic_sparsity(step, *, initial: float, final: float, begin_step: int, end_s
         s(step) = s_f + (s_i − s_f)·(1 − (k − k₀)/K)³   for k₀ ≤ k ≤ k_f − 1,
         s(step) = s_f                                   for k ≥ k_f.
 
-    ``step`` may be traced; the other arguments are static hyper-parameters.
+    Args:
+        step: the step (may be traced).
+        initial: s_i ∈ [0, 1) (GraNet's initial sparsity; 0 is Zhu–Gupta's GMP).
+        final: s_f ∈ [0, 1).
+        begin_step: t₀ ≥ 0.
+        end_step: t_f > t₀.
+        frequency: ΔT ≥ 1, the steps between pruning events.
+
+    Returns:
+        s(step), a float array of ``step``'s shape.
 
     Raises:
-      ValueError: a sparsity outside [0, 1), a negative ``begin_step``, ``end_step <= begin_step``, a
-        non-positive frequency, or fewer than one pruning event between begin and end.
-      TypeError: a traced or non-numeric hyper-parameter, or non-integer steps.
+        ValueError: a sparsity outside [0, 1), a negative ``begin_step``, ``end_step <= begin_step``, a
+            non-positive frequency, or fewer than one pruning event between begin and end.
+        TypeError: a traced or non-numeric hyper-parameter, or non-integer steps.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> steps = jnp.array([0, 10, 20, 30, 40])  # k₀ = 1, K = 2
+        >>> cubic_sparsity(steps, initial=0.0, final=0.8, begin_step=10, end_step=30, frequency=10).tolist()
+        [0.0, 0.0, 0.7..., 0.8..., 0.8...]
+
+    References:
+        Zhu & Gupta, `To prune, or not to prune <https://arxiv.org/abs/1710.01878>`_, 2017; Liu et al.,
+        `Sparse Training via Boosting Pruning Plasticity with Neuroregeneration
+        <https://arxiv.org/abs/2106.10404>`_, NeurIPS 2021 (s_i).
     """
     for name, value in (("initial", initial), ("final", final)):
         checks.static_number(name, value, low=0.0, high=1.0, high_open=True)
@@ -52,9 +72,28 @@ def cubic_sparsity(step, *, initial: float, final: float, begin_step: int, end_s
 def cosine_drop_fraction(step, *, initial: float = 0.5, minimum: float = 0.005, total_steps: int):
     """GraNet's death rate p_t = η_min + ½(p₀ − η_min)(1 + cos(π t / T)), t clipped to [0, T].
 
-    ``step`` may be traced (the value is float32, float64 with ``jax_enable_x64``); ``initial``, ``minimum``
-    (in [0, 1], minimum ≤ initial) and ``total_steps`` ≥ 1 are static hyper-parameters (``ValueError`` out
-    of range, ``TypeError`` when traced).
+    Args:
+        step: t (may be traced; the value is float32, float64 with ``jax_enable_x64``).
+        initial: p₀ ∈ [0, 1].
+        minimum: η_min ∈ [0, p₀].
+        total_steps: T ≥ 1.
+
+    Returns:
+        p_t, a float array of ``step``'s shape.
+
+    Raises:
+        ValueError: hyper-parameters out of range.
+        TypeError: a traced hyper-parameter.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> p = cosine_drop_fraction(jnp.array([0, 50, 100, 200]), initial=0.5, minimum=0.1, total_steps=100)
+        >>> p.tolist()
+        [0.5, 0.3, 0.1, 0.1]
+
+    References:
+        Liu et al., `Sparse Training via Boosting Pruning Plasticity with Neuroregeneration
+        <https://arxiv.org/abs/2106.10404>`_, NeurIPS 2021.
     """
     checks.static_int("total_steps", total_steps, low=1, high=checks.INT32_MAX)
     checks.static_number("initial", initial, low=0.0, high=1.0)

@@ -31,10 +31,22 @@ def keep_top(scores: jax.Array, count) -> jax.Array:
     −0 ties with +0, as in a sort. Cost: about 32 linear passes over the scores (a further ~log₂ N when
     the count-th largest value is tied), not a sort.
 
-    >>> import jax.numpy as jnp
-    >>> from unlearnx import sparse
-    >>> sparse.keep_top(jnp.asarray([1.0, 2.0, 2.0, 2.0]), 2).tolist()  # ties: lower index first
-    [False, True, True, False]
+    Args:
+        scores: real scores, any shape.
+        count: how many entries to keep (an int, or a traced int32).
+
+    Returns:
+        A bool array of ``scores``' shape with exactly ``min(count, scores.size)`` True entries.
+
+    Raises:
+        ValueError: a concrete ``count`` that is not a non-negative integer.
+        TypeError: non-real scores.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from unlearnx import sparse
+        >>> sparse.keep_top(jnp.asarray([1.0, 2.0, 2.0, 2.0]), 2).tolist()  # ties: lower index first
+        [False, True, True, False]
     """
     dtype = jnp.result_type(scores)
     if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
@@ -81,16 +93,28 @@ def prune_globally(
     weights: dict[str, jax.Array], masks: dict[str, jax.Array], sparsity
 ) -> dict[str, jax.Array]:
     """Global magnitude pruning over flat ``{path: tensor}`` dicts: keeps round((1 − s)·N) entries with the
-    largest raw |w| across all tensors, inactive entries ranked below every active one (ties: the order of
+    largest raw ``|w|`` across all tensors, inactive entries ranked below every active one (ties: the order of
     the sorted paths, then the flat index). ``sparsity`` may be traced (a schedule's value at a traced
-    step); a concrete one must lie in [0, 1]. |w| is ranked in float32.
+    step); a concrete one must lie in [0, 1]. ``|w|`` is ranked in float32.
 
-    >>> import jax.numpy as jnp
-    >>> from unlearnx import sparse
-    >>> weights = {"a": jnp.asarray([3.0, -1.0]), "b": jnp.asarray([2.0, 0.5])}
-    >>> masks = {"a": jnp.asarray([True, True]), "b": jnp.asarray([True, True])}
-    >>> {k: v.tolist() for k, v in sparse.prune_globally(weights, masks, 0.5).items()}
-    {'a': [True, False], 'b': [True, False]}
+    Args:
+        weights: ``{path: tensor}``.
+        masks: ``{path: bool tensor}`` with the same paths and shapes (the currently active entries).
+        sparsity: s, the fraction of all N entries to leave inactive.
+
+    Returns:
+        ``{path: bool tensor}`` masks with round((1 − s)·N) True entries in all.
+
+    Raises:
+        ValueError: different paths in ``weights`` and ``masks``, or a concrete ``sparsity`` outside [0, 1].
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from unlearnx import sparse
+        >>> weights = {"a": jnp.asarray([3.0, -1.0]), "b": jnp.asarray([2.0, 0.5])}
+        >>> masks = {"a": jnp.asarray([True, True]), "b": jnp.asarray([True, True])}
+        >>> {k: v.tolist() for k, v in sparse.prune_globally(weights, masks, 0.5).items()}
+        {'a': [True, False], 'b': [True, False]}
     """
     _check_same_paths(weights, masks)
     if not checks.is_traced(sparsity):
@@ -135,21 +159,34 @@ def _drop_and_grow(weights: dict, masks: dict, grow_scores: dict, fraction) -> d
 def drop_and_grow(weights: jax.Array, mask: jax.Array, grow_scores: jax.Array, fraction) -> jax.Array:
     """One tensor's neuroregeneration at constant density.
 
-    With n active entries, drops r = ⌈fraction·n⌉ more of them (smallest |w| first; inactive entries rank
+    With n active entries, drops r = ⌈fraction·n⌉ more of them (smallest ``|w|`` first; inactive entries rank
     lowest), then activates exactly r of the entries not kept (just-dropped ones included) with the largest
     ``grow_scores``. The active count stays n. r is what Python's ``math.ceil(fraction * n)`` gives in
     float64, computed exactly (no float32 rounding, even for layers of millions of weights). ``fraction``
-    may be traced (a schedule's value at a traced step); a concrete one must lie in [0, 1]. |w| and the
+    may be traced (a schedule's value at a traced step); a concrete one must lie in [0, 1]. ``|w|`` and the
     scores are ranked in float32.
 
-    >>> import jax.numpy as jnp
-    >>> from unlearnx import sparse
-    >>> weights = jnp.asarray([5.0, 4.0, -3.0, 2.0, 1.0, 0.0, 0.0, 0.0])
-    >>> mask = weights != 0
-    >>> scores = jnp.asarray([0.0, 0.0, 0.0, 0.5, 0.1, 0.9, 0.2, 0.3])
-    >>> # n = 5, r = ⌈0.4·5⌉ = 2: drop |w| = 2 and 1, regrow the best scores among the rest (5 and 3).
-    >>> sparse.drop_and_grow(weights, mask, scores, 0.4).astype(int).tolist()
-    [1, 1, 1, 1, 0, 1, 0, 0]
+    Args:
+        weights: the tensor.
+        mask: its 0/1 or bool mask of active entries (same shape).
+        grow_scores: the regrowth scores (same shape; GraNet and RigL use ``|∇L|``).
+        fraction: the drop fraction p ∈ [0, 1].
+
+    Returns:
+        The new bool mask, with as many active entries as ``mask``.
+
+    Raises:
+        ValueError: different shapes, a mask that is not 0/1, or a concrete ``fraction`` outside [0, 1].
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from unlearnx import sparse
+        >>> weights = jnp.asarray([5.0, 4.0, -3.0, 2.0, 1.0, 0.0, 0.0, 0.0])
+        >>> mask = weights != 0
+        >>> scores = jnp.asarray([0.0, 0.0, 0.0, 0.5, 0.1, 0.9, 0.2, 0.3])
+        >>> # n = 5, r = ⌈0.4·5⌉ = 2: drop |w| = 2 and 1, regrow the best scores among the rest (5 and 3).
+        >>> sparse.drop_and_grow(weights, mask, scores, 0.4).astype(int).tolist()
+        [1, 1, 1, 1, 0, 1, 0, 0]
     """
     if not (jnp.shape(weights) == jnp.shape(mask) == jnp.shape(grow_scores)):
         raise ValueError(
@@ -170,25 +207,32 @@ def magnitude_masks(
     scope: Literal["global", "layer"] = "global",
     where: tree_lib.Where = None,
 ) -> PyTree:
-    """Bool masks with params' structure keeping the largest-|w| entries of the selected tensors.
+    """Bool masks with params' structure keeping the largest-``|w|`` entries of the selected tensors.
 
     Args:
-      params: parameter tree.
-      sparsity: a float s ∈ [0, 1); with ``scope="layer"`` also a tree of per-tensor sparsities (e.g. from
-        :func:`unlearnx.sparse.erk_sparsities`; ``None`` keeps a tensor dense).
-      scope: ``"global"`` ranks raw |w| across all selected tensors together (as GraNet) and keeps
-        round((1 − s)·N); ``"layer"`` keeps round((1 − s_l)·N_l) in each tensor.
-      where: selector (default: every tensor of rank ≥ 2).
+        params: parameter tree.
+        sparsity: a float s ∈ [0, 1); with ``scope="layer"`` also a tree of per-tensor sparsities (e.g. from
+            :func:`unlearnx.sparse.erk_sparsities`; ``None`` keeps a tensor dense).
+        scope: ``"global"`` ranks raw ``|w|`` across all selected tensors together (as GraNet) and keeps
+            round((1 − s)·N); ``"layer"`` keeps round((1 − s_l)·N_l) in each tensor.
+        where: selector (default: every tensor of rank ≥ 2).
 
     Returns:
-      Bool arrays with each parameter's shape; unselected tensors are all True.
+        Bool arrays with each parameter's shape; unselected tensors are all True.
 
     Raises:
-      ValueError: an unknown scope, a sparsity outside [0, 1) (naming the tensor), a sparsity tree with paths
-        that ``params`` lacks, a selector matching nothing.
-      TypeError: a traced sparsity (static), or a tree of sparsities with ``scope="global"``.
+        ValueError: an unknown scope, a sparsity outside [0, 1) (naming the tensor), a sparsity tree with
+            paths that ``params`` lacks, a selector matching nothing.
+        TypeError: a traced sparsity (static), or a tree of sparsities with ``scope="global"``.
+
+    Examples:
+        >>> import numpy as np
+        >>> params = {"bias": np.ones(2), "kernel": np.array([[0.1, -0.5], [0.3, 0.05]])}
+        >>> masks = magnitude_masks(params, 0.5)  # the two largest |w| of the kernel; the bias stays dense
+        >>> masks["kernel"].tolist(), masks["bias"].tolist()
+        ([[False, True], [True, False]], [True, True])
     """
-    from unlearnx.sparse.distributions import _check_sparsity, _selected_paths
+    from unlearnx.sparse._distributions import _check_sparsity, _selected_paths
 
     checks.choice("scope", scope, ("global", "layer"))
     selected = _selected_paths(params, where)

@@ -53,8 +53,22 @@ def _as_tree(params: PyTree, values: dict[str, float]) -> PyTree:
 def uniform_sparsities(params: PyTree, sparsity: float, *, where: tree_lib.Where = None) -> PyTree:
     """Every selected tensor at ``sparsity``; unselected ones ``None`` (kept dense).
 
-    ``where`` follows :mod:`unlearnx.tree`; by default every tensor of rank ≥ 2 (kernels, not biases or
-    norm scales) is selected, as in GraNet's CIFAR setting.
+    Args:
+        params: the parameter tree.
+        sparsity: s ∈ [0, 1).
+        where: a selector (:mod:`unlearnx.tree`); by default every tensor of rank ≥ 2 (kernels, not biases
+            or norm scales), as in GraNet's CIFAR setting.
+
+    Returns:
+        A tree with ``params``' structure: s for every selected tensor, ``None`` for the rest.
+
+    Raises:
+        ValueError: ``sparsity`` outside [0, 1), a selector matching nothing, an empty selected tensor.
+
+    Examples:
+        >>> import numpy as np
+        >>> uniform_sparsities({"bias": np.zeros(3), "kernel": np.zeros((3, 4))}, 0.9)
+        {'bias': None, 'kernel': 0.9}
     """
     value = _check_sparsity(sparsity)
     return _as_tree(params, {path: value for path in _selected_paths(params, where)})
@@ -66,15 +80,30 @@ def erk_sparsities(
     """ERK sparsities (see the module docstring); unselected tensors ``None``.
 
     Args:
-      params: parameter tree.
-      sparsity: overall target s ∈ [0, 1) over the selected tensors.
-      where: selector (default: every tensor of rank ≥ 2).
-      power_scale: exponent ≥ 0 on the ERK raw density (1 is ERK, 0 is uniform); static.
+        params: parameter tree.
+        sparsity: overall target s ∈ [0, 1) over the selected tensors.
+        where: selector (default: every tensor of rank ≥ 2).
+        power_scale: exponent ≥ 0 on the ERK raw density (1 is ERK, 0 is uniform); static.
+
+    Returns:
+        A tree with ``params``' structure: s_l for every selected tensor (0 for one made dense), ``None`` for
+        the rest.
 
     Raises:
-      ValueError: ``sparsity`` outside [0, 1), a negative or non-finite ``power_scale`` (or one so large that
-        every raw density underflows), a selector matching nothing, an empty selected tensor.
-      TypeError: traced hyper-parameters.
+        ValueError: ``sparsity`` outside [0, 1), a negative or non-finite ``power_scale`` (or one so large
+            that every raw density underflows), a selector matching nothing, an empty selected tensor.
+        TypeError: traced hyper-parameters.
+
+    Examples:
+        >>> import numpy as np
+        >>> params = {"a": np.zeros((10, 10)), "b": np.zeros((100, 10))}  # raw density 0.2 and 0.11
+        >>> s = erk_sparsities(params, 0.5)  # ε·(0.2·100 + 0.11·1000) = 550
+        >>> round(s["a"], 4), round(s["b"], 4), round((s["a"] * 100 + s["b"] * 1000) / 1100, 4)
+        (0.1538, 0.5346, 0.5)
+
+    References:
+        Evci et al., `Rigging the Lottery: Making All Tickets Winners <https://arxiv.org/abs/1911.11134>`_,
+        ICML 2020.
     """
     value = _check_sparsity(sparsity)
     checks.static_number("power_scale", power_scale, low=0.0)

@@ -47,33 +47,33 @@ def last_word_rows(
     row for the guide " ", which has no word token) and the tails (EOS, padding) follow in step.
 
     Args:
-      concept_keys: C, the concept prompt's ``[n, d_in]`` token rows (e.g. CLIP's padded ``[77, 768]``).
-      guide_keys: G, the guide prompt's ``[n, d_in]`` token rows, the same shape.
-      concept_tokens: t_c, the concept prompt's unpadded token count including BOS and EOS (the
-        tokenizer's attention-mask sum), 2 ≤ t_c ≤ n.
-      guide_tokens: t_g, the same for the guide prompt.
+        concept_keys: C, the concept prompt's ``[n, d_in]`` token rows (e.g. CLIP's padded ``[77, 768]``).
+        guide_keys: G, the guide prompt's ``[n, d_in]`` token rows, the same shape.
+        concept_tokens: t_c, the concept prompt's unpadded token count including BOS and EOS (the
+            tokenizer's attention-mask sum), 2 ≤ t_c ≤ n.
+        guide_tokens: t_g, the same for the guide prompt.
 
     Returns:
-      ``(erase_rows, guide_rows)``, two ``[n − f, d_in]`` arrays of the inputs' dtype: the
-      ``initial_concept_keys`` and ``initial_guide_keys`` of :func:`unlearnx.erase.rece` (stack the pairs
-      of several concepts with ``jnp.concatenate``).
+        ``(erase_rows, guide_rows)``, two ``[n − f, d_in]`` arrays of the inputs' dtype: the
+        ``initial_concept_keys`` and ``initial_guide_keys`` of :func:`unlearnx.erase.rece` (stack the pairs
+        of several concepts with ``jnp.concatenate``).
 
     Raises:
-      ValueError: keys that are not non-empty ``[rows, d_in]`` matrices of one shape, or token counts
-        outside [2, n].
-      TypeError: non-integer token counts (they are static).
+        ValueError: keys that are not non-empty ``[rows, d_in]`` matrices of one shape, or token counts
+            outside [2, n].
+        TypeError: non-integer token counts (they are static).
 
-    Example:
-      >>> import numpy as np
-      >>> from unlearnx import erase
-      >>> concept, guide = np.arange(12.0).reshape(6, 2), -np.arange(12.0).reshape(6, 2)
-      >>> rows, targets = erase.last_word_rows(concept, guide, concept_tokens=3, guide_tokens=2)
-      >>> rows[:, 0].tolist(), targets[:, 0].tolist()  # "nudity" rows 1..5 paired with " " rows 0..4
-      ([2.0, 4.0, 6.0, 8.0, 10.0], [-0.0, -2.0, -4.0, -6.0, -8.0])
+    Examples:
+        >>> import numpy as np
+        >>> from unlearnx import erase
+        >>> concept, guide = np.arange(12.0).reshape(6, 2), -np.arange(12.0).reshape(6, 2)
+        >>> rows, targets = erase.last_word_rows(concept, guide, concept_tokens=3, guide_tokens=2)
+        >>> rows[:, 0].tolist(), targets[:, 0].tolist()  # "nudity" rows 1..5 paired with " " rows 0..4
+        ([2.0, 4.0, 6.0, 8.0, 10.0], [-0.0, -2.0, -4.0, -6.0, -8.0])
 
     References:
-      Gandikota et al., "Unified Concept Editing in Diffusion Models", WACV 2024 (arXiv 2308.14761); Gong
-      et al., "Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models", ECCV 2024.
+        Gandikota et al., "Unified Concept Editing in Diffusion Models", WACV 2024 (arXiv 2308.14761); Gong
+        et al., "Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models", ECCV 2024.
     """
     concept = _check_prompt("concept_keys", concept_keys)
     guide = _check_prompt("guide_keys", guide_keys)

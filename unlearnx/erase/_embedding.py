@@ -56,20 +56,31 @@ def derive_embedding(
     """The RECE embedding c′ of every row of ``concept_keys`` (see the module docstring for the math).
 
     Args:
-      edited_kernels: the edited kernels K′_l: a list (or any pytree) of Flax-layout ``(d_in, *out_l)``
-        arrays; 3-D attention kernels are flattened to ``(d_in, prod(out_l))``.
-      original_kernels: the original kernels K_l, the same structure and shapes.
-      concept_keys: C, ``[n, d_in]`` token rows of the concept's embedding.
-      reg: λ_reg > 0.
+        edited_kernels: the edited kernels K′_l: a list (or any pytree) of Flax-layout ``(d_in, *out_l)``
+            arrays; 3-D attention kernels are flattened to ``(d_in, prod(out_l))``.
+        original_kernels: the original kernels K_l, the same structure and shapes.
+        concept_keys: C, ``[n, d_in]`` token rows of the concept's embedding.
+        reg: λ_reg > 0.
 
     Returns:
-      C′, float32 ``[n, d_in]``.
+        C′, float32 ``[n, d_in]``.
 
     Raises:
-      ValueError: differing structures or shapes (naming the kernel), kernels with different d_in, no
-        kernel, a key/kernel dimension mismatch, reg ≤ 0 or non-finite, non-finite values, or a non-finite
-        C′ from finite inputs (float32 overflow, naming the quantity; all checked when not traced).
-      TypeError: a traced ``reg`` (hyper-parameters are static).
+        ValueError: differing structures or shapes (naming the kernel), kernels with different d_in, no
+            kernel, a key/kernel dimension mismatch, reg ≤ 0 or non-finite, non-finite values, or a non-finite
+            C′ from finite inputs (float32 overflow, naming the quantity; all checked when not traced).
+        TypeError: a traced ``reg`` (hyper-parameters are static).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from unlearnx import erase
+        >>> kernels = [jnp.eye(2), 2 * jnp.eye(2)]  # unedited: c′ = (λ_reg + 5)⁻¹ · 5 c
+        >>> erase.derive_embedding(kernels, kernels, jnp.array([[2.0, 4.0]]), reg=5.0).tolist()
+        [[1.0, 2.0]]
+
+    References:
+        Gong et al., `Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models
+        <https://arxiv.org/abs/2407.12383>`_, ECCV 2024.
     """
     check_scale("reg", reg, positive=True)
     tree_lib.check_same_structure(

@@ -44,6 +44,20 @@ def sd_cross_attention_shapes(text_dim: int = 768) -> dict[str, tuple[int, int]]
     ``(text_dim, channels)``: 16 ``attn2`` blocks (down 0-2 × 2, mid × 1, up 1-3 × 3) of 320/640/1280
     channels, bias-free. ``text_dim`` is 768 for SD v1.x (CLIP ViT-L/14); use 1024 for SD 2.x's shapes
     (whose channel counts match but whose heads differ). Useful for building SD-shaped test trees.
+
+    Args:
+        text_dim: the text encoder's width, the kernels' d_in.
+
+    Returns:
+        ``{path: (text_dim, channels)}`` for the 32 kernels.
+
+    Raises:
+        ValueError: ``text_dim`` < 1.
+
+    Examples:
+        >>> shapes = sd_cross_attention_shapes()
+        >>> len(shapes), shapes["params/mid_block/attentions_0/transformer_blocks_0/attn2/to_k/kernel"]
+        (32, (768, 1280))
     """
     checks.static_int("text_dim", text_dim, low=1)
     shapes = {}

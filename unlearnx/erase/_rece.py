@@ -43,7 +43,7 @@ from unlearnx import tree as tree_lib
 from unlearnx.erase._chain import rece_chain
 from unlearnx.erase._checks import as_kernel, as_rows, check_scale, host64, overflow_cause
 from unlearnx.erase._linalg import serially
-from unlearnx.erase.selectors import cross_attention_kv
+from unlearnx.erase._selectors import cross_attention_kv
 
 PyTree = Any
 
@@ -154,52 +154,51 @@ def rece(
     """UCE, then ``epochs`` RECE rounds, on every kernel ``where`` selects (math, rows: module docstring).
 
     Args:
-      params: parameter tree (Linen dict, NNX ``State``, plain dict, ...).
-      concept_keys: C, ``[n, d_in]`` token rows of the concept prompt (e.g. all ``[77, 768]`` CLIP states
-        of "nudity", or several concepts' stacked); every round derives c′ from each row.
-      guide_keys: C_G, ``[n, d_in]`` token rows aligned with ``concept_keys`` (e.g. the prompt " "); each
-        round's targets are ``guide_keys @ K′`` with K′ the kernel being edited.
-      preserve_keys: C_P, ``[m, d_in]`` rows each round preserves (m may be 0, or ``None``); each row is
-        counted once (see the module docstring for the official code's repetition).
-      initial_concept_keys: C₀, ``[n₀, d_in]`` erase rows of the initial UCE edit (official pipeline:
-        :func:`unlearnx.erase.last_word_rows`); ``None``: ``concept_keys``. Given with the guide's.
-      initial_guide_keys: C_G₀, ``[n₀, d_in]`` rows aligned with ``initial_concept_keys`` (their original
-        outputs are the initial edit's targets); ``None``: ``guide_keys``.
-      initial_preserve_keys: C_P₀, ``[m₀, d_in]`` preserve rows of the initial edit (UCE's script: "");
-        ``None`` (default): ``preserve_keys``.
-      where: selector of the ``(d_in, *out)`` kernels to edit; default: cross-attention keys and values.
-      epochs: number of RECE rounds (≥ 0; 0 is plain UCE).
-      reg: λ_reg > 0 of the embedding derivation.
-      erase_scale, preserve_scale, lamb: α ≥ 0, β ≥ 0, λ > 0 of the initial UCE erase.
-      round_erase_scale, round_preserve_scale, round_lamb: α, β, λ of each round's erase.
+        params: parameter tree (Linen dict, NNX ``State``, plain dict, ...).
+        concept_keys: C, ``[n, d_in]`` token rows of the concept prompt (e.g. all ``[77, 768]`` CLIP states
+            of "nudity", or several concepts' stacked); every round derives c′ from each row.
+        guide_keys: C_G, ``[n, d_in]`` token rows aligned with ``concept_keys`` (e.g. the prompt " "); each
+            round's targets are ``guide_keys @ K′`` with K′ the kernel being edited.
+        preserve_keys: C_P, ``[m, d_in]`` rows each round preserves (m may be 0, or ``None``); each row is
+            counted once (see the module docstring for the official code's repetition).
+        initial_concept_keys: C₀, ``[n₀, d_in]`` erase rows of the initial UCE edit (official pipeline:
+            :func:`unlearnx.erase.last_word_rows`); ``None``: ``concept_keys``. Given with the guide's.
+        initial_guide_keys: C_G₀, ``[n₀, d_in]`` rows aligned with ``initial_concept_keys`` (their original
+            outputs are the initial edit's targets); ``None``: ``guide_keys``.
+        initial_preserve_keys: C_P₀, ``[m₀, d_in]`` preserve rows of the initial edit (UCE's script: "");
+            ``None`` (default): ``preserve_keys``.
+        where: selector of the ``(d_in, *out)`` kernels to edit; default: cross-attention keys and values.
+        epochs: number of RECE rounds (≥ 0; 0 is plain UCE).
+        reg: λ_reg > 0 of the embedding derivation.
+        erase_scale, preserve_scale, lamb: α ≥ 0, β ≥ 0, λ > 0 of the initial UCE erase.
+        round_erase_scale, round_preserve_scale, round_lamb: α, β, λ of each round's erase.
 
     Returns:
-      ``(new_params, history)``: ``params``' structure and dtypes, unselected leaves the same objects;
-      float32 ``embeddings`` ``[epochs, n, d_in]`` (c′ per round), ``change`` ``[epochs + 1]``
-      (‖K_after − K_before‖ / ‖K_before‖ over the kernels: UCE, then each round) and ``distance``
-      ``[epochs + 1]`` (‖K_after − K_original‖ / ‖K_original‖).
+        ``(new_params, history)``: ``params``' structure and dtypes, unselected leaves the same objects;
+        float32 ``embeddings`` ``[epochs, n, d_in]`` (c′ per round), ``change`` ``[epochs + 1]``
+        (‖K_after − K_before‖ / ‖K_before‖ over the kernels: UCE, then each round) and ``distance``
+        ``[epochs + 1]`` (‖K_after − K_original‖ / ‖K_original‖).
 
     Raises:
-      ValueError: ``where`` selecting nothing, bad kernels or key shapes, concept and guide rows that
-        differ, only one of the initial concept/guide keys, bad scales, λ or λ_reg, negative ``epochs``,
-        non-finite values, or a float32 overflow naming the quantity (values checked when not traced).
-      TypeError: non-integer ``epochs``, non-floating kernels, traced scales (hyper-parameters are static).
+        ValueError: ``where`` selecting nothing, bad kernels or key shapes, concept and guide rows that
+            differ, only one of the initial concept/guide keys, bad scales, λ or λ_reg, negative ``epochs``,
+            non-finite values, or a float32 overflow naming the quantity (values checked when not traced).
+        TypeError: non-integer ``epochs``, non-floating kernels, traced scales (hyper-parameters are static).
 
-    Example (the official nudity recipe on a toy tree; real keys are CLIP states of "nudity", " ", ""):
-      >>> import numpy as np
-      >>> from unlearnx import erase
-      >>> rng = np.random.default_rng(0)
-      >>> params = {"attn2": {"to_k": {"kernel": rng.normal(size=(8, 4))},
-      ...                     "to_v": {"kernel": rng.normal(size=(8, 6))}}}
-      >>> nudity, space, empty = (rng.normal(size=(5, 8)) for _ in range(3))
-      >>> erase_rows, guide_rows = erase.last_word_rows(nudity, space, concept_tokens=3, guide_tokens=2)
-      >>> new, history = erase.rece(params, nudity, space, space, epochs=3,
-      ...     initial_concept_keys=erase_rows, initial_guide_keys=guide_rows, initial_preserve_keys=empty)
-      >>> history["embeddings"].shape, history["change"].shape
-      ((3, 5, 8), (4,))
+    Examples:
+        >>> import numpy as np; from unlearnx import erase
+        >>> rng = np.random.default_rng(0)
+        >>> params = {"attn2": {"to_k": {"kernel": rng.normal(size=(8, 4))},
+        ...                     "to_v": {"kernel": rng.normal(size=(8, 6))}}}
+        >>> nudity, space, empty = (rng.normal(size=(5, 8)) for _ in range(3))  # "nudity", " ", ""
+        >>> erase_rows, guide_rows = erase.last_word_rows(nudity, space, concept_tokens=3, guide_tokens=2)
+        >>> new, history = erase.rece(params, nudity, space, space, epochs=3,
+        ...     initial_concept_keys=erase_rows, initial_guide_keys=guide_rows, initial_preserve_keys=empty)
+        >>> history["embeddings"].shape, history["change"].shape
+        ((3, 5, 8), (4,))
 
     References:
-      Gong et al., "Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models", ECCV 2024.
+        Gong et al., *Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models*, ECCV 2024.
     """
     epochs = _check_epochs(epochs)
     leaves, treedef, chosen, d_in = _selected_kernels(params, where)
@@ -211,9 +210,8 @@ def rece(
     kernels = [jnp.asarray(leaves[i]) for i in chosen]
     edited, history = serially(rece_chain, kernels, initial, rounds, hyper, epochs=epochs)
     _check_edit(params, [leaves[i] for i in chosen], chosen, edited, history, (initial, rounds, hyper))
-    replaced = dict(zip(chosen, edited, strict=True))
-    new_leaves = [replaced.get(i, leaf) for i, leaf in enumerate(leaves)]
-    return jax.tree_util.tree_unflatten(treedef, new_leaves), history
+    new_leaves = dict(enumerate(leaves)) | dict(zip(chosen, edited, strict=True))
+    return jax.tree_util.tree_unflatten(treedef, [new_leaves[i] for i in range(len(leaves))]), history
 
 
 def _check_edit(params, originals, chosen, edited, history, inputs) -> None:

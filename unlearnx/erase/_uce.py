@@ -87,25 +87,37 @@ def uce(
     """The UCE closed-form edit of one kernel (see the module docstring for the math).
 
     Args:
-      kernel: K_old in Flax layout ``(d_in, d_out)``. A 3-D attention kernel ``(d_in, heads, head_dim)``
-        (or any ``(d_in, *out)``) is edited as the matrix ``(d_in, prod(out))`` and returned in its shape.
-      erase_keys: C_E, ``[n, d_in]`` rows (n ≥ 1), e.g. the 77 token embeddings of a prompt.
-      erase_targets: V*, the desired outputs of the erase keys: ``[n, *out]`` (the kernel's output shape,
-        e.g. ``[n, heads, head_dim]``) or flattened ``[n, prod(out)]``; in RECE ``guide_keys @ K_old``.
-      preserve_keys: C_P, ``[m, d_in]`` rows whose outputs should stay put; m may be 0 (or ``None``).
-      erase_scale: α ≥ 0.
-      preserve_scale: β ≥ 0.
-      lamb: λ > 0 (keeps G positive definite; the paper's λ-free formula is the limit λ → 0).
+        kernel: K_old in Flax layout ``(d_in, d_out)``. A 3-D attention kernel ``(d_in, heads, head_dim)``
+            (or any ``(d_in, *out)``) is edited as the matrix ``(d_in, prod(out))`` and returned in its shape.
+        erase_keys: C_E, ``[n, d_in]`` rows (n ≥ 1), e.g. the 77 token embeddings of a prompt.
+        erase_targets: V*, the desired outputs of the erase keys: ``[n, *out]`` (the kernel's output shape,
+            e.g. ``[n, heads, head_dim]``) or flattened ``[n, prod(out)]``; in RECE ``guide_keys @ K_old``.
+        preserve_keys: C_P, ``[m, d_in]`` rows whose outputs should stay put; m may be 0 (or ``None``).
+        erase_scale: α ≥ 0.
+        preserve_scale: β ≥ 0.
+        lamb: λ > 0 (keeps G positive definite; the paper's λ-free formula is the limit λ → 0).
 
     Returns:
-      K_new with ``kernel``'s shape and dtype (computed in float32).
+        K_new with ``kernel``'s shape and dtype (computed in float32).
 
     Raises:
-      ValueError: shapes that do not fit the kernel (naming the argument and shapes), empty erase keys,
-        negative or non-finite scales, λ = 0, non-finite values (checked when not traced), or a non-finite
-        edited kernel from finite inputs (float32 overflow, checked when not traced: the message names the
-        quantity that overflowed, e.g. the Gram matrix α C_E C_Eᵀ of keys near 1e20).
-      TypeError: non-numeric inputs; traced scales (hyper-parameters are static).
+        ValueError: shapes that do not fit the kernel (naming the argument and shapes), empty erase keys,
+            negative or non-finite scales, λ = 0, non-finite values (checked when not traced), or a non-finite
+            edited kernel from finite inputs (float32 overflow, checked when not traced: the message names the
+            quantity that overflowed, e.g. the Gram matrix α C_E C_Eᵀ of keys near 1e20).
+        TypeError: non-numeric inputs; traced scales (hyper-parameters are static).
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from unlearnx import erase
+        >>> # K = I; map the key c = e₁ to 0: G = diag(1 + λ, λ), so row 1 of K shrinks to 1 − 1/(1 + λ)
+        >>> edited = erase.uce(jnp.eye(2), jnp.array([[1.0, 0.0]]), jnp.zeros((1, 2)), None, lamb=0.5)
+        >>> edited.round(4).tolist()
+        [[0.3333, 0.0], [0.0, 1.0]]
+
+    References:
+        Gandikota et al., `Unified Concept Editing in Diffusion Models <https://arxiv.org/abs/2308.14761>`_,
+        WACV 2024.
     """
     check_scale("erase_scale", erase_scale)
     check_scale("preserve_scale", preserve_scale)
