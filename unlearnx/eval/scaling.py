@@ -108,12 +108,13 @@ def fit_power_law(sizes: npt.ArrayLike, losses: npt.ArrayLike) -> PowerLawFit:
     lo = candidates[max(best - 1, 0)]
     hi = candidates[min(best + 1, len(candidates) - 1)]
     refined = l_inf = candidates[best]
-    if hi > lo:
+    if hi > lo:  # searched over u ∈ [0, 1], L∞ = lo + u (hi − lo): SciPy's tolerance is ~√ε relative to x,
+        # which on L∞ itself would stop after two steps (the bracket is ~1e-7 L∞ wide for exact data)
         search = optimize.minimize_scalar(
-            lambda c: _profile(log_n, loss, c)[2], bounds=(lo, hi), method="bounded",
-            options={"xatol": 1e-12 * max(hi, 1.0)},
+            lambda u: _profile(log_n, loss, lo + u * (hi - lo))[2], bounds=(0.0, 1.0), method="bounded",
+            options={"xatol": 1e-14},
         )  # fmt: skip
-        refined = float(search.x)
+        refined = lo + float(search.x) * (hi - lo)
     if _profile(log_n, loss, refined)[2] < rss[best]:
         l_inf = refined
     log_a, alpha, residual = _profile(log_n, loss, l_inf)
