@@ -51,6 +51,8 @@ traced one raises ``TypeError`` (see :mod:`unlearnx._validation`). Data checks -
 0/1 or selects no token at all, positive "log-probabilities" (P or a loss passed instead of log P), token ids
 outside [0, V) -- raise ``ValueError`` when the arrays are concrete; under ``jit`` with traced data only the
 shape checks run, and an all-zero mask gives a loss of 0 with zero gradient rather than NaN.
+
+The examples below use ``import jax.numpy as jnp``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ import numpy as np
 
 from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
+from unlearnx.unlearn._log_probs import next_token_log_probs, token_log_probs
 
 PyTree = Any
 KLForm = Literal["cross_entropy", "forward", "reverse"]
@@ -127,56 +130,36 @@ def _token_mean(logp: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(mask * logp.astype(jnp.float32)) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """log softmax(logits)[..., targets]: the log-probability of each target token.
+def nll(logp: jax.Array, mask: jax.Array) -> jax.Array:
+    """Batch-mean token negative log-likelihood −Σ mask·logp / Σ mask (the retain / fine-tuning loss).
 
     Args:
-      logits: ``[..., V]`` float logits.
-      targets: integer token ids with ``logits``' leading shape.
+        logp: ``[B, T]`` log-probabilities (≤ 0).
+        mask: ``[B, T]`` 0/1 tokens to average.
 
     Returns:
-      float32 log-probabilities with ``targets``' shape.
+        A float32 scalar.
 
-    Raises:
-      ValueError: shapes that disagree, or (concrete targets) an id outside [0, V).
-      TypeError: non-integer targets.
+    Examples:
+        >>> float(nll(jnp.array([[-1.0, -2.0, -3.0]]), jnp.array([[1, 1, 0]])))
+        1.5
     """
-    if jnp.ndim(logits) < 1 or jnp.shape(logits)[:-1] != jnp.shape(targets):
-        raise ValueError(f"targets shape {jnp.shape(targets)} does not match logits {jnp.shape(logits)}[:-1]")
-    # take_along_axis would give NaN (zero gradient) or wrap around silently; concrete ids are checked, also
-    # when closed over by an outer jit
-    checks.check_ids("targets", targets, jnp.shape(logits)[-1], what="token ids")
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-
-
-def next_token_log_probs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """logp[b, t] = log P_θ(tokens[b, t+1] | tokens[b, ≤t]) from a causal LM's ``logits`` ``[B, T, V]``.
-
-    Returns ``[B, T − 1]``; pair it with ``mask[:, 1:]`` of a ``[B, T]`` token mask.
-    """
-    if jnp.ndim(logits) != 3 or jnp.shape(logits)[:2] != jnp.shape(tokens):
-        raise ValueError(
-            f"logits {jnp.shape(logits)} must be [B, T, V] with tokens [B, T] = {jnp.shape(tokens)}"
-        )
-    return token_log_probs(logits[:, :-1], tokens[:, 1:])
-
-
-def nll(logp: jax.Array, mask: jax.Array) -> jax.Array:
-    """Batch-mean token negative log-likelihood −Σ mask·logp / Σ mask (the retain / fine-tuning loss)."""
     _check_pair(logp, mask)
     return -_token_mean(logp, mask)
 
 
 def gradient_ascent(logp: jax.Array, mask: jax.Array) -> jax.Array:
     """Gradient ascent on the forget tokens: L = Σ mask·logp / Σ mask = −NLL.
-
     Args:
-      logp: ``[B, T]`` log-probabilities of the target tokens.
-      mask: ``[B, T]`` 0/1 selection of the tokens to unlearn.
+        logp: ``[B, T]`` log-probabilities of the target tokens.
+        mask: ``[B, T]`` 0/1 selection of the tokens to unlearn.
 
     Returns:
-      A float32 scalar; minimising it raises the forget NLL.
+        A float32 scalar; minimising it raises the forget NLL.
+
+    Examples:
+        >>> float(gradient_ascent(jnp.array([[-1.0, -2.0, -3.0]]), jnp.array([[1, 1, 0]])))
+        -1.5
     """
     _check_pair(logp, mask)
     return _token_mean(logp, mask)
@@ -189,14 +172,19 @@ def npo(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array, *, beta: float = 
     masked sequence log-likelihood under θ and S_refᵦ under the frozen reference (the corrupted model).
 
     Args:
-      logp: ``[B, T]`` target-token log-probabilities under θ.
-      ref_logp: ``[B, T]`` the same under θ_ref (treated as a constant: gradients are stopped).
-      mask: ``[B, T]`` 0/1 tokens to unlearn.
-      beta: inverse temperature β > 0.
+        logp: ``[B, T]`` target-token log-probabilities under θ.
+        ref_logp: ``[B, T]`` the same under θ_ref (treated as a constant: gradients are stopped).
+        mask: ``[B, T]`` 0/1 tokens to unlearn.
+        beta: inverse temperature β > 0.
 
     Returns:
-      A float32 scalar. Rows of ``mask`` without a target token are left out of the mean (open-unlearning
-      averages them in at (2/β)·log 2 each; module docstring).
+        A float32 scalar. Rows of ``mask`` without a target token are left out of the mean (open-unlearning
+        averages them in at (2/β)·log 2 each; module docstring).
+
+    Examples:
+        >>> logp = jnp.array([[-1.0, -2.0]])  # at θ = θ_ref: (2/β)·ln 2
+        >>> float(npo(logp, logp, jnp.ones((1, 2)), beta=0.1))
+        13.862944
     """
     checks.static_number("beta", beta, low=0.0, low_open=True)
     _check_pair(logp, mask)
@@ -213,13 +201,18 @@ def npo_batch_mean(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array, *, bet
     hard-codes β = 0.1.
 
     Args:
-      logp: ``[B, T]`` target-token log-probabilities under θ.
-      ref_logp: ``[B, T]`` the same under θ_ref (gradients stopped).
-      mask: ``[B, T]`` 0/1 tokens to unlearn.
-      beta: β > 0.
+        logp: ``[B, T]`` target-token log-probabilities under θ.
+        ref_logp: ``[B, T]`` the same under θ_ref (gradients stopped).
+        mask: ``[B, T]`` 0/1 tokens to unlearn.
+        beta: β > 0.
 
     Returns:
-      A float32 scalar.
+        A float32 scalar.
+
+    Examples:
+        >>> logp = jnp.array([[-1.0, -2.0]])  # at θ = θ_ref: (2/β)·ln 2, as npo
+        >>> float(npo_batch_mean(logp, logp, jnp.ones((1, 2)), beta=0.1))
+        13.862944
     """
     checks.static_number("beta", beta, low=0.0, low_open=True)
     _check_pair(logp, mask)
@@ -237,13 +230,18 @@ def simnpo(logp: jax.Array, mask: jax.Array, *, beta: float = 4.5, delta: float 
     (module docstring).
 
     Args:
-      logp: ``[B, T]`` target-token log-probabilities.
-      mask: ``[B, T]`` 0/1 tokens to unlearn.
-      beta: β > 0 (default 4.5).
-      delta: reward margin δ (finite; default 0).
+        logp: ``[B, T]`` target-token log-probabilities.
+        mask: ``[B, T]`` 0/1 tokens to unlearn.
+        beta: β > 0 (default 4.5).
+        delta: reward margin δ (finite; default 0).
 
     Returns:
-      A float32 scalar.
+        A float32 scalar.
+
+    Examples:
+        >>> # S = −2 over 2 tokens: −(2/β) log σ(β·1) = 2·softplus(−1) at β = 1
+        >>> float(simnpo(jnp.array([[-1.0, -1.0]]), jnp.ones((1, 2)), beta=1.0))
+        0.626523
     """
     checks.static_number("beta", beta, low=0.0, low_open=True)
     checks.static_number("delta", delta)
@@ -267,13 +265,18 @@ def grad_diff(
     Ascends the forget NLL and descends the retain NLL (γ_f = γ_r = 1 as in open-unlearning).
 
     Args:
-      forget_logp, forget_mask: ``[B_f, T_f]`` forget-batch log-probabilities and 0/1 mask.
-      retain_logp, retain_mask: ``[B_r, T_r]`` retain-batch log-probabilities and 0/1 mask.
-      forget_weight: γ_f ≥ 0.
-      retain_weight: γ_r ≥ 0.
+        forget_logp, forget_mask: ``[B_f, T_f]`` forget-batch log-probabilities and 0/1 mask.
+        retain_logp, retain_mask: ``[B_r, T_r]`` retain-batch log-probabilities and 0/1 mask.
+        forget_weight: γ_f ≥ 0.
+        retain_weight: γ_r ≥ 0.
 
     Returns:
-      A float32 scalar.
+        A float32 scalar.
+
+    Examples:
+        >>> forget, retain = jnp.array([[-1.0, -3.0]]), jnp.array([[-0.5, -0.5]])
+        >>> float(grad_diff(forget, jnp.ones((1, 2)), retain, jnp.ones((1, 2))))  # −2 + 0.5
+        -1.5
     """
     checks.static_numbers((("forget_weight", forget_weight), ("retain_weight", retain_weight)), low=0.0)
     _check_pair(forget_logp, forget_mask, logp_name="forget_logp", mask_name="forget_mask")
@@ -300,13 +303,19 @@ def kl(
     form="forward")`` with the original model as reference (module docstring).
 
     Args:
-      logits: ``[B, T, V]`` logits of θ at the positions that predict each target token.
-      ref_logits: ``[B, T, V]`` the same under the corrupted model (gradients stopped).
-      mask: ``[B, T]`` 0/1 positions to unlearn.
-      form: one of ``KL_FORMS``.
+        logits: ``[B, T, V]`` logits of θ at the positions that predict each target token.
+        ref_logits: ``[B, T, V]`` the same under the corrupted model (gradients stopped).
+        mask: ``[B, T]`` 0/1 positions to unlearn.
+        form: one of ``KL_FORMS``.
 
     Returns:
-      A float32 scalar.
+        A float32 scalar.
+
+    Examples:
+        >>> logits = jnp.zeros((1, 1, 2))  # P_θ = P_c uniform over 2 tokens
+        >>> mask = jnp.ones((1, 1))
+        >>> float(kl(logits, logits, mask)), float(kl(logits, logits, mask, form="forward"))
+        (-0.693147, 0.0)
     """
     checks.choice("form", form, KL_FORMS)
     if jnp.ndim(logits) != 3 or jnp.shape(ref_logits) != jnp.shape(logits):
@@ -330,16 +339,20 @@ def task_vector(theta_c: PyTree, theta_star: PyTree, alpha: float = 1.0) -> PyTr
     """Task-vector negation: θ_u = θ_c − α(θ* − θ_c), leaf by leaf, over any pytree.
 
     Args:
-      theta_c: the corrupted parameters θ_c (Linen dict, NNX ``State``, plain dict, ...).
-      theta_star: θ_c fine-tuned further on the forget set, same structure and shapes.
-      alpha: scaling α (finite; α = 0 returns θ_c).
+        theta_c: the corrupted parameters θ_c (Linen dict, NNX ``State``, plain dict, ...).
+        theta_star: θ_c fine-tuned further on the forget set, same structure and shapes.
+        alpha: scaling α (finite; α = 0 returns θ_c).
 
     Returns:
-      A tree with ``theta_c``'s structure and dtypes.
+        A tree with ``theta_c``'s structure and dtypes.
 
     Raises:
-      ValueError: mismatched trees, a non-finite α, NaN/inf parameters (checked when concrete).
-      TypeError: a traced α (static).
+        ValueError: mismatched trees, a non-finite α, NaN/inf parameters (checked when concrete).
+        TypeError: a traced α (static).
+
+    Examples:
+        >>> task_vector({"w": jnp.array([1.0])}, {"w": jnp.array([3.0])}, alpha=0.5)["w"].tolist()
+        [0.0]
     """
     checks.static_number("alpha", alpha)
     tree_lib.check_same_structure(theta_c, theta_star, names=("theta_c", "theta_star"))
