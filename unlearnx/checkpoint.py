@@ -87,10 +87,10 @@ class Checkpointer:
     """A directory of numbered checkpoints of one pytree structure, each with an optional JSON record.
 
     Args:
-      directory: where the numbered step folders live (created if missing).
-      max_to_keep: how many of the newest checkpoints to keep.
-      policy: orbax ``SaveDecisionPolicy`` consulted by :meth:`should_save` (see :func:`interval_policy`);
-        ``None`` never asks for a save, so only forced saves happen.
+        directory: where the numbered step folders live (created if missing).
+        max_to_keep: how many of the newest checkpoints to keep.
+        policy: orbax ``SaveDecisionPolicy`` consulted by :meth:`should_save` (see :func:`interval_policy`);
+            ``None`` never asks for a save, so only forced saves happen.
 
     Example::
 
@@ -191,7 +191,7 @@ class Checkpointer:
         ``like``; returns ``(tree, record)``.
 
         Raises:
-          FileNotFoundError: if there is no checkpoint to restore.
+            FileNotFoundError: if there is no checkpoint to restore.
         """
         step = self.latest_step() if step is None else step
         if step is None:

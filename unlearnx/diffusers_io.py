@@ -133,39 +133,39 @@ def read_cross_attention(path: str | os.PathLike, *, dtype: Any = None) -> dict:
     """Reads the cross-attention key/value weights of a diffusers SD UNet ``.safetensors`` file, Flax layout.
 
     Args:
-      path: a diffusers ``UNet2DConditionModel`` safetensors file (e.g.
-        ``stable-diffusion-v1-4/unet/diffusion_pytorch_model.safetensors``); every key ending in
-        ``attn2.to_k.weight`` or ``attn2.to_v.weight`` is read, nothing else is decoded.
-      dtype: dtype of the returned kernels; ``None`` (default) keeps each weight's file dtype (F16, F32,
-        F64 or BF16). :func:`unlearnx.erase.rece` computes in float32 whatever the kernels' dtype and
-        returns the kernels' dtype, and :func:`write_cross_attention` casts back to the file's dtype.
+        path: a diffusers ``UNet2DConditionModel`` safetensors file (e.g.
+            ``stable-diffusion-v1-4/unet/diffusion_pytorch_model.safetensors``); every key ending in
+            ``attn2.to_k.weight`` or ``attn2.to_v.weight`` is read, nothing else is decoded.
+        dtype: dtype of the returned kernels; ``None`` (default) keeps each weight's file dtype (F16, F32,
+            F64 or BF16). :func:`unlearnx.erase.rece` computes in float32 whatever the kernels' dtype and
+            returns the kernels' dtype, and :func:`write_cross_attention` casts back to the file's dtype.
 
     Returns:
-      A nested dict whose leaves are NumPy arrays ``[in, out]`` (the PyTorch ``[out, in]`` weights
-      transposed), at paths such as ``params/down_blocks_0/attentions_0/transformer_blocks_0/attn2/to_k/
-      kernel`` (32 kernels ``[768, 320|640|1280]`` for SD v1.x, the paths and shapes of
-      :func:`unlearnx.erase.sd_cross_attention_shapes`): the tree to pass to :func:`unlearnx.erase.rece`.
+        A nested dict whose leaves are NumPy arrays ``[in, out]`` (the PyTorch ``[out, in]`` weights
+        transposed), at paths such as ``params/down_blocks_0/attentions_0/transformer_blocks_0/attn2/to_k/
+        kernel`` (32 kernels ``[768, 320|640|1280]`` for SD v1.x, the paths and shapes of
+        :func:`unlearnx.erase.sd_cross_attention_shapes`): the tree to pass to :func:`unlearnx.erase.rece`.
 
     Raises:
-      FileNotFoundError: ``path`` is not a file.
-      ValueError: a file safetensors cannot read, no ``attn2`` key/value weight in it, a weight that is not
-        2-D or not of a floating dtype listed above, two keys that map to one Flax path, or a weight this
-        safetensors cannot decode into NumPy, e.g. BF16 with an old release (the message names the key).
-      TypeError: ``dtype`` not a floating dtype.
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: a file safetensors cannot read, no ``attn2`` key/value weight in it, a weight that is not
+            2-D or not of a floating dtype listed above, two keys that map to one Flax path, or a weight this
+            safetensors cannot decode into NumPy, e.g. BF16 with an old release (the message names the key).
+        TypeError: ``dtype`` not a floating dtype.
 
-    Example:
-      >>> import numpy as np, safetensors.numpy, tempfile, os
-      >>> from unlearnx import diffusers_io, erase
-      >>> file = os.path.join(tempfile.mkdtemp(), "unet.safetensors")
-      >>> key = "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight"
-      >>> safetensors.numpy.save_file({key: np.ones((4, 6), np.float16)}, file)
-      >>> params = diffusers_io.read_cross_attention(file)
-      >>> kernel = params["params"]["mid_block"]["attentions_0"]["transformer_blocks_0"]["attn2"]["to_k"]
-      >>> kernel["kernel"].shape, kernel["kernel"].dtype
-      ((6, 4), dtype('float16'))
+    Examples:
+        >>> import numpy as np, safetensors.numpy, tempfile, os
+        >>> from unlearnx import diffusers_io, erase
+        >>> file = os.path.join(tempfile.mkdtemp(), "unet.safetensors")
+        >>> key = "mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+        >>> safetensors.numpy.save_file({key: np.ones((4, 6), np.float16)}, file)
+        >>> params = diffusers_io.read_cross_attention(file)
+        >>> kernel = params["params"]["mid_block"]["attentions_0"]["transformer_blocks_0"]["attn2"]["to_k"]
+        >>> kernel["kernel"].shape, kernel["kernel"].dtype
+        ((6, 4), dtype('float16'))
 
     References:
-      diffusers ``UNet2DConditionModel`` naming and its Flax conversion; Gong et al., ECCV 2024 (RECE).
+        diffusers ``UNet2DConditionModel`` naming and its Flax conversion; Gong et al., ECCV 2024 (RECE).
     """
     path = check_file("path", path)
     if dtype is not None:
@@ -251,41 +251,42 @@ def write_cross_attention(
     keys, shapes, dtypes and metadata), then renamed into place.
 
     Args:
-      source_path: the diffusers UNet ``.safetensors`` file :func:`read_cross_attention` read.
-      edited_tree: the tree :func:`read_cross_attention` returned, edited (e.g. by
-        :func:`unlearnx.erase.rece`): exactly the source's ``attn2`` key/value kernels, Flax layout
-        ``[in, out]``, any floating dtype; a plain dict, an NNX ``State`` or a tree without the leading
-        ``params`` level.
-      out_path: the new file; must not be ``source_path``.
+        source_path: the diffusers UNet ``.safetensors`` file :func:`read_cross_attention` read.
+        edited_tree: the tree :func:`read_cross_attention` returned, edited (e.g. by
+            :func:`unlearnx.erase.rece`): exactly the source's ``attn2`` key/value kernels, Flax layout
+            ``[in, out]``, any floating dtype; a plain dict, an NNX ``State`` or a tree without the leading
+            ``params`` level.
+        out_path: the new file; must not be ``source_path``.
 
     Returns:
-      The safetensors keys that were replaced, sorted.
+        The safetensors keys that were replaced, sorted.
 
     Raises:
-      FileNotFoundError: ``source_path`` is not a file, or ``out_path``'s folder does not exist.
-      ValueError: ``out_path`` naming the source file; a source without ``attn2`` key/value weights or of an
-        unsupported kernel dtype (see :func:`read_cross_attention`); a leaf of ``edited_tree`` that is not
-        one of the source's kernels, or a source kernel missing from it; an edited kernel whose shape is not
-        the source's transposed, that holds NaN or ±inf, or that overflows the source dtype (messages name
-        the tree path and the safetensors key).
-      TypeError: an edited kernel of a non-floating dtype.
+        FileNotFoundError: ``source_path`` is not a file, or ``out_path``'s folder does not exist.
+        ValueError: ``out_path`` naming the source file; a source without ``attn2`` key/value weights or of an
+            unsupported kernel dtype (see :func:`read_cross_attention`); a leaf of ``edited_tree`` that is not
+            one of the source's kernels, or a source kernel missing from it; an edited kernel whose shape is
+            not the source's transposed, that holds NaN or ±inf, or that overflows the source dtype (messages
+            name the tree path and the safetensors key).
+        TypeError: an edited kernel of a non-floating dtype.
 
-    Example:
-      >>> import jax, numpy as np, safetensors.numpy, tempfile, os
-      >>> from unlearnx import diffusers_io
-      >>> folder = tempfile.mkdtemp()
-      >>> source, out = os.path.join(folder, "unet.safetensors"), os.path.join(folder, "edited.safetensors")
-      >>> key = "mid_block.attentions.0.transformer_blocks.0.attn2.to_v.weight"
-      >>> safetensors.numpy.save_file({key: np.ones((4, 6), np.float32), "conv_in.bias": np.ones(4)}, source)
-      >>> params = diffusers_io.read_cross_attention(source)
-      >>> edited = jax.tree.map(lambda kernel: 2 * kernel, params)
-      >>> diffusers_io.write_cross_attention(source, edited, out)
-      ('mid_block.attentions.0.transformer_blocks.0.attn2.to_v.weight',)
-      >>> safetensors.numpy.load_file(out)[key][0, :3]
-      array([2., 2., 2.], dtype=float32)
+    Examples:
+        >>> import jax, numpy as np, safetensors.numpy, tempfile, os
+        >>> from unlearnx import diffusers_io
+        >>> folder = tempfile.mkdtemp()
+        >>> source, out = os.path.join(folder, "unet.safetensors"), os.path.join(folder, "edited.safetensors")
+        >>> key = "mid_block.attentions.0.transformer_blocks.0.attn2.to_v.weight"
+        >>> weights = {key: np.ones((4, 6), np.float32), "conv_in.bias": np.ones(4)}
+        >>> safetensors.numpy.save_file(weights, source)
+        >>> params = diffusers_io.read_cross_attention(source)
+        >>> edited = jax.tree.map(lambda kernel: 2 * kernel, params)
+        >>> diffusers_io.write_cross_attention(source, edited, out)
+        ('mid_block.attentions.0.transformer_blocks.0.attn2.to_v.weight',)
+        >>> safetensors.numpy.load_file(out)[key][0, :3]
+        array([2., 2., 2.], dtype=float32)
 
     References:
-      diffusers ``UNet2DConditionModel`` naming; the safetensors format; Gong et al., ECCV 2024 (RECE).
+        diffusers ``UNet2DConditionModel`` naming; the safetensors format; Gong et al., ECCV 2024 (RECE).
     """
     source = check_file("source_path", source_path)
     try:
