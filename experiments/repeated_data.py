@@ -48,7 +48,7 @@ from unlearnx import parallel, repeated_linear, train
 from unlearnx.checkpoint import interval_policy
 from unlearnx.data import repeated_mixture, text
 from unlearnx.eval import induction
-from unlearnx.models.decoder import decoder_lm, non_embedding_params
+from unlearnx.models import decoder_lm, non_embedding_params
 
 NAME = "repeated_data"
 BATCH_AXIS = 1  # training batches are [runs, examples, seq_len]; the examples are split over the devices

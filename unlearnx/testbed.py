@@ -36,8 +36,7 @@ from unlearnx._testbed_spec import (
 )
 from unlearnx.checkpoint import interval_policy
 from unlearnx.data import shapes as shapes_data
-from unlearnx.models.text_encoder import text_encoder
-from unlearnx.models.unet import unet
+from unlearnx.models import text_encoder, unet
 
 __all__ = ["Concept", "PromptGrid", "Testbed", "TestbedConfig", "build", "concept", "diffusion_step"]
 __all__ += ["eps_function", "held_out", "local_arrays", "make_optimizer", "quality_gate"]

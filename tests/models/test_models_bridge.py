@@ -1,4 +1,4 @@
-"""Tests for the pure functional bridge (`unlearnx.models.bridge`)."""
+"""Tests for the pure functional bridge (`unlearnx.models._bridge`)."""
 
 from __future__ import annotations
 

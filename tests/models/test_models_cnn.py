@@ -1,4 +1,4 @@
-"""Tests for `unlearnx.models.cnn`, including BatchNorm statistics handling."""
+"""Tests for `unlearnx.models._cnn`, including BatchNorm statistics handling."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from unlearnx import models
-from unlearnx.models.decoder import decoder_lm
+from unlearnx.models._decoder import decoder_lm
 
 
 def _layer_norm(x, p):

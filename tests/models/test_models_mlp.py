@@ -1,4 +1,4 @@
-"""Tests for `unlearnx.models.mlp`."""
+"""Tests for `unlearnx.models._mlp`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for `unlearnx.models.resnet` (kept small: width 8, 8x8 inputs, batch 2)."""
+"""Tests for `unlearnx.models._resnet` (kept small: width 8, 8x8 inputs, batch 2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for `unlearnx.models.resnet50` (full size only abstractly; forward passes at width 4, 16x16)."""
+"""Tests for `unlearnx.models._resnet50` (full size only abstractly; forward passes at width 4, 16x16)."""
 
 from __future__ import annotations
 

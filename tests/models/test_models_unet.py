@@ -14,8 +14,8 @@ from problems import eight_device_env
 
 from unlearnx import diffusion, tree
 from unlearnx.erase import cross_attention_kv
-from unlearnx.models.text_encoder import text_encoder
-from unlearnx.models.unet import timestep_embedding, unet
+from unlearnx.models._text_encoder import text_encoder
+from unlearnx.models._unet import timestep_embedding, unet
 
 SMALL = {"image_size": 8, "channels": (8, 16), "attention": (False, True), "context_dim": 12, "groups": 4}
 

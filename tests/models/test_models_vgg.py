@@ -1,4 +1,4 @@
-"""Tests for `unlearnx.models.vgg` (full size only abstractly; forward passes at width 4)."""
+"""Tests for `unlearnx.models._vgg` (full size only abstractly; forward passes at width 4)."""
 
 from __future__ import annotations
 

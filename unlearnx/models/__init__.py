@@ -4,16 +4,16 @@ Outside this package models are only :class:`Model` objects: pure ``init``/``app
 over Linen-style nested-dict variables (``{"params": ..., "batch_stats": ...}``) with string keys.
 """
 
-from unlearnx.models.bridge import Model, Variables, from_module, num_params
-from unlearnx.models.cnn import cnn
-from unlearnx.models.decoder import decoder_lm
-from unlearnx.models.mlp import mlp
-from unlearnx.models.registry import available, get
-from unlearnx.models.resnet import resnet18
-from unlearnx.models.resnet50 import resnet50
-from unlearnx.models.text_encoder import text_encoder
-from unlearnx.models.unet import unet
-from unlearnx.models.vgg import vgg19
+from unlearnx.models._bridge import Model, Variables, from_module, num_params
+from unlearnx.models._cnn import cnn
+from unlearnx.models._decoder import decoder_lm, non_embedding_params
+from unlearnx.models._mlp import mlp
+from unlearnx.models._registry import available, get
+from unlearnx.models._resnet import resnet18
+from unlearnx.models._resnet50 import resnet50
+from unlearnx.models._text_encoder import text_encoder
+from unlearnx.models._unet import unet
+from unlearnx.models._vgg import vgg19
 
 __all__ = [
     "Model",
@@ -24,6 +24,7 @@ __all__ = [
     "from_module",
     "get",
     "mlp",
+    "non_embedding_params",
     "num_params",
     "resnet18",
     "resnet50",

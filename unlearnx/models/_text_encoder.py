@@ -9,10 +9,10 @@ For tokens x₁..x_L (BOS, words, EOS, padding):
 
 The attention is causal, so the rows after EOS (padding) see the whole prompt and carry it, as SD's padded
 CLIP rows do; closed-form erasure therefore has to treat all L rows. The blocks are the decoder LM's
-(:class:`unlearnx.models.decoder.CausalTransformer`).
+(:class:`unlearnx.models._decoder.CausalTransformer`).
 
 Parameter paths: ``embed/embedding``, ``pos_embed/embedding``, ``blocks_{i}/…`` (see
-:mod:`unlearnx.models.decoder`), ``ln_f/{scale,bias}``.
+:mod:`unlearnx.models._decoder`), ``ln_f/{scale,bias}``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from unlearnx.models.bridge import Model, from_module
-from unlearnx.models.decoder import CausalTransformer, check_sizes
+from unlearnx.models._bridge import Model, from_module
+from unlearnx.models._decoder import CausalTransformer, check_sizes
 
 __all__ = ["TextEncoder", "text_encoder"]
 
@@ -50,7 +50,7 @@ def text_encoder(
     num_heads: int = 4,
     mlp_ratio: int = 4,
 ) -> Model:
-    """Builds the text encoder behind the pure :class:`~unlearnx.models.bridge.Model` bridge.
+    """Builds the text encoder behind the pure :class:`~unlearnx.models._bridge.Model` bridge.
 
     ``model.apply(variables, tokens)`` maps int32 tokens ``[B, L]`` to float32 embeddings ``[B, L, width]``.
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unlearnx.models.bridge import Model, from_module
+from unlearnx.models._bridge import Model, from_module
 
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -152,7 +152,7 @@ def resnet18(
         bn_momentum: BatchNorm running-average momentum (Flax convention: weight of the old value).
 
     Returns:
-        The :class:`~unlearnx.models.bridge.Model`.
+        The :class:`~unlearnx.models._bridge.Model`.
     """
     return cifar_resnet(
         "resnet18",

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unlearnx.models.attention import Attention, causal_mask
-from unlearnx.models.bridge import PARAMS, Model, from_module, num_params
+from unlearnx.models._attention import Attention, causal_mask
+from unlearnx.models._bridge import PARAMS, Model, from_module, num_params
 
 _EMBEDDING_MODULES = ("embed", "pos_embed", "unembed")
 
@@ -61,7 +61,7 @@ class DecoderBlock(nnx.Module):
 
 class CausalTransformer(nnx.Module):
     """Token + learned position embeddings, causal pre-LN blocks and a final LayerNorm: the trunk shared by
-    :class:`DecoderLM` and :class:`unlearnx.models.text_encoder.TextEncoder` (paths ``embed``, ``pos_embed``,
+    :class:`DecoderLM` and :class:`unlearnx.models._text_encoder.TextEncoder` (paths ``embed``, ``pos_embed``,
     ``blocks_{i}``, ``ln_f``)."""
 
     def __init__(

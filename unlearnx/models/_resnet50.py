@@ -21,8 +21,8 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from unlearnx.models.bridge import Model
-from unlearnx.models.resnet import ResidualBlock, _conv, cifar_resnet
+from unlearnx.models._bridge import Model
+from unlearnx.models._resnet import ResidualBlock, _conv, cifar_resnet
 
 STAGES = ((1, 1, 3), (2, 2, 4), (4, 2, 6), (8, 2, 3))
 """Per stage: (base width multiplier, stride, number of blocks)."""
@@ -77,7 +77,7 @@ def resnet50(
         bn_momentum: BatchNorm running-average momentum (Flax convention: weight of the old value).
 
     Returns:
-        The :class:`~unlearnx.models.bridge.Model`.
+        The :class:`~unlearnx.models._bridge.Model`.
     """
     return cifar_resnet(
         "resnet50",

@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unlearnx.models.attention import Attention
-from unlearnx.models.bridge import Model, from_module
-from unlearnx.models.decoder import FeedForward
+from unlearnx.models._attention import Attention
+from unlearnx.models._bridge import Model, from_module
+from unlearnx.models._decoder import FeedForward
 
 __all__ = ["UNet", "timestep_embedding", "unet"]
 
@@ -262,7 +262,7 @@ def unet(
     num_heads: int = 4,
     groups: int = 8,
 ) -> Model:
-    """Builds the UNet behind the pure :class:`~unlearnx.models.bridge.Model` bridge.
+    """Builds the UNet behind the pure :class:`~unlearnx.models._bridge.Model` bridge.
 
     ``model.apply(variables, (x_t, t, context))`` with ``x_t`` ``[B, H, W, in_channels]``, integer or float
     timesteps ``t`` ``[B]`` (or a scalar) and context ``[B, L, context_dim]`` returns ε̂ of ``x_t``'s shape.

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from unlearnx.models.bridge import Model, from_module
+from unlearnx.models._bridge import Model, from_module
 
 
 class MLP(nnx.Module):
@@ -85,7 +85,7 @@ def mlp(
         bn_momentum: BatchNorm running-average momentum, in [0, 1) (0.9 is PyTorch's momentum 0.1).
 
     Returns:
-        The :class:`~unlearnx.models.bridge.Model`.
+        The :class:`~unlearnx.models._bridge.Model`.
 
     Raises:
         ValueError: ``dropout`` or ``bn_momentum`` outside [0, 1).

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from unlearnx.models.bridge import Model
-from unlearnx.models.cnn import cnn
-from unlearnx.models.mlp import mlp
-from unlearnx.models.resnet import resnet18
-from unlearnx.models.resnet50 import resnet50
-from unlearnx.models.vgg import vgg19
+from unlearnx.models._bridge import Model
+from unlearnx.models._cnn import cnn
+from unlearnx.models._mlp import mlp
+from unlearnx.models._resnet import resnet18
+from unlearnx.models._resnet50 import resnet50
+from unlearnx.models._vgg import vgg19
 
 _REGISTRY: dict[str, Callable[..., Model]] = {
     "mlp": mlp,
@@ -36,7 +36,7 @@ def get(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs: Any
         **kwargs: Forwarded to the constructor.
 
     Returns:
-        The :class:`~unlearnx.models.bridge.Model`.
+        The :class:`~unlearnx.models._bridge.Model`.
 
     Raises:
         ValueError: If ``name`` is unknown.

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from unlearnx.models.bridge import Model, from_module
+from unlearnx.models._bridge import Model, from_module
 
 
 class CNN(nnx.Module):
@@ -99,7 +99,7 @@ def cnn(
         bn_momentum: BatchNorm running-average momentum (Flax convention: weight of the old value).
 
     Returns:
-        The :class:`~unlearnx.models.bridge.Model`.
+        The :class:`~unlearnx.models._bridge.Model`.
     """
     if len(input_shape) != 3:
         raise ValueError(f"cnn expects input_shape (height, width, channels), got {input_shape}")

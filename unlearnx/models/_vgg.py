@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unlearnx.models.bridge import Model, from_module
+from unlearnx.models._bridge import Model, from_module
 
 _conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -110,7 +110,7 @@ def vgg19(
         bn_momentum: BatchNorm running-average momentum (Flax convention: weight of the old value).
 
     Returns:
-        The :class:`~unlearnx.models.bridge.Model`.
+        The :class:`~unlearnx.models._bridge.Model`.
     """
     if len(input_shape) != 3:
         raise ValueError(f"vgg19 expects input_shape (height, width, channels), got {input_shape}")
