@@ -11,7 +11,8 @@ from hypothesis.extra import numpy as hnp
 
 from unlearnx import continual, diffusion, erase, eval, fisher, models, sparse, train, tree, unlearn
 from unlearnx.eval import induction, restor, scaling
-from unlearnx.unlearn import baselines, localize
+from unlearnx.unlearn import _baselines as baselines
+from unlearnx.unlearn import localize
 from unlearnx.unlearn import objectives as obj
 
 # -- malformed values ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""unlearnx.unlearn.baselines: the constructed training sets of the retraining baselines."""
+"""unlearnx.unlearn._baselines: the constructed training sets of the retraining baselines."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""unlearnx.unlearn.ssd and assd_alpha against float64 NumPy references and the paper's invariants."""
+"""unlearnx.unlearn._ssd and assd_alpha against float64 NumPy references and the paper's invariants."""
 
 import math
 

@@ -9,7 +9,7 @@ import pytest
 from unlearnx import continual, diffusion, eval, fisher
 from unlearnx.eval import induction, restor
 from unlearnx.models import Model
-from unlearnx.unlearn import baselines
+from unlearnx.unlearn import _baselines as baselines
 from unlearnx.unlearn import objectives as obj
 
 LOGITS = np.asarray([[2.0, 0.0, 1.0], [0.0, 3.0, 1.0]], np.float32)

@@ -1,4 +1,4 @@
-"""``unlearnx.data.repeated_spans``: a random span followed by its repeat, written into base rows."""
+"""``unlearnx.data._repeated_spans``: a random span followed by its repeat, written into base rows."""
 
 import numpy as np
 import pytest

@@ -3,8 +3,8 @@ standard retraining baselines (finetune, NegGrad+, amnesiac, bad teacher), LM un
 (``objectives``: GA, GradDiff, KL, NPO, SimNPO, task vector) and SSD-localised updates (``localize``)."""
 
 from unlearnx.unlearn import localize, objectives
-from unlearnx.unlearn.baselines import ascent_mixture, bad_teacher_set, random_wrong_labels, relabel_mixture
-from unlearnx.unlearn.ssd import assd_alpha, dampening_factors, ssd
+from unlearnx.unlearn._baselines import ascent_mixture, bad_teacher_set, random_wrong_labels, relabel_mixture
+from unlearnx.unlearn._ssd import assd_alpha, dampening_factors, ssd
 
 __all__ = [
     "ascent_mixture",

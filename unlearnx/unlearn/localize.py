@@ -6,14 +6,14 @@ the clean corpus (:func:`unlearnx.fisher.diagonal`), the selection is SSD's
 
     selectedᵢ ⇔ I_f[i] > α · I_D[i]
 
-(computed by :func:`unlearnx.unlearn.ssd.dampening_factors` with λ = 0, where a selected parameter gets
+(computed by :func:`unlearnx.unlearn.dampening_factors` with λ = 0, where a selected parameter gets
 factor 0 and any other 1), and :func:`masked_updates` zeroes the optimizer's updates outside it:
 
     uᵢ ← uᵢ · selectedᵢ
 
 so ``optax.chain(optimizer, masked_updates(selection))`` (or :func:`localized`) turns any unlearning
 objective into its localised version. The selection lives in the optimizer state, so it is checkpointed and
-sharded with it. α can come from :func:`unlearnx.unlearn.ssd.assd_alpha` (a percentile of the ratio).
+sharded with it. α can come from :func:`unlearnx.unlearn.assd_alpha` (a percentile of the ratio).
 
 :func:`random_selection` is the control of that localisation: exactly as many parameters as a given
 selection keeps (``count``), drawn uniformly at random, so "localising to SSD's selection helps" can be told
@@ -33,7 +33,7 @@ import optax
 from unlearnx import _validation as checks
 from unlearnx import fisher
 from unlearnx import tree as tree_lib
-from unlearnx.unlearn.ssd import dampening_factors
+from unlearnx.unlearn._ssd import dampening_factors
 
 PyTree = Any
 
