@@ -108,7 +108,7 @@ PRESETS: dict[str, Config] = {
     "quick": Config(),
     # A CNN step on Fashion-MNIST costs ~25× an MLP step on digits. The class sweep (every class forgotten in
     # turn by the importance-only methods, with the bound table) is on: training took ~15 min on 2 quiet
-    # cores; under load 9-18 the sweep took ~3 min per class after a ~15 min first class (the one empirical
+    # cores; under load 5-18 the sweep took ~2 min per class after a ~17 min first class (the one empirical
     # I_D pass over the 60k examples), and training ~50 min.
     "fashion": Config(
         dataset="fashion_mnist", model="cnn", channels=(16, 32), width=64, forget_classes=(0,), seeds=(0,),
