@@ -197,3 +197,26 @@ def test_clear_messages_instead_of_jax_internals():
         transform.update({"v": jnp.ones((6, 4))}, transform.init(THETA))
     with pytest.raises(ValueError, match="sparsity has paths that params lacks: \\['c'\\]"):
         sparse.magnitude_masks(SPARSE_PARAMS, {"c": 0.5}, scope="layer")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, jnp.bfloat16, np.int32])
+def test_fast_bad_value_flags_match_an_elementwise_float64_check(dtype):
+    """sum(0·x) flags exactly the leaves an element-wise isfinite (and x < 0) check flags, including leaves
+    whose plain sum would overflow and leaves with a single bad entry."""
+    rng = np.random.default_rng(0)
+    big = float(jnp.finfo(dtype).max) / 2 if jnp.issubdtype(dtype, jnp.floating) else 2**30
+    leaves = [rng.normal(size=(7, 5)) for _ in range(6)] + [np.full((64,), big), np.zeros((0, 3))]
+    leaves[1][3, 2] = np.nan
+    leaves[2][0, 0] = np.inf
+    leaves[3][6, 4] = -np.inf
+    leaves[4][2, 1] = -1.0
+    if not jnp.issubdtype(dtype, jnp.floating):
+        leaves = [np.nan_to_num(leaf, posinf=5, neginf=-5) for leaf in leaves]
+    arrays = [jnp.asarray(leaf, dtype) for leaf in leaves]
+    for nonnegative in (False, True):
+        host = [np.asarray(a, np.float64) for a in arrays]
+        want = [bool(np.any(~np.isfinite(h)) or (nonnegative and np.any(h < 0))) for h in host]
+        got = np.asarray(checks._any_bad(arrays, nonnegative)).tolist()
+        assert got == want, (nonnegative, got, want)
+        counts = checks._counts_if_bad(arrays, nonnegative)
+        assert [bool(c) for c in counts] == want

@@ -185,6 +185,34 @@ def choice(name: str, value: Any, options: tuple) -> Any:
 
 
 @functools.partial(jax.jit, static_argnames="nonnegative")
+def _any_bad(leaves: list, nonnegative: bool) -> jax.Array:
+    """One flag per leaf: it holds NaN/inf (or, with ``nonnegative``, a negative entry).
+
+    0·x is NaN exactly where x is NaN or ±inf, and a sum of zeros cannot overflow, so ``sum(0·x)`` is
+    finite iff every entry is: one vectorised pass (a count of ``~isfinite`` costs ~5× more on XLA:CPU).
+    """
+
+    def bad(leaf):
+        flag = jnp.zeros((), bool)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact):
+            flag = ~jnp.isfinite(jnp.sum(leaf * jnp.zeros((), leaf.dtype)))
+        if nonnegative and leaf.size:
+            flag = flag | (jnp.min(leaf) < 0)
+        return flag
+
+    return jnp.stack([bad(leaf) for leaf in leaves]) if leaves else jnp.zeros(0, bool)
+
+
+def _counts_if_bad(leaves: list, nonnegative: bool) -> np.ndarray:
+    """Per-leaf counts of bad entries (:func:`_bad_counts`), computed only when :func:`_any_bad` flags one."""
+    with jax.ensure_compile_time_eval():
+        arrays = [jnp.asarray(leaf) for leaf in leaves]
+        if not np.asarray(_any_bad(arrays, nonnegative)).any():
+            return np.zeros(len(leaves), np.int64)
+        return np.asarray(_bad_counts(arrays, nonnegative))
+
+
+@functools.partial(jax.jit, static_argnames="nonnegative")
 def _bad_counts(leaves: list, nonnegative: bool) -> jax.Array:
     def bad(leaf):
         invalid = (
@@ -246,8 +274,7 @@ def check_tree(name: str, tree: PyTree, *, nonnegative: bool = False, what: str 
     leaves = _concrete_leaves(name, tree)
     if not leaves:
         return
-    with jax.ensure_compile_time_eval():
-        counts = np.asarray(_bad_counts([jnp.asarray(leaf) for _, leaf in leaves], nonnegative))
+    counts = _counts_if_bad([leaf for _, leaf in leaves], nonnegative)
     for (path, leaf), count in zip(leaves, counts, strict=True):
         if count:
             rule = "finite and non-negative" if nonnegative else "finite"
@@ -263,8 +290,7 @@ def check_output(name: str, tree: PyTree, cause: object) -> None:
     leaves = _concrete_leaves(name, tree)
     if not leaves:
         return
-    with jax.ensure_compile_time_eval():
-        counts = np.asarray(_bad_counts([jnp.asarray(leaf) for _, leaf in leaves], False))
+    counts = _counts_if_bad([leaf for _, leaf in leaves], False)
     for (path, leaf), count in zip(leaves, counts, strict=True):
         if count:
             raise ValueError(
