@@ -31,14 +31,25 @@ def _finite_rows(logits) -> jax.Array:
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> float:
-    """Fraction of rows whose argmax equals the label.
+    """Fraction of rows whose argmax equals the label, (1/N) Σᵢ [argmax_c zᵢ,c = yᵢ].
 
-    Returns NaN for an empty set (no examples, no accuracy) and for logits holding any NaN/inf (a diverged
-    model has no accuracy: ``argmax`` of NaN would score class 0).
+    Args:
+        logits: ``[N, C]`` classifier logits (host or device array).
+        labels: ``[N]`` integer class ids in [0, C).
+
+    Returns:
+        The accuracy as a Python float; NaN for an empty set (no examples, no accuracy) and for logits
+        holding any NaN/inf (a diverged model has no accuracy: ``argmax`` of NaN would score class 0).
 
     Raises:
-      ValueError: bad shapes, or labels outside [0, C) (checked when concrete).
-      TypeError: non-integer labels.
+        ValueError: bad shapes, or labels outside [0, C) (checked when concrete).
+        TypeError: non-integer labels.
+
+    Examples:
+        >>> import numpy as np
+        >>> from unlearnx import eval
+        >>> eval.accuracy(np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]]), np.array([0, 1, 1]))
+        0.6666666666666666
     """
     _check(logits, labels)
     if len(labels) == 0:
@@ -50,8 +61,24 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> float:
 
 
 def entropy(logits: jax.Array) -> np.ndarray:
-    """Shannon entropy of softmax(logits) per row, H = −Σ_c p_c log p_c (0 log 0 = 0), in nats; NaN on rows
-    with a non-finite logit."""
+    """Shannon entropy of softmax(logits) per row, H = −Σ_c p_c log p_c (0 log 0 = 0), in nats.
+
+    Args:
+        logits: ``[N, C]`` classifier logits (host or device array).
+
+    Returns:
+        A float32 NumPy array ``[N]``; NaN on rows with a non-finite logit.
+
+    Raises:
+        ValueError: logits not of shape ``[N, C]``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from unlearnx import eval
+        >>> h = eval.entropy(np.array([[0.0, 0.0], [100.0, 0.0]]))
+        >>> np.allclose(h, [np.log(2), 0.0])  # uniform over 2 classes: log 2; certain: 0
+        True
+    """
     _check(logits)
     log_probs = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=1)
     values = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=1)
@@ -59,11 +86,25 @@ def entropy(logits: jax.Array) -> np.ndarray:
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> np.ndarray:
-    """Per-row cross-entropy −log softmax(logits)[label]; NaN on rows with a non-finite logit.
+    """Per-row cross-entropy ℓᵢ = −log softmax(zᵢ)[yᵢ], in nats.
+
+    Args:
+        logits: ``[N, C]`` classifier logits (host or device array).
+        labels: ``[N]`` integer class ids in [0, C).
+
+    Returns:
+        A float32 NumPy array ``[N]``; NaN on rows with a non-finite logit.
 
     Raises:
-      ValueError: bad shapes, or labels outside [0, C) (checked when concrete).
-      TypeError: non-integer labels.
+        ValueError: bad shapes, or labels outside [0, C) (checked when concrete).
+        TypeError: non-integer labels.
+
+    Examples:
+        >>> import numpy as np
+        >>> from unlearnx import eval
+        >>> loss = eval.cross_entropy(np.zeros((2, 4)), np.array([0, 3]))
+        >>> np.allclose(loss, np.log(4))  # uniform over 4 classes
+        True
     """
     _check(logits, labels)
     log_probs = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=1)

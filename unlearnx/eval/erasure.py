@@ -48,9 +48,20 @@ def erased_rate(predicted: Any, concept: int) -> float:
         predicted: Predicted labels ``[N]`` (ints).
         concept: The erased concept's label.
 
+    Returns:
+        mean_i [ŷᵢ = concept] as a Python float (lower is better).
+
     Raises:
-        ValueError: Empty or non-1-D ``predicted``.
+        ValueError: Empty or non-1-D ``predicted``, or a negative label or ``concept``.
         TypeError: Non-integer labels.
+
+    Examples:
+        >>> from unlearnx import eval
+        >>> eval.erased_rate([3, 1, 3, 0], concept=3)
+        0.5
+
+    References:
+        Gandikota et al., *Unified Concept Editing in Diffusion Models*, WACV 2024.
     """
     concept = checks.static_int("concept", concept, low=0)
     return float(np.mean(_labels("predicted", predicted) == concept))
@@ -58,16 +69,48 @@ def erased_rate(predicted: Any, concept: int) -> float:
 
 def attack_success_rate(predicted: Any, concept: int) -> float:
     """Fraction of samples generated from an attack's conditioning that are classified as ``concept``
-    (the erased rate of the attack's samples)."""
+    (the erased rate of the attack's samples).
+
+    Args:
+        predicted: The classifier's labels ``[N]`` (ints) of the attack's samples.
+        concept: The label of the concept the attack tries to regenerate.
+
+    Returns:
+        The attack's success rate, a Python float in [0, 1] (lower is better).
+
+    Raises:
+        ValueError, TypeError: as :func:`erased_rate`.
+
+    Examples:
+        >>> from unlearnx import eval
+        >>> eval.attack_success_rate([2, 2, 2, 5], concept=2)
+        0.75
+
+    References:
+        Zhang et al., *To Generate or Not? Safety-Driven Unlearned Diffusion Models Are Still Easy to
+        Generate Unsafe Images ... For Now* (UnlearnDiffAtk), ECCV 2024.
+    """
     return erased_rate(predicted, concept)
 
 
 def preservation_accuracy(predicted: Any, target: Any) -> float:
-    """Fraction of samples of other concepts' prompts classified as their prompted label.
+    """Fraction of samples of other concepts' prompts classified as their prompted label, mean_i [ŷᵢ = yᵢ].
+
+    Args:
+        predicted: Predicted labels ``[N]`` (ints).
+        target: The prompted labels ``[N]`` (ints).
+
+    Returns:
+        The accuracy as a Python float (higher is better).
 
     Raises:
         ValueError: Empty, non-1-D or differently sized label arrays.
         TypeError: Non-integer labels.
+
+    Examples:
+        >>> from unlearnx import eval
+        >>> eval.preservation_accuracy([0, 1, 2, 2], [0, 1, 2, 3])
+        0.75
     """
     predicted, target = _labels("predicted", predicted), _labels("target", target)
     if predicted.shape != target.shape:
@@ -90,6 +133,14 @@ def kv_output_change(original: PyTree, edited: PyTree, keys: Any, *, where: tree
 
     Raises:
         ValueError: No kernel selected, structure mismatch, or key width ≠ a kernel's ``d_in``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from unlearnx import eval
+        >>> original = {"to_k": {"kernel": np.eye(2)}}
+        >>> edited = {"to_k": {"kernel": 1.5 * np.eye(2)}}
+        >>> eval.kv_output_change(original, edited, np.ones((3, 2)), where=lambda path: True)  # ‖0.5 C‖ / ‖C‖
+        0.5
     """
     if where is None:
         from unlearnx.erase import cross_attention_kv
