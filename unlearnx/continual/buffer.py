@@ -29,7 +29,20 @@ __all__ = ["ReplayBuffer", "buffer_add", "buffer_init", "buffer_sample"]
 
 
 class ReplayBuffer(NamedTuple):
-    """``data``: a pytree of arrays ``[tasks, capacity, ...]``; ``seen``: examples offered per task."""
+    """Per-task reservoirs of examples; made by :func:`buffer_init`, a pytree (it jits and checkpoints).
+
+    Attributes:
+        data: a pytree of arrays ``[tasks, capacity, ...]``; slots past ``stored[t]`` are unused.
+        seen: ``[tasks]`` int32, the examples offered to each task so far.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from unlearnx import continual
+        >>> buffer = continual.buffer_init(2, capacity=3, example={"x": jnp.zeros(4)})
+        >>> buffer = continual.buffer_add(buffer, 1, {"x": jnp.ones((5, 4))}, jax.random.key(0))
+        >>> buffer.capacity, buffer.seen.tolist(), buffer.stored.tolist()
+        (3, [0, 5], [0, 3])
+    """
 
     data: PyTree
     seen: jax.Array
@@ -48,9 +61,24 @@ def buffer_init(num_tasks: int, capacity: int, example: PyTree) -> ReplayBuffer:
     """An empty buffer for ``num_tasks`` tasks of ``capacity`` examples shaped like ``example``
     (one example, no batch axis, e.g. ``{"x": x[0], "y": y[0]}``).
 
+    Args:
+        num_tasks: the number of tasks (reservoirs), ≥ 1.
+        capacity: the examples each task keeps, ≥ 1.
+        example: one example, a pytree of arrays; fixes the shapes and dtypes of the stored leaves.
+
+    Returns:
+        A :class:`ReplayBuffer` of zeros with ``seen`` = 0.
+
     Raises:
-      ValueError: ``num_tasks`` or ``capacity`` below 1, or an ``example`` without arrays.
-      TypeError: non-integer sizes.
+        ValueError: ``num_tasks`` or ``capacity`` below 1, or an ``example`` without arrays.
+        TypeError: non-integer sizes.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from unlearnx import continual
+        >>> buffer = continual.buffer_init(3, 100, {"x": jnp.zeros((28, 28)), "y": jnp.int32(0)})
+        >>> buffer.data["x"].shape, buffer.data["y"].dtype, buffer.stored.tolist()
+        ((3, 100, 28, 28), dtype('int32'), [0, 0, 0])
     """
     checks.static_int("num_tasks", num_tasks, low=1, high=checks.INT32_MAX)
     checks.static_int("capacity", capacity, low=1, high=checks.INT32_MAX)
@@ -81,9 +109,29 @@ def _check_batch(buffer: ReplayBuffer, batch: PyTree) -> None:
 def buffer_add(buffer: ReplayBuffer, task, batch: PyTree, key: jax.Array) -> ReplayBuffer:
     """Offers every example of ``batch`` (leading batch axis) to task ``task``'s reservoir.
 
+    Args:
+        buffer: the :class:`ReplayBuffer`.
+        task: the task id, a Python int or an int32 scalar (may be traced).
+        batch: a pytree like the buffer's examples, with a leading batch axis.
+        key: a PRNG key for the reservoir's replacement slots.
+
+    Returns:
+        The updated :class:`ReplayBuffer` (the input is not modified).
+
     Raises:
-      ValueError: a concrete ``task`` outside [0, tasks) (a traced one out of range changes nothing), or a
-        batch whose structure or example shapes differ from the buffer's.
+        ValueError: a concrete ``task`` outside [0, tasks) (a traced one out of range changes nothing), or a
+            batch whose structure or example shapes differ from the buffer's.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from unlearnx import continual
+        >>> buffer = continual.buffer_init(1, capacity=4, example=jnp.zeros(()))
+        >>> buffer = continual.buffer_add(buffer, 0, jnp.arange(1.0, 3.0), jax.random.key(0))
+        >>> buffer.data[0].tolist()  # while there is room, examples fill the free slots in order
+        [1.0, 2.0, 0.0, 0.0]
+
+    References:
+        Vitter, *Random sampling with a reservoir*, ACM TOMS 1985.
     """
     num_tasks = buffer.seen.shape[0]
     if not checks.is_traced(task):
@@ -144,11 +192,28 @@ def buffer_sample(buffer: ReplayBuffer, counts, key: jax.Array, size: int) -> Py
     :func:`unlearnx.continual.rehearsal_counts`, padded to all tasks), each uniformly from that task's
     stored examples.
 
+    Args:
+        buffer: the :class:`ReplayBuffer`.
+        counts: ``[tasks]`` non-negative weights of the tasks (need not sum to 1).
+        key: a PRNG key.
+        size: the number of examples drawn (static).
+
+    Returns:
+        A pytree like the buffer's examples with a leading axis of ``size``.
+
     Raises:
-      ValueError: (concrete counts and buffer) a negative or non-finite count, a positive count for a task
-        that holds no example, or no task to draw from; ``counts`` not one entry per task. Under ``jit`` an
-        empty selection gives NaN / −1 examples instead (see the module docstring).
-      TypeError: a non-integer or traced ``size``.
+        ValueError: (concrete counts and buffer) a negative or non-finite count, a positive count for a task
+            that holds no example, or no task to draw from; ``counts`` not one entry per task. Under ``jit`` an
+            empty selection gives NaN / −1 examples instead (see the module docstring).
+        TypeError: a non-integer or traced ``size``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from unlearnx import continual
+        >>> buffer = continual.buffer_init(2, capacity=4, example=jnp.zeros(()))
+        >>> buffer = continual.buffer_add(buffer, 1, jnp.full(3, 7.0), jax.random.key(0))
+        >>> continual.buffer_sample(buffer, jnp.array([0.0, 1.0]), jax.random.key(1), 5).tolist()
+        [7.0, 7.0, 7.0, 7.0, 7.0]
     """
     _check_sample(buffer, counts, size)
     weights = jnp.asarray(counts, jnp.float32) * (buffer.stored > 0)

@@ -22,9 +22,27 @@ def cl_metrics(accuracy_matrix, random_accuracy) -> dict[str, float]:
     A NaN accuracy (a diverged phase, see :func:`unlearnx.eval.accuracy`) makes every metric it enters NaN,
     never a plausible number.
 
+    Args:
+        accuracy_matrix: R, ``[T, T]`` accuracies in [0, 1] (or NaN); ``R[i, j]`` on task j after task i.
+        random_accuracy: b̄, ``[T]`` accuracies of the randomly initialised model on each task.
+
+    Returns:
+        A dict of Python floats ``{"acc", "bwt", "fwt", "forgetting"}``; BWT, FWT and forgetting are 0 for
+        one task.
+
     Raises:
-      ValueError: a non-square or empty matrix, ``random_accuracy`` without one entry per task, or an
-        accuracy outside [0, 1] (or infinite).
+        ValueError: a non-square or empty matrix, ``random_accuracy`` without one entry per task, or an
+            accuracy outside [0, 1] (or infinite).
+
+    Examples:
+        >>> from unlearnx import continual
+        >>> metrics = continual.cl_metrics([[0.9, 0.2], [0.6, 0.8]], random_accuracy=[0.1, 0.1])
+        >>> {name: round(value, 6) for name, value in metrics.items()}
+        {'acc': 0.7, 'bwt': -0.3, 'fwt': 0.1, 'forgetting': 0.3}
+
+    References:
+        Lopez-Paz and Ranzato, *Gradient Episodic Memory for Continual Learning*, NeurIPS 2017; Chaudhry et
+        al., *Riemannian Walk for Incremental Learning*, ECCV 2018.
     """
     matrix = np.asarray(accuracy_matrix, np.float64)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] == 0:

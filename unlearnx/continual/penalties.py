@@ -86,7 +86,19 @@ def _replace(opt_state: optax.OptState, kind: type, fn) -> optax.OptState:
 
 
 class EwcState(NamedTuple):
-    """The Fisher diagonals and anchors of the consolidated tasks."""
+    """The state of :func:`ewc`: the Fisher diagonals and anchors of the consolidated tasks.
+
+    Attributes:
+        fishers: a tuple of Fisher-diagonal trees Fₜ, one per task.
+        anchors: a tuple of the matching anchor trees θ*ₜ.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from unlearnx import continual
+        >>> state = continual.ewc({"w": jnp.ones(2)}, {"w": jnp.zeros(2)}, 1.0).init({"w": jnp.zeros(2)})
+        >>> len(state.fishers), state.anchors[0]["w"].tolist()
+        (1, [0.0, 0.0])
+    """
 
     fishers: tuple
     anchors: tuple
@@ -96,9 +108,30 @@ def ewc(fisher: PyTree | Sequence[PyTree], anchor: PyTree | Sequence[PyTree], st
     """EWC penalty gradient λ Σₜ Fₜ ⊙ (θ − θ*ₜ) added to the updates (see the module docstring).
 
     Args:
-      fisher: the Fisher diagonal of one task (a tree like the params), or a list of them (one per task).
-      anchor: the matching optimal parameters θ*, a tree or a list of the same length.
-      strength: λ ≥ 0.
+        fisher: the Fisher diagonal of one task (a tree like the params), or a list of them (one per task).
+        anchor: the matching optimal parameters θ*, a tree or a list of the same length.
+        strength: λ ≥ 0.
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` whose state is an :class:`EwcState`; its ``update``
+        needs ``params``.
+
+    Raises:
+        ValueError: λ < 0 (or non-finite), as many Fisher trees as anchors not given, mismatched
+            structures, or a negative or non-finite Fisher entry or anchor.
+        TypeError: a traced λ.
+
+    Examples:
+        >>> import jax.numpy as jnp, optax
+        >>> from unlearnx import continual
+        >>> opt = continual.ewc({"w": jnp.array([1.0, 4.0])}, {"w": jnp.zeros(2)}, strength=0.5)
+        >>> params = {"w": jnp.ones(2)}
+        >>> updates, _ = opt.update({"w": jnp.zeros(2)}, opt.init(params), params)
+        >>> updates["w"].tolist()  # λ F (θ − θ*) = 0.5 · [1, 4] · 1
+        [0.5, 2.0]
+
+    References:
+        Kirkpatrick et al., *Overcoming catastrophic forgetting in neural networks*, PNAS 2017.
     """
     _check_strength("strength", strength)
     fishers = tuple(fisher) if isinstance(fisher, list | tuple) else (fisher,)
@@ -127,7 +160,20 @@ def ewc(fisher: PyTree | Sequence[PyTree], anchor: PyTree | Sequence[PyTree], st
 
 
 class OnlineEwcState(NamedTuple):
-    """The running Fisher F̃, the single anchor θ* and the decay γ."""
+    """The state of :func:`online_ewc`: the running Fisher F̃, the single anchor θ* and the decay γ.
+
+    Attributes:
+        fisher: the running Fisher diagonal F̃ (zeros before the first consolidation).
+        anchor: θ*, the parameters at the last :func:`consolidate_online_ewc` (at ``init`` before it).
+        decay: γ, a float32 scalar.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from unlearnx import continual
+        >>> state = continual.online_ewc(1.0, decay=0.5).init({"w": jnp.ones(2)})
+        >>> state.fisher["w"].tolist(), float(state.decay)
+        ([0.0, 0.0], 0.5)
+    """
 
     fisher: PyTree
     anchor: PyTree
@@ -141,31 +187,31 @@ def online_ewc(strength: float, decay: float = 1.0, *, decay_penalty: bool = Fal
     F̃ ← γ F̃ + F_k and θ* ← θ at the end of each task k.
 
     Args:
-      strength: λ ≥ 0.
-      decay: γ ∈ [0, 1].
-      decay_penalty: static. ``False`` (default): the penalty gradient is λ F̃ ⊙ (θ − θ*), the last task's
-        Fisher at full weight. ``True``: λ γ F̃ ⊙ (θ − θ*), the penalty ½ λ ‖θ − θ*‖²_{γF̃} of Schwarz et
-        al. and of common implementations (see the module docstring).
+        strength: λ ≥ 0.
+        decay: γ ∈ [0, 1].
+        decay_penalty: static. ``False`` (default): the penalty gradient is λ F̃ ⊙ (θ − θ*), the last task's
+            Fisher at full weight. ``True``: λ γ F̃ ⊙ (θ − θ*), the penalty ½ λ ‖θ − θ*‖²_{γF̃} of Schwarz et
+            al. and of common implementations (see the module docstring).
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` whose state is an :class:`OnlineEwcState`.
+        An ``optax.GradientTransformationExtraArgs`` whose state is an :class:`OnlineEwcState`.
 
     Raises:
-      ValueError: λ < 0 or γ outside [0, 1] (or non-finite).
-      TypeError: traced λ or γ, or a ``decay_penalty`` that is not a bool.
+        ValueError: λ < 0 or γ outside [0, 1] (or non-finite).
+        TypeError: traced λ or γ, or a ``decay_penalty`` that is not a bool.
 
-    Example:
-      >>> import jax.numpy as jnp, optax
-      >>> from unlearnx import continual
-      >>> opt = optax.chain(continual.online_ewc(2.0, decay=0.5, decay_penalty=True), optax.sgd(1.0))
-      >>> params = {"w": jnp.zeros(2)}
-      >>> state = continual.consolidate_online_ewc(opt.init(params), {"w": jnp.ones(2)}, params)
-      >>> updates, _ = opt.update({"w": jnp.zeros(2)}, state, {"w": jnp.ones(2)})
-      >>> updates["w"].tolist()  # −η λ γ F̃ (θ − θ*) = −1 · 2 · 0.5 · 1 · 1
-      [-1.0, -1.0]
+    Examples:
+        >>> import jax.numpy as jnp, optax
+        >>> from unlearnx import continual
+        >>> opt = optax.chain(continual.online_ewc(2.0, decay=0.5, decay_penalty=True), optax.sgd(1.0))
+        >>> params = {"w": jnp.zeros(2)}
+        >>> state = continual.consolidate_online_ewc(opt.init(params), {"w": jnp.ones(2)}, params)
+        >>> updates, _ = opt.update({"w": jnp.zeros(2)}, state, {"w": jnp.ones(2)})
+        >>> updates["w"].tolist()  # −η λ γ F̃ (θ − θ*) = −1 · 2 · 0.5 · 1 · 1
+        [-1.0, -1.0]
 
     References:
-      Schwarz et al., "Progress & Compress: A scalable framework for continual learning", ICML 2018.
+        Schwarz et al., "Progress & Compress: A scalable framework for continual learning", ICML 2018.
     """
     _check_strength("strength", strength)
     checks.static_number("decay", decay, low=0.0, high=1.0)
@@ -190,8 +236,31 @@ def consolidate_online_ewc(opt_state: optax.OptState, fisher: PyTree, params: Py
     The :class:`OnlineEwcState` is found by type at any depth (``optax.chain``, ``optax.named_chain``, a
     wrapper's inner state) and replaced there; the rest of ``opt_state`` keeps its structure.
 
+    Args:
+        opt_state: an optimizer state holding exactly one :class:`OnlineEwcState`.
+        fisher: the finished task's Fisher diagonal F_k, a tree like the params (e.g. from
+            :func:`unlearnx.fisher.diagonal`).
+        params: the parameters at the end of the task, the new anchor θ*.
+
+    Returns:
+        ``opt_state`` with the :class:`OnlineEwcState` updated.
+
     Raises:
-      ValueError: if ``opt_state`` holds no or several :class:`OnlineEwcState`.
+        ValueError: if ``opt_state`` holds no or several :class:`OnlineEwcState`, mismatched structures, or
+            a negative or non-finite Fisher entry or parameter.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from unlearnx import continual
+        >>> opt = continual.online_ewc(1.0, decay=0.5)
+        >>> state = opt.init({"w": jnp.zeros(2)})
+        >>> for task in range(2):  # F̃ = 0.5 · 1 + 1
+        ...     state = continual.consolidate_online_ewc(state, {"w": jnp.ones(2)}, {"w": jnp.ones(2)})
+        >>> state.fisher["w"].tolist()
+        [1.5, 1.5]
+
+    References:
+        Schwarz et al., *Progress & Compress: A scalable framework for continual learning*, ICML 2018.
     """
 
     checks.check_tree("fisher", fisher, nonnegative=True)
@@ -206,8 +275,23 @@ def consolidate_online_ewc(opt_state: optax.OptState, fisher: PyTree, params: Py
 
 
 class SiState(NamedTuple):
-    """``omega``: this task's path integral; ``importance``: Ω; ``anchor``: θ̃ (start of this task);
-    ``previous_params``/``previous_grads``: the last step's, for its Δθ; ``damping``: ξ."""
+    """The state of :func:`synaptic_intelligence`.
+
+    Attributes:
+        omega: ω, this task's path integral so far.
+        importance: Ω, the consolidated importance of the finished tasks.
+        anchor: θ̃, the parameters at the start of this task.
+        previous_params: the last step's parameters, for its Δθ.
+        previous_grads: the last step's gradient g entering ω.
+        damping: ξ, a float32 scalar.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from unlearnx import continual
+        >>> state = continual.synaptic_intelligence(1.0, damping=0.1).init({"w": jnp.ones(2)})
+        >>> state.importance["w"].tolist(), round(float(state.damping), 6)
+        ([0.0, 0.0], 0.1)
+    """
 
     omega: PyTree
     importance: PyTree
@@ -224,32 +308,32 @@ def synaptic_intelligence(strength: float, damping: float = 0.1, *, path_gradien
     −g_{t−1}·(θ_t − θ_{t−1}); :func:`consolidate_si` adds the last one.
 
     Args:
-      strength: c ≥ 0.
-      damping: ξ > 0.
-      path_gradient: static, which g enters ω. ``"task"`` (default): the incoming gradient (the task
-        loss's, before this transform adds its penalty). ``"total"``: the incoming gradient plus the
-        penalty's 2c Ω ⊙ (θ − θ̃), i.e. the gradient of the loss actually minimised, as common code
-        computes it (see the module docstring).
+        strength: c ≥ 0.
+        damping: ξ > 0.
+        path_gradient: static, which g enters ω. ``"task"`` (default): the incoming gradient (the task
+            loss's, before this transform adds its penalty). ``"total"``: the incoming gradient plus the
+            penalty's 2c Ω ⊙ (θ − θ̃), i.e. the gradient of the loss actually minimised, as common code
+            computes it (see the module docstring).
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` whose state is an :class:`SiState`.
+        An ``optax.GradientTransformationExtraArgs`` whose state is an :class:`SiState`.
 
     Raises:
-      ValueError: c < 0, ξ ≤ 0 (or non-finite), ``path_gradient`` not ``"task"`` or ``"total"``.
-      TypeError: traced c or ξ.
+        ValueError: c < 0, ξ ≤ 0 (or non-finite), ``path_gradient`` not ``"task"`` or ``"total"``.
+        TypeError: traced c or ξ.
 
-    Example:
-      >>> import jax.numpy as jnp, optax
-      >>> from unlearnx import continual
-      >>> opt = optax.chain(continual.synaptic_intelligence(0.5, path_gradient="total"), optax.sgd(0.1))
-      >>> params = {"w": jnp.ones(3)}
-      >>> state = opt.init(params)
-      >>> updates, state = opt.update({"w": jnp.ones(3)}, state, params)
-      >>> updates["w"].tolist()  # no penalty before the first consolidate_si (Ω = 0)
-      [-0.10000000149011612, -0.10000000149011612, -0.10000000149011612]
+    Examples:
+        >>> import jax.numpy as jnp, optax
+        >>> from unlearnx import continual
+        >>> opt = optax.chain(continual.synaptic_intelligence(0.5, path_gradient="total"), optax.sgd(0.1))
+        >>> params = {"w": jnp.ones(3)}
+        >>> state = opt.init(params)
+        >>> updates, state = opt.update({"w": jnp.ones(3)}, state, params)
+        >>> updates["w"].tolist()  # no penalty before the first consolidate_si (Ω = 0)
+        [-0.10000000149011612, -0.10000000149011612, -0.10000000149011612]
 
     References:
-      Zenke, Poole & Ganguli, "Continual Learning Through Synaptic Intelligence", ICML 2017.
+        Zenke, Poole & Ganguli, "Continual Learning Through Synaptic Intelligence", ICML 2017.
     """
     _check_strength("strength", strength)
     checks.static_number("damping", damping, low=0.0, low_open=True)
@@ -289,8 +373,29 @@ def consolidate_si(opt_state: optax.OptState, params: PyTree) -> optax.OptState:
     The :class:`SiState` is found by type at any depth of ``opt_state``, as in
     :func:`consolidate_online_ewc`.
 
+    Args:
+        opt_state: an optimizer state holding exactly one :class:`SiState`.
+        params: the parameters at the end of the task (the new anchor θ̃).
+
+    Returns:
+        ``opt_state`` with the :class:`SiState` updated.
+
     Raises:
-      ValueError: if ``opt_state`` holds no or several :class:`SiState`.
+        ValueError: if ``opt_state`` holds no or several :class:`SiState`.
+
+    Examples:
+        >>> import jax.numpy as jnp, optax
+        >>> from unlearnx import continual
+        >>> opt = optax.chain(continual.synaptic_intelligence(1.0, damping=1.0), optax.sgd(1.0))
+        >>> params = {"w": jnp.zeros(1)}
+        >>> updates, state = opt.update({"w": jnp.ones(1)}, opt.init(params), params)
+        >>> params = optax.apply_updates(params, updates)  # θ: 0 → −1, g = 1
+        >>> state = continual.consolidate_si(state, params)  # ω = −g Δθ = 1; Ω = 1 / (1² + 1)
+        >>> state[0].importance["w"].tolist()
+        [0.5]
+
+    References:
+        Zenke, Poole and Ganguli, *Continual Learning Through Synaptic Intelligence*, ICML 2017.
     """
 
     def consolidate(state: SiState) -> SiState:
