@@ -203,8 +203,8 @@ def buffer_sample(buffer: ReplayBuffer, counts, key: jax.Array, size: int) -> Py
 
     Raises:
         ValueError: (concrete counts and buffer) a negative or non-finite count, a positive count for a task
-            that holds no example, or no task to draw from; ``counts`` not one entry per task. Under ``jit`` an
-            empty selection gives NaN / −1 examples instead (see the module docstring).
+            that holds no example, or no task to draw from; ``counts`` not one entry per task. Under ``jit``
+            an empty selection gives NaN / −1 examples instead (see the module docstring).
         TypeError: a non-integer or traced ``size``.
 
     Examples:
