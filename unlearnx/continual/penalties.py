@@ -117,8 +117,8 @@ def ewc(fisher: PyTree | Sequence[PyTree], anchor: PyTree | Sequence[PyTree], st
         needs ``params``.
 
     Raises:
-        ValueError: λ < 0 (or non-finite), as many Fisher trees as anchors not given, mismatched
-            structures, or a negative or non-finite Fisher entry or anchor.
+        ValueError: λ < 0, unequal numbers of Fisher trees and anchors, mismatched structures, or a
+            negative or non-finite entry.
         TypeError: a traced λ.
 
     Examples:
@@ -238,8 +238,7 @@ def consolidate_online_ewc(opt_state: optax.OptState, fisher: PyTree, params: Py
 
     Args:
         opt_state: an optimizer state holding exactly one :class:`OnlineEwcState`.
-        fisher: the finished task's Fisher diagonal F_k, a tree like the params (e.g. from
-            :func:`unlearnx.fisher.diagonal`).
+        fisher: the finished task's Fisher diagonal F_k (e.g. from :func:`unlearnx.fisher.diagonal`).
         params: the parameters at the end of the task, the new anchor θ*.
 
     Returns:
@@ -258,9 +257,6 @@ def consolidate_online_ewc(opt_state: optax.OptState, fisher: PyTree, params: Py
         ...     state = continual.consolidate_online_ewc(state, {"w": jnp.ones(2)}, {"w": jnp.ones(2)})
         >>> state.fisher["w"].tolist()
         [1.5, 1.5]
-
-    References:
-        Schwarz et al., *Progress & Compress: A scalable framework for continual learning*, ICML 2018.
     """
 
     checks.check_tree("fisher", fisher, nonnegative=True)
@@ -393,9 +389,6 @@ def consolidate_si(opt_state: optax.OptState, params: PyTree) -> optax.OptState:
         >>> state = continual.consolidate_si(state, params)  # ω = −g Δθ = 1; Ω = 1 / (1² + 1)
         >>> state[0].importance["w"].tolist()
         [0.5]
-
-    References:
-        Zenke, Poole and Ganguli, *Continual Learning Through Synaptic Intelligence*, ICML 2017.
     """
 
     def consolidate(state: SiState) -> SiState:
