@@ -15,8 +15,27 @@ def crop_and_flip(
     """The standard CIFAR augmentation of ``batch["x"]`` (``[B, H, W, C]``): zero-pad by ``pad`` pixels,
     take a random H×W crop, and flip it horizontally with probability 1/2. Other fields pass through.
 
+    Args:
+        batch: a mapping with images ``"x"`` ``[B, H, W, C]`` (other keys, e.g. ``"y"``, are kept).
+        rng: the NumPy generator that draws the crops and flips (advanced in place).
+        pad: the zero padding on each side, ≥ 0 (0 leaves only the flips).
+
+    Returns:
+        A new dict like ``batch`` with ``"x"`` replaced by the augmented images, same shape and dtype.
+
     Raises:
-      ValueError: ``x`` is not 4-D or ``pad`` is negative.
+        ValueError: ``x`` is not 4-D or ``pad`` is negative.
+
+    Examples:
+        >>> import numpy as np
+        >>> from unlearnx import data
+        >>> x = np.arange(3.0).reshape(1, 1, 3, 1)  # one 1×3 image
+        >>> [data.crop_and_flip({"x": x}, np.random.default_rng(seed), pad=0)["x"].ravel().tolist()
+        ...  for seed in (1, 2)]  # pad 0: the crop is the image, kept or mirrored
+        [[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]]
+
+    References:
+        He, Zhang, Ren and Sun, *Deep Residual Learning for Image Recognition*, CVPR 2016 (§4.2).
     """
     images = np.asarray(batch["x"])
     if images.ndim != 4:

@@ -75,8 +75,16 @@ def num_batches(n: int, batch_size: int, drop_remainder: bool = False) -> int:
         batch_size: Positive batch size.
         drop_remainder: Whether a final partial batch is dropped.
 
+    Returns:
+        ⌊n / batch_size⌋ when ``drop_remainder``, else ⌈n / batch_size⌉.
+
     Raises:
         ValueError: If ``n`` is negative or ``batch_size`` is not a positive int.
+
+    Examples:
+        >>> from unlearnx import data
+        >>> data.num_batches(10, 4), data.num_batches(10, 4, drop_remainder=True)
+        (3, 2)
     """
     size = _check_batch_size(batch_size)
     n = operator.index(n)
@@ -114,6 +122,13 @@ def batches(
     Raises:
         ValueError: If ``arrays`` is empty or holds no examples, if the arrays differ in length,
             or if ``batch_size``, ``seed`` or ``epoch`` is invalid.
+
+    Examples:
+        >>> import numpy as np
+        >>> from unlearnx import data
+        >>> arrays = {"x": np.arange(5.0), "y": np.arange(5)}
+        >>> [batch["y"].tolist() for batch in data.batches(arrays, 2)]
+        [[0, 1], [2, 3], [4]]
     """
     size = _check_batch_size(batch_size)
     data, n = _check_arrays(arrays)

@@ -22,6 +22,17 @@ class Dataset:
         y: Integer class labels, ``int32`` of shape ``[N]``, each in ``[0, num_classes)``.
         num_classes: Number of classes in the label space (not necessarily all present).
         name: Human-readable name of the dataset, e.g. ``"digits"``.
+
+    Raises:
+        ValueError: arrays of the wrong rank or unequal length, non-integer labels, or a label outside
+            ``[0, num_classes)``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from unlearnx import data
+        >>> dataset = data.Dataset(np.zeros((3, 2, 2, 1)), np.array([0, 2, 1]), num_classes=3, name="toy")
+        >>> len(dataset), dataset.subset([1, 2]).y.tolist(), dataset.x.dtype
+        (3, [2, 1], dtype('float32'))
     """
 
     x: np.ndarray

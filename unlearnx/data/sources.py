@@ -49,7 +49,18 @@ def _cached_arrays(name: str, split: str, data_dir: str | None) -> tuple[np.ndar
 
 
 class DatasetInfo(NamedTuple):
-    """What a split looks like, known without reading it: example shape, class count, example count."""
+    """What a split looks like, known without reading it; returned by :func:`describe`.
+
+    Attributes:
+        input_shape: the shape of one example, e.g. ``(28, 28, 1)``.
+        num_classes: the number of classes.
+        size: the number of examples in the split.
+
+    Examples:
+        >>> from unlearnx import data
+        >>> data.DatasetInfo((8, 8, 1), 10, 1437).size
+        1437
+    """
 
     input_shape: tuple[int, ...]
     num_classes: int
@@ -72,8 +83,20 @@ def describe(name: str, split: str = "train") -> DatasetInfo:
     """The shape, class count and size of ``name``'s ``split`` without loading it (for planning a run).
     TFDS slices of one split (``"train[:90%]"``, ``"train[45000:]"``) are sized like TFDS sizes them.
 
+    Args:
+        name: a dataset name known to :func:`load` (images only), e.g. ``"digits"`` or ``"tfds:cifar10"``.
+        split: a split name, or for TFDS a slice of one.
+
+    Returns:
+        A :class:`DatasetInfo`.
+
     Raises:
-      ValueError: for a dataset or split this table does not know (load it to find out).
+        ValueError: for a dataset or split this table does not know (load it to find out).
+
+    Examples:
+        >>> from unlearnx import data
+        >>> data.describe("tfds:cifar10", "train[:90%]")
+        DatasetInfo(input_shape=(32, 32, 3), num_classes=10, size=45000)
     """
     if name not in _INFO:
         raise ValueError(f"describe: no stored description of dataset {name!r}; known: {', '.join(_INFO)}")
@@ -125,6 +148,12 @@ def load(
     Raises:
         ValueError: If the name or split is unknown, or the files are corrupt.
         FileNotFoundError: If the data is not on this machine; the message says how to get it.
+
+    Examples:
+        >>> from unlearnx import data
+        >>> digits = data.load("digits", "test")  # embedded, no download
+        >>> digits.x.shape, digits.num_classes, float(digits.x.max())
+        ((360, 8, 8, 1), 10, 1.0)
     """
     if name == text.STDLIB or name.startswith(text.TFDS_TEXT_PREFIX):  # text: a TextCorpus, not a Dataset
         return text.load(name, split, data_dir=data_dir)

@@ -25,6 +25,12 @@ def forget_retain_split(dataset: Dataset, forget_classes: int | Sequence[int]) -
     Raises:
         ValueError: If ``forget_classes`` is empty, holds a non-integer, or holds a class outside
             ``[0, dataset.num_classes)``.
+
+    Examples:
+        >>> from unlearnx import data
+        >>> forget, retain = data.forget_retain_split(data.load("digits", "train"), forget_classes=[3])
+        >>> set(forget.y.tolist()), 3 in retain.y, len(forget) + len(retain)
+        ({3}, False, 1437)
     """
     raw = [forget_classes] if isinstance(forget_classes, int | np.integer) else forget_classes
     classes = []
