@@ -27,6 +27,19 @@ class RepeatedSpans:
         tokens: ``int32 [n, L]``: the base rows with the spans written in.
         starts: ``int64 [n]``: aᵢ, where the first copy starts (−1 for a row without a span).
         lengths: ``int64 [n]``: ℓᵢ (0 for a row without a span).
+
+    Examples:
+        >>> import numpy as np
+        >>> from unlearnx import data
+        >>> spans = data.repeated_spans(np.zeros((2, 12), np.int32), min_span=3, max_span=3, vocab_size=50)
+        >>> a = int(spans.starts[0])
+        >>> bool((spans.tokens[0, a : a + 3] == spans.tokens[0, a + 3 : a + 6]).all())  # the span repeats
+        True
+        >>> spans.copy_mask().sum(1).tolist()  # targets a + ℓ + 1 ≤ t < a + 2ℓ: ℓ − 1 = 2 per row
+        [2, 2]
+
+    References:
+        Olsson et al., *In-context Learning and Induction Heads*, Transformer Circuits Thread 2022.
     """
 
     tokens: np.ndarray

@@ -46,6 +46,18 @@ class RepeatedMixture(Sequence):
         repeated_chunks: ``int64 [m]``: the chunks of the repeated subset.
         repeat_epochs: E, how often each repeated-subset sequence occurs.
         requested_fraction: The f that was asked for (the realised one is :attr:`repeated_fraction`).
+
+    Examples:
+        >>> import numpy as np
+        >>> from unlearnx import data
+        >>> stream = data.repeated_mixture(
+        ...     np.arange(1000), budget=400, repeated_fraction=0.5, repeat_epochs=4, seq_len=10, seed=0
+        ... )
+        >>> len(stream), stream.repeated_fraction, len(stream.repeated_chunks), stream[0].shape
+        (40, 0.5, 5, (10,))
+
+    References:
+        Hernandez et al., *Scaling Laws and Interpretability of Learning from Repeated Data*, 2022.
     """
 
     tokens: np.ndarray
