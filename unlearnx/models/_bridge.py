@@ -54,6 +54,12 @@ class Model:
         name: Human-readable model name.
         has_batch_stats: Whether ``init`` returns a ``"batch_stats"`` collection.
         stochastic: Whether train-mode ``apply`` needs ``rng`` (the model has active dropout).
+
+    Examples:
+        >>> from unlearnx import models
+        >>> model = models.mlp((4,), 3, dropout=0.5)
+        >>> model.name, model.has_batch_stats, model.stochastic
+        ('mlp', False, True)
     """
 
     init: Callable[[jax.Array], Variables]
@@ -76,6 +82,12 @@ def num_params(variables: Mapping[str, Any]) -> int:
 
     Returns:
         The total number of scalars in the parameter leaves.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from unlearnx import models
+        >>> models.num_params({"params": {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}, "batch_stats": {}})
+        8
     """
     tree = variables[PARAMS] if PARAMS in variables else variables
     return sum(math.prod(np.shape(leaf)) for leaf in jax.tree.leaves(tree))
@@ -135,22 +147,27 @@ def from_module(
     *,
     stochastic: bool | None = None,
 ) -> Model:
-    """Builds a :class:`Model` bridge around an NNX module.
-
-    The module is constructed once abstractly (no arrays allocated) to capture its ``GraphDef``.
-    See the module docstring for the ``factory`` / ``__call__`` convention.
+    """Builds a :class:`Model` bridge around an NNX module, built once abstractly for its ``GraphDef``.
 
     Args:
-        factory: Creates the module from an ``nnx.Rngs``; must be deterministic given the key.
+        factory: Creates the module from an ``nnx.Rngs``; must be deterministic given the key (the
+            module's ``__call__`` convention is in the module docstring).
         name: Name stored on the returned model.
-        stochastic: Whether train mode requires an ``rng``. Defaults to auto-detection of any
-            ``nnx.Dropout`` submodule with ``rate > 0``.
+        stochastic: Whether train mode requires an ``rng``; default: any ``nnx.Dropout`` with ``rate > 0``.
 
     Returns:
         The pure functional :class:`Model`.
 
     Raises:
         ValueError: If the module holds state other than ``nnx.Param`` / ``nnx.BatchStat``.
+
+    Examples:
+        >>> import jax
+        >>> from flax import nnx
+        >>> from unlearnx import models
+        >>> linear = models.from_module(lambda rngs: nnx.Linear(3, 2, rngs=rngs), "linear")
+        >>> models.num_params(jax.eval_shape(linear.init, jax.random.key(0)))  # 3 × 2 kernel + 2 biases
+        8
     """
     abstract_module = nnx.eval_shape(lambda: factory(nnx.Rngs(0)))
     graphdef, abs_params, abs_stats, abs_rest = nnx.split(abstract_module, nnx.Param, nnx.BatchStat, ...)

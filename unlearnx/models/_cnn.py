@@ -100,6 +100,17 @@ def cnn(
 
     Returns:
         The :class:`~unlearnx.models._bridge.Model`.
+
+    Raises:
+        ValueError: ``input_shape`` not ``(height, width, channels)``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from unlearnx import models
+        >>> model = models.cnn((8, 8, 1), 10, channels=(4, 8), hidden=16)
+        >>> variables = jax.eval_shape(model.init, jax.random.key(0))  # shapes only, nothing allocated
+        >>> sorted(variables), jax.eval_shape(model.apply, variables, jnp.ones((2, 8, 8, 1))).shape
+        (['batch_stats', 'params'], (2, 10))
     """
     if len(input_shape) != 3:
         raise ValueError(f"cnn expects input_shape (height, width, channels), got {input_shape}")

@@ -156,8 +156,19 @@ def decoder_lm(
         mlp_ratio: Feed-forward width as a multiple of ``d_model``; 0 gives an attention-only model.
         return_attention: Also return the attention weights.
 
+    Returns:
+        The :class:`~unlearnx.models._bridge.Model`.
+
     Raises:
         ValueError: If a size is not positive or ``d_model`` is not divisible by ``num_heads``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from unlearnx import models
+        >>> model = models.decoder_lm(50, max_len=8, d_model=16, num_layers=1, num_heads=2)
+        >>> variables = jax.eval_shape(model.init, jax.random.key(0))
+        >>> jax.eval_shape(model.apply, variables, jnp.zeros((2, 8), jnp.int32)).shape
+        (2, 8, 50)
     """
     check_sizes(
         "decoder_lm",
@@ -184,6 +195,25 @@ def decoder_lm(
 
 
 def non_embedding_params(variables: Mapping[str, Any]) -> int:
-    """Counts parameters outside the token/position embeddings and the unembedding (N in scaling laws)."""
+    """Counts parameters outside the token/position embeddings and the unembedding (N in scaling laws).
+
+    Args:
+        variables: :func:`decoder_lm` variables (``{"params": ...}``) or a bare parameter tree; leaves may
+            be arrays or ``jax.ShapeDtypeStruct``.
+
+    Returns:
+        N, the number of scalars outside the embedding and unembedding modules.
+
+    Examples:
+        >>> import jax
+        >>> from unlearnx import models
+        >>> model = models.decoder_lm(50, max_len=8, d_model=16, num_layers=1, num_heads=2)
+        >>> variables = jax.eval_shape(model.init, jax.random.key(0))
+        >>> models.num_params(variables) - models.non_embedding_params(variables)  # (50 + 8 + 50)·16 + 50
+        1778
+
+    References:
+        Kaplan et al., *Scaling Laws for Neural Language Models*, 2020.
+    """
     params = variables[PARAMS] if PARAMS in variables else variables
     return num_params({k: v for k, v in params.items() if k not in _EMBEDDING_MODULES})

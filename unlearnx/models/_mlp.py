@@ -89,6 +89,13 @@ def mlp(
 
     Raises:
         ValueError: ``dropout`` or ``bn_momentum`` outside [0, 1).
+
+    Examples:
+        >>> import jax
+        >>> from unlearnx import models
+        >>> model = models.mlp((2, 2), 3, hidden=(8,))
+        >>> models.num_params(jax.eval_shape(model.init, jax.random.key(0)))  # (4·8 + 8) + (8·3 + 3)
+        67
     """
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")

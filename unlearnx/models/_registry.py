@@ -22,7 +22,16 @@ _REGISTRY: dict[str, Callable[..., Model]] = {
 
 
 def available() -> tuple[str, ...]:
-    """Returns the names accepted by :func:`get`."""
+    """Returns the names accepted by :func:`get`.
+
+    Returns:
+        The registered model names, sorted.
+
+    Examples:
+        >>> from unlearnx import models
+        >>> models.available()
+        ('cnn', 'mlp', 'resnet18', 'resnet50', 'vgg19')
+    """
     return tuple(sorted(_REGISTRY))
 
 
@@ -40,6 +49,13 @@ def get(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs: Any
 
     Raises:
         ValueError: If ``name`` is unknown.
+
+    Examples:
+        >>> import jax
+        >>> from unlearnx import models
+        >>> model = models.get("mlp", (4,), num_classes=3, hidden=(8,))  # same as models.mlp(...)
+        >>> model.name, models.num_params(jax.eval_shape(model.init, jax.random.key(0)))
+        ('mlp', 67)
     """
     try:
         constructor = _REGISTRY[name]

@@ -153,6 +153,16 @@ def resnet18(
 
     Returns:
         The :class:`~unlearnx.models._bridge.Model`.
+
+    Examples:
+        >>> import jax
+        >>> from unlearnx import models
+        >>> shapes = jax.eval_shape(models.resnet18((32, 32, 3), 100).init, jax.random.key(0))
+        >>> models.num_params(shapes)
+        11220132
+
+    References:
+        He, Zhang, Ren and Sun, *Deep Residual Learning for Image Recognition*, CVPR 2016.
     """
     return cifar_resnet(
         "resnet18",

@@ -78,6 +78,16 @@ def resnet50(
 
     Returns:
         The :class:`~unlearnx.models._bridge.Model`.
+
+    Examples:
+        >>> import jax
+        >>> from unlearnx import models
+        >>> model = models.resnet50((32, 32, 3), 10)
+        >>> models.num_params(jax.eval_shape(model.init, jax.random.key(0)))  # bottleneck blocks, 4× out
+        23520842
+
+    References:
+        He, Zhang, Ren and Sun, *Deep Residual Learning for Image Recognition*, CVPR 2016.
     """
     return cifar_resnet(
         "resnet50",

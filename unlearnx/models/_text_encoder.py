@@ -62,8 +62,19 @@ def text_encoder(
         num_heads: Attention heads (must divide ``width``).
         mlp_ratio: Feed-forward width as a multiple of ``width``.
 
+    Returns:
+        The :class:`~unlearnx.models._bridge.Model`.
+
     Raises:
         ValueError: Non-positive sizes, or ``num_heads`` not dividing ``width``.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from unlearnx import models
+        >>> model = models.text_encoder(30, length=6, width=8, num_layers=1, num_heads=2)
+        >>> variables = jax.eval_shape(model.init, jax.random.key(0))
+        >>> jax.eval_shape(model.apply, variables, jnp.zeros((3, 6), jnp.int32)).shape  # [B, L, width]
+        (3, 6, 8)
     """
     check_sizes(
         "text_encoder",

@@ -278,8 +278,22 @@ def unet(
         num_heads: Heads of every attention.
         groups: GroupNorm groups (must divide every width).
 
+    Returns:
+        The :class:`~unlearnx.models._bridge.Model`.
+
     Raises:
         ValueError: Inconsistent sizes.
+
+    Examples:
+        >>> import jax
+        >>> from unlearnx import models
+        >>> model = models.unet(image_size=4, channels=(8,), attention=(False,), context_dim=8, num_heads=2,
+        ...                     groups=4)
+        >>> models.num_params(jax.eval_shape(model.init, jax.random.key(0)))
+        11867
+
+    References:
+        Rombach et al., *High-Resolution Image Synthesis with Latent Diffusion Models*, CVPR 2022.
     """
     channels, attention = tuple(int(c) for c in channels), tuple(bool(a) for a in attention)
     if not channels or len(attention) != len(channels):

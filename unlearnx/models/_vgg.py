@@ -111,6 +111,20 @@ def vgg19(
 
     Returns:
         The :class:`~unlearnx.models._bridge.Model`.
+
+    Raises:
+        ValueError: ``input_shape`` not ``(height, width, channels)``, or smaller than 16 × 16.
+
+    Examples:
+        >>> import jax
+        >>> from unlearnx import models
+        >>> vgg = models.vgg19((32, 32, 3), num_classes=10)  # BatchNorm, width 64
+        >>> models.num_params(jax.eval_shape(vgg.init, jax.random.key(0)))
+        20035018
+
+    References:
+        Simonyan and Zisserman, *Very Deep Convolutional Networks for Large-Scale Image Recognition*,
+        ICLR 2015.
     """
     if len(input_shape) != 3:
         raise ValueError(f"vgg19 expects input_shape (height, width, channels), got {input_shape}")
