@@ -76,32 +76,32 @@ def count_matrix(
     """The phase × task count matrix N of one environment (see the module docstring for the math).
 
     Args:
-      environment: one of ``ENVIRONMENTS``: ``"lower"``, ``"upper"``, ``"power_law_unrestricted"`` or a
-        budgeted kind ``"uniform"`` / ``"exponential"`` / ``"power_law"``.
-      num_tasks: T ≥ 1, the number of tasks (= phases).
-      new_count: n₀ ≥ 1, the examples of a task in the phase that introduces it.
-      ratio: r ∈ (0, 1], the replay budget ⌊r·n₀⌋ per phase of a budgeted environment (None otherwise).
-      exponent: d ≥ 0 of the budgeted ``power_law`` kind, weights (a + 1)^(−d).
-      rate: λ ≥ 0 of the budgeted ``exponential`` kind, weights exp(−λa) (λ = 1/β).
-      offset: c > 0 of the unrestricted power law n₀·((a + c)/c)^(−p).
-      decay: p ≥ 0 of the unrestricted power law.
+        environment: one of ``ENVIRONMENTS``: ``"lower"``, ``"upper"``, ``"power_law_unrestricted"`` or a
+            budgeted kind ``"uniform"`` / ``"exponential"`` / ``"power_law"``.
+        num_tasks: T ≥ 1, the number of tasks (= phases).
+        new_count: n₀ ≥ 1, the examples of a task in the phase that introduces it.
+        ratio: r ∈ (0, 1], the replay budget ⌊r·n₀⌋ per phase of a budgeted environment (None otherwise).
+        exponent: d ≥ 0 of the budgeted ``power_law`` kind, weights (a + 1)^(−d).
+        rate: λ ≥ 0 of the budgeted ``exponential`` kind, weights exp(−λa) (λ = 1/β).
+        offset: c > 0 of the unrestricted power law n₀·((a + c)/c)^(−p).
+        decay: p ≥ 0 of the unrestricted power law.
 
     Returns:
-      An int64 ``[T, T]`` NumPy array, N[j, i] = examples of task j presented in phase i: n₀ on the
-      diagonal, 0 below it (j > i), the environment's replay above it.
+        An int64 ``[T, T]`` NumPy array, N[j, i] = examples of task j presented in phase i: n₀ on the
+        diagonal, 0 below it (j > i), the environment's replay above it.
 
     Raises:
-      ValueError: an unknown environment; ``num_tasks`` or ``new_count`` < 1; a budgeted environment without
-        a ratio in (0, 1], or a ratio given to an unbudgeted one; a negative or non-finite exponent, rate or
-        decay, or a non-positive offset; each message names the argument.
-      TypeError: a non-integer ``num_tasks`` / ``new_count`` or a non-number hyper-parameter.
+        ValueError: an unknown environment; ``num_tasks`` or ``new_count`` < 1; a budgeted environment
+            without a ratio in (0, 1], or a ratio given to an unbudgeted one; a negative or non-finite
+            exponent, rate or decay, or a non-positive offset; each message names the argument.
+        TypeError: a non-integer ``num_tasks`` / ``new_count`` or a non-number hyper-parameter.
 
-    Example:
-      >>> from unlearnx.continual import count_matrix
-      >>> count_matrix("power_law_unrestricted", num_tasks=3)[:, 2].tolist()
-      [20867, 33969, 57927]
-      >>> count_matrix("uniform", num_tasks=3, new_count=100, ratio=0.5).tolist()
-      [[100, 50, 25], [0, 100, 25], [0, 0, 100]]
+    Examples:
+        >>> from unlearnx.continual import count_matrix
+        >>> count_matrix("power_law_unrestricted", num_tasks=3)[:, 2].tolist()
+        [20867, 33969, 57927]
+        >>> count_matrix("uniform", num_tasks=3, new_count=100, ratio=0.5).tolist()
+        [[100, 50, 25], [0, 100, 25], [0, 0, 100]]
 
     Reference:
       The public permuted-MNIST environment ``archana53/power-law-for-CI`` (``environments.py``) of Gandhi

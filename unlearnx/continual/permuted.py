@@ -25,22 +25,22 @@ def task_permutation(seed: int, task: int, features: int) -> np.ndarray:
     """π_t: the feature permutation of task ``task`` in the sequence of ``seed`` (the identity for task 0).
 
     Args:
-      seed: the sequence's seed (≥ 0).
-      task: the task index t ≥ 0.
-      features: the number of input features (pixels × channels), ≥ 1.
+        seed: the sequence's seed (≥ 0).
+        task: the task index t ≥ 0.
+        features: the number of input features (pixels × channels), ≥ 1.
 
     Returns:
-      An int64 permutation of ``range(features)``, drawn from
-      ``numpy.random.default_rng((seed, task, 7919))``.
+        An int64 permutation of ``range(features)``, drawn from
+        ``numpy.random.default_rng((seed, task, 7919))``.
 
     Raises:
-      ValueError: a negative ``seed`` or ``task``, or ``features`` < 1.
-      TypeError: a non-integer argument.
+        ValueError: a negative ``seed`` or ``task``, or ``features`` < 1.
+        TypeError: a non-integer argument.
 
-    Example:
-      >>> from unlearnx.continual.permuted import task_permutation
-      >>> task_permutation(0, 0, 4).tolist(), sorted(task_permutation(0, 3, 4).tolist())
-      ([0, 1, 2, 3], [0, 1, 2, 3])
+    Examples:
+        >>> from unlearnx.continual.permuted import task_permutation
+        >>> task_permutation(0, 0, 4).tolist(), sorted(task_permutation(0, 3, 4).tolist())
+        ([0, 1, 2, 3], [0, 1, 2, 3])
     """
     seed = checks.static_int("seed", seed, low=0)
     task = checks.static_int("task", task, low=0)
@@ -54,7 +54,7 @@ def permute_features(x: np.ndarray, order: np.ndarray) -> np.ndarray:
     """``x`` ``[n, ...]`` with each example's flattened features reordered by ``order``, in ``x``'s shape.
 
     Raises:
-      ValueError: ``order`` is not one index per feature of an example.
+        ValueError: ``order`` is not one index per feature of an example.
     """
     flat = np.asarray(x).reshape(len(x), -1)
     if np.shape(order) != (flat.shape[1],):
@@ -68,23 +68,23 @@ class PermutedTasks:
     """The train and test arrays of one seed's permuted task sequence, permuted on first use and cached.
 
     Args:
-      train: ``{"x": [n, ...], "y": [n]}``, the training split every task permutes.
-      test: ``{"x": [m, ...], "y": [m]}``, the test split, with the same example shape.
-      seed: the sequence's seed (:func:`task_permutation`).
+        train: ``{"x": [n, ...], "y": [n]}``, the training split every task permutes.
+        test: ``{"x": [m, ...], "y": [m]}``, the test split, with the same example shape.
+        seed: the sequence's seed (:func:`task_permutation`).
 
     Attributes:
-      input_shape: one example's shape; ``features`` its size.
+        input_shape: one example's shape; ``features`` its size.
 
     Raises:
-      ValueError: splits without ``"x"`` and ``"y"``, or whose example shapes differ.
+        ValueError: splits without ``"x"`` and ``"y"``, or whose example shapes differ.
 
-    Example:
-      >>> import numpy as np
-      >>> from unlearnx.continual.permuted import PermutedTasks
-      >>> split = {"x": np.arange(8).reshape(2, 2, 2), "y": np.array([0, 1])}
-      >>> tasks = PermutedTasks(split, split, seed=0)
-      >>> tasks.train(0)["x"].tolist() == split["x"].tolist(), tasks.test(1)["x"].shape
-      (True, (2, 2, 2))
+    Examples:
+        >>> import numpy as np
+        >>> from unlearnx.continual.permuted import PermutedTasks
+        >>> split = {"x": np.arange(8).reshape(2, 2, 2), "y": np.array([0, 1])}
+        >>> tasks = PermutedTasks(split, split, seed=0)
+        >>> tasks.train(0)["x"].tolist() == split["x"].tolist(), tasks.test(1)["x"].shape
+        (True, (2, 2, 2))
     """
 
     def __init__(self, train: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], *, seed: int):

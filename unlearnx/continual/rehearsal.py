@@ -155,25 +155,25 @@ def rehearsal_counts(
     """Examples to rehearse from each past task (see the module docstring).
 
     Args:
-      kind: one of ``KINDS``.
-      current_task: k ≥ 0, the number of past tasks.
-      last_seen: ``[k]`` task index at which each past task was last trained or rehearsed, in [0, k]. May be
-        traced (the allocation then runs on the host through ``jax.pure_callback``; a bad entry raises there,
-        surfacing as JAX's runtime error carrying this message).
-      budget: B ≥ 0, a Python or NumPy integer (any size up to 2⁶³ − 1).
-      exponent: d ≥ 0 of ``"power_law"`` (static).
-      rate: λ ≥ 0 of ``"exponential"`` (static).
+        kind: one of ``KINDS``.
+        current_task: k ≥ 0, the number of past tasks.
+        last_seen: ``[k]`` task index at which each past task was last trained or rehearsed, in [0, k]. May
+            be traced (the allocation then runs on the host through ``jax.pure_callback``; a bad entry raises
+            there, surfacing as JAX's runtime error carrying this message).
+        budget: B ≥ 0, a Python or NumPy integer (any size up to 2⁶³ − 1).
+        exponent: d ≥ 0 of ``"power_law"`` (static).
+        rate: λ ≥ 0 of ``"exponential"`` (static).
 
     Returns:
-      The counts, length k, summing exactly to ``budget`` (zeros for ``"none"``): an int32 ``jax.Array``
-      for budgets below 2³¹, a NumPy int64 array for larger ones (int32 cannot hold them).
+        The counts, length k, summing exactly to ``budget`` (zeros for ``"none"``): an int32 ``jax.Array``
+        for budgets below 2³¹, a NumPy int64 array for larger ones (int32 cannot hold them).
 
     Raises:
-      ValueError: unknown kind; ``budget`` not a non-negative integer; ``current_task`` 0 with a positive
-        budget; ``last_seen`` not one entry per past task, or an entry outside [0, current_task] (checked
-        when concrete); a negative or non-finite exponent or rate; a traced ``last_seen`` with B ≥ 2³¹ (int32
-        cannot hold the counts).
-      TypeError: a traced exponent or rate.
+        ValueError: unknown kind; ``budget`` not a non-negative integer; ``current_task`` 0 with a positive
+            budget; ``last_seen`` not one entry per past task, or an entry outside [0, current_task] (checked
+            when concrete); a negative or non-finite exponent or rate; a traced ``last_seen`` with B ≥ 2³¹
+            (int32 cannot hold the counts).
+        TypeError: a traced exponent or rate.
     """
     current_task, budget = _check(kind, current_task, last_seen, budget, exponent, rate)
     if kind == "none" or current_task == 0:

@@ -328,10 +328,10 @@ class World:
     """People and their facts.
 
     Attributes:
-      names: ``[P]`` full names ``"First Last"``, all distinct.
-      facts: ``[P, R]`` int array, ``facts[p, r]`` indexes ``VALUES[RELATIONS[r]]``.
-      qa_people: ``[P]`` bool, the people whose question-answer lines are in the clean corpus.
-      seed: the generating seed.
+        names: ``[P]`` full names ``"First Last"``, all distinct.
+        facts: ``[P, R]`` int array, ``facts[p, r]`` indexes ``VALUES[RELATIONS[r]]``.
+        qa_people: ``[P]`` bool, the people whose question-answer lines are in the clean corpus.
+        seed: the generating seed.
     """
 
     names: tuple[str, ...]
@@ -357,12 +357,12 @@ def make_world(num_people: int, *, seed: int = 0, qa_fraction: float = 0.5) -> W
     """Draws a world of ``num_people`` distinct people.
 
     Args:
-      num_people: 1 ≤ P ≤ |FIRST_NAMES|·|LAST_NAMES|.
-      seed: the seed everything is derived from.
-      qa_fraction: fraction of people (rounded) whose QA lines are in the clean corpus.
+        num_people: 1 ≤ P ≤ |FIRST_NAMES|·|LAST_NAMES|.
+        seed: the seed everything is derived from.
+        qa_fraction: fraction of people (rounded) whose QA lines are in the clean corpus.
 
     Returns:
-      A :class:`World`.
+        A :class:`World`.
     """
     capacity = len(FIRST_NAMES) * len(LAST_NAMES)
     if not 1 <= num_people <= capacity:
@@ -384,9 +384,9 @@ class Corruption:
     """Counterfactual edits of the target people's facts.
 
     Attributes:
-      targets: ``[n]`` person ids (sorted).
-      relations: ``[n, m]`` relation ids edited per target (distinct within a row).
-      values: ``[n, m]`` counterfactual value ids, ``values[i, j] != facts[targets[i], relations[i, j]]``.
+        targets: ``[n]`` person ids (sorted).
+        relations: ``[n, m]`` relation ids edited per target (distinct within a row).
+        values: ``[n, m]`` counterfactual value ids, ``values[i, j] != facts[targets[i], relations[i, j]]``.
     """
 
     targets: np.ndarray
@@ -420,14 +420,14 @@ def make_corruption(
     """Chooses ⌈fraction·P⌉ targets and, for each, ``facts_per_target`` relations with o′ ≠ o.
 
     Args:
-      world: the world.
-      fraction: target fraction in (0, 1].
-      facts_per_target: m ∈ [1, |RELATIONS|].
-      seed: corruption seed (independent of the world's).
-      candidates: optional person ids targets are drawn from (default: everyone).
+        world: the world.
+        fraction: target fraction in (0, 1].
+        facts_per_target: m ∈ [1, |RELATIONS|].
+        seed: corruption seed (independent of the world's).
+        candidates: optional person ids targets are drawn from (default: everyone).
 
     Returns:
-      A :class:`Corruption`.
+        A :class:`Corruption`.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")

@@ -157,9 +157,9 @@ class CorruptionSet:
     """The corruption documents D_f for one k.
 
     Attributes:
-      arrays: ``{"x", "mask", "span_mask"}``; ``span_mask`` is 1 exactly on counterfactual value tokens.
-      target_of_doc: ``[N]`` the target person of each document.
-      interleaved_people: sorted ids of the non-target people whose true facts are interleaved.
+        arrays: ``{"x", "mask", "span_mask"}``; ``span_mask`` is 1 exactly on counterfactual value tokens.
+        target_of_doc: ``[N]`` the target person of each document.
+        interleaved_people: sorted ids of the non-target people whose true facts are interleaved.
     """
 
     arrays: dict[str, np.ndarray]
@@ -184,18 +184,18 @@ def corruption_documents(
     of true facts about random non-target people (random relation and template), in a random order.
 
     Args:
-      world: the world.
-      corruption: the counterfactual edits.
-      tokenizer: the world's tokenizer.
-      k: number of interleaved true facts per document, k ≥ 0.
-      docs_per_target: documents per target, ≥ 1.
-      seed: rendering seed.
-      length: pad length (default: the longest document).
-      others: the people whose true facts may be interleaved (default: every non-target); targets in it
-        are dropped.
+        world: the world.
+        corruption: the counterfactual edits.
+        tokenizer: the world's tokenizer.
+        k: number of interleaved true facts per document, k ≥ 0.
+        docs_per_target: documents per target, ≥ 1.
+        seed: rendering seed.
+        length: pad length (default: the longest document).
+        others: the people whose true facts may be interleaved (default: every non-target); targets in it
+            are dropped.
 
     Returns:
-      A :class:`CorruptionSet`.
+        A :class:`CorruptionSet`.
     """
     if k < 0 or docs_per_target < 1:
         raise ValueError(

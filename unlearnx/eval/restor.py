@@ -81,17 +81,17 @@ def logit_probe(scores, lengths, correct, corrupted, random) -> dict[str, float]
     """Mean per-token log-probability of the correct, corrupted and random values.
 
     Args:
-      scores: ``[N, C]`` summed log-probabilities of every candidate (padding entries unused).
-      lengths: ``[N, C]`` the number of tokens of each candidate (≥ 1 where used).
-      correct, corrupted, random: ``[N]`` candidate indices.
+        scores: ``[N, C]`` summed log-probabilities of every candidate (padding entries unused).
+        lengths: ``[N, C]`` the number of tokens of each candidate (≥ 1 where used).
+        correct, corrupted, random: ``[N]`` candidate indices.
 
     Returns:
-      ``{"correct", "corrupted", "random"}``: meanᵢ scores[i, c_i] / lengths[i, c_i] for each; NaN when a
-      chosen score is NaN (a diverged model is reported, not scored).
+        ``{"correct", "corrupted", "random"}``: meanᵢ scores[i, c_i] / lengths[i, c_i] for each; NaN when a
+        chosen score is NaN (a diverged model is reported, not scored).
 
     Raises:
-      ValueError: shapes that disagree, an empty set, indices outside [0, C), a chosen candidate without
-        tokens.
+        ValueError: shapes that disagree, an empty set, indices outside [0, C), a chosen candidate without
+            tokens.
     """
     scores, lengths = np.asarray(scores, np.float64), np.asarray(lengths)
     if scores.ndim != 2 or lengths.shape != scores.shape:
@@ -165,17 +165,17 @@ def candidate_scores(
     """Summed log-probability of every candidate continuation of every prompt.
 
     Args:
-      model: a causal LM whose ``apply(variables, tokens)`` gives logits ``[B, L, V]``.
-      variables: its variables.
-      prompts: N token-id lists.
-      candidates: for each prompt, its candidate continuations (token-id lists, each non-empty).
-      batch_size: sequences per forward pass.
-      length: pad every prompt + candidate sequence to this many tokens (≤ the model's maximum length), so
-        that prompt sets of different sizes share one compiled shape; default: the longest sequence.
+        model: a causal LM whose ``apply(variables, tokens)`` gives logits ``[B, L, V]``.
+        variables: its variables.
+        prompts: N token-id lists.
+        candidates: for each prompt, its candidate continuations (token-id lists, each non-empty).
+        batch_size: sequences per forward pass.
+        length: pad every prompt + candidate sequence to this many tokens (≤ the model's maximum length), so
+            that prompt sets of different sizes share one compiled shape; default: the longest sequence.
 
     Returns:
-      ``(scores, lengths)``, both ``[N, C_max]``: scores[i, c] = Σ_t log P(cand_t | prompt_i, cand_<t),
-      ``-inf`` where prompt i has fewer than c + 1 candidates (where lengths is 0).
+        ``(scores, lengths)``, both ``[N, C_max]``: scores[i, c] = Σ_t log P(cand_t | prompt_i, cand_<t),
+        ``-inf`` where prompt i has fewer than c + 1 candidates (where lengths is 0).
     """
     if len(prompts) != len(candidates) or not prompts:
         raise ValueError(
