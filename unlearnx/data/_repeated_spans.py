@@ -99,7 +99,7 @@ def repeated_spans(
         ValueError: Naming the argument: ``base`` not a 2-D integer array, a span length out of range or
             longer than half the row, ``vocab_size`` < 2, ``span_fraction`` outside [0, 1], a bad ``seed``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> rows = repeated_spans(np.zeros((4, 16), np.int32), min_span=3, max_span=8, vocab_size=50)
         >>> a, n = int(rows.starts[0]), int(rows.lengths[0])
