@@ -2,18 +2,10 @@
 SI as optax transforms, and the accuracy-matrix metrics."""
 
 from unlearnx.continual._environment import ENVIRONMENTS, count_matrix
+from unlearnx.continual._ewc import EwcState, OnlineEwcState, consolidate_online_ewc, ewc, online_ewc
+from unlearnx.continual._si import SiState, consolidate_si, synaptic_intelligence
 from unlearnx.continual.buffer import ReplayBuffer, buffer_add, buffer_init, buffer_sample
 from unlearnx.continual.metrics import cl_metrics
-from unlearnx.continual.penalties import (
-    EwcState,
-    OnlineEwcState,
-    SiState,
-    consolidate_online_ewc,
-    consolidate_si,
-    ewc,
-    online_ewc,
-    synaptic_intelligence,
-)
 from unlearnx.continual.rehearsal import KINDS, rehearsal_counts
 
 __all__ = [
