@@ -232,6 +232,56 @@ def vocabulary(shapes: Sequence[str], colours: Sequence[str]) -> list[str]:
     return ["a", *SIZES, *colours, *shapes, *dict.fromkeys(phrases)]
 
 
+def _draw(image_size, shapes, colours, drawn, jitter, background, include) -> tuple[np.ndarray, list[str]]:
+    """The images and captions of :func:`captioned_shapes`' drawn (shape, colour, size, position) indices."""
+    shape, colour, size, position = drawn
+    n = len(shape)
+    scale = image_size / 16.0
+    size_names, position_names = list(SIZES), list(POSITIONS)
+    images = np.empty((n, image_size, image_size, 3), np.float32)
+    captions = []
+    for i in range(n):
+        parts = {
+            "shape": shapes[shape[i]],
+            "colour": colours[colour[i]],
+            "size": size_names[size[i]],
+            "position": position_names[position[i]],
+        }
+        centre = (
+            image_size / 2 + (POSITIONS[parts["position"]] + jitter[i, 0]) * scale,
+            image_size / 2 + jitter[i, 1] * scale,
+        )
+        images[i] = render(
+            parts["shape"],
+            COLOURS[parts["colour"]],
+            radius=SIZES[parts["size"]] * scale,
+            centre=centre,
+            background=(background[i],) * 3,
+            image_size=image_size,
+        )
+        captions.append(_caption(parts, {key: bool(flags[i]) for key, flags in include.items()}))
+    return images, captions
+
+
+def _checked_options(num_examples, image_size, shapes, colours, keep) -> tuple[tuple, tuple, dict]:
+    """``captioned_shapes``' validated ``(shapes, colours, caption-part probabilities)``."""
+    if num_examples < 1:
+        raise ValueError(f"num_examples must be >= 1, got {num_examples}")
+    if image_size < 8:
+        raise ValueError(f"image_size must be >= 8, got {image_size}")
+    shapes, colours = tuple(shapes), tuple(colours)
+    for name, chosen, known in (("shapes", shapes, SHAPES), ("colours", colours, tuple(COLOURS))):
+        bad = [value for value in chosen if value not in known]
+        if bad or not chosen or len(set(chosen)) != len(chosen):
+            raise ValueError(f"{name}={chosen}: need distinct names from {known}; bad: {bad}")
+    probabilities = {"article": 0.7, "size": 0.5, "colour": 0.8, "position": 0.5}
+    for key, value in (keep or {}).items():
+        if key not in probabilities or not 0.0 <= value <= 1.0:
+            raise ValueError(f"keep[{key!r}]={value}: keys {sorted(probabilities)}, values in [0, 1]")
+        probabilities[key] = float(value)
+    return shapes, colours, probabilities
+
+
 def captioned_shapes(
     num_examples: int,
     *,
@@ -264,21 +314,14 @@ def captioned_shapes(
 
     Raises:
         ValueError: Unknown shape/colour names, duplicates, N < 1, a too small image, or bad ``keep``.
+
+    Examples:
+        >>> from unlearnx import data
+        >>> batch = data.captioned_shapes(3, seed=0, keep={"article": 0, "size": 0, "position": 0})
+        >>> batch.images.shape, [c.split()[-1] in batch.shapes for c in batch.captions]
+        ((3, 16, 16, 3), [True, True, True])
     """
-    if num_examples < 1:
-        raise ValueError(f"num_examples must be >= 1, got {num_examples}")
-    if image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {image_size}")
-    shapes, colours = tuple(shapes), tuple(colours)
-    for name, chosen, known in (("shapes", shapes, SHAPES), ("colours", colours, tuple(COLOURS))):
-        bad = [value for value in chosen if value not in known]
-        if bad or not chosen or len(set(chosen)) != len(chosen):
-            raise ValueError(f"{name}={chosen}: need distinct names from {known}; bad: {bad}")
-    probabilities = {"article": 0.7, "size": 0.5, "colour": 0.8, "position": 0.5}
-    for key, value in (keep or {}).items():
-        if key not in probabilities or not 0.0 <= value <= 1.0:
-            raise ValueError(f"keep[{key!r}]={value}: keys {sorted(probabilities)}, values in [0, 1]")
-        probabilities[key] = float(value)
+    shapes, colours, probabilities = _checked_options(num_examples, image_size, shapes, colours, keep)
     tokenizer = Tokenizer(vocabulary(shapes, colours), length)
     rng = np.random.default_rng(seed)
     n = num_examples
@@ -289,30 +332,8 @@ def captioned_shapes(
     jitter = rng.uniform(-1.0, 1.0, (n, 2)) * np.array([0.75, 1.5])
     background = rng.uniform(0.0, 0.25, n)
     include = {key: rng.random(n) < p for key, p in probabilities.items()}
-    scale = image_size / 16.0
-    size_names, position_names = list(SIZES), list(POSITIONS)
-    images = np.empty((n, image_size, image_size, 3), np.float32)
-    captions = []
-    for i in range(n):
-        parts = {
-            "shape": shapes[shape[i]],
-            "colour": colours[colour[i]],
-            "size": size_names[size[i]],
-            "position": position_names[position[i]],
-        }
-        centre = (
-            image_size / 2 + (POSITIONS[parts["position"]] + jitter[i, 0]) * scale,
-            image_size / 2 + jitter[i, 1] * scale,
-        )
-        images[i] = render(
-            parts["shape"],
-            COLOURS[parts["colour"]],
-            radius=SIZES[parts["size"]] * scale,
-            centre=centre,
-            background=(background[i],) * 3,
-            image_size=image_size,
-        )
-        captions.append(_caption(parts, {key: bool(flags[i]) for key, flags in include.items()}))
+    images, captions = _draw(image_size, shapes, colours, (shape, colour, size, position), jitter, background,
+                             include)  # fmt: skip
     return CaptionedShapes(
         images=images,
         tokens=tokenizer.encode(captions),
