@@ -153,6 +153,29 @@ def repeat_count(slots: int, repeated_fraction: float, repeat_epochs: int, *, se
     return count
 
 
+def _checked_arguments(unique_tokens, budget, repeated_fraction, repeat_epochs, seq_len, seed) -> tuple:
+    """:func:`repeated_mixture`'s validated ``(read-only tokens, seq_len, budget, epochs, fraction)``."""
+    tokens = np.asarray(unique_tokens)
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise TypeError(f"unique_tokens must be a 1-D integer array, got {tokens.dtype} {tokens.shape}")
+    if tokens.flags.writeable:
+        tokens = tokens.view()
+        tokens.setflags(write=False)
+    seq_len = _positive_int(seq_len, "seq_len")
+    budget = _positive_int(budget, "budget")
+    epochs = _positive_int(repeat_epochs, "repeat_epochs")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if isinstance(repeated_fraction, bool) or not isinstance(repeated_fraction, int | float | np.floating):
+        raise TypeError(f"repeated_fraction must be a float, got {repeated_fraction!r}")
+    fraction = float(repeated_fraction)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"repeated_fraction must lie in [0, 1), got {repeated_fraction!r}")
+    if budget % seq_len:
+        raise ValueError(f"budget {budget} is not a multiple of seq_len {seq_len}")
+    return tokens, seq_len, budget, epochs, fraction
+
+
 def repeated_mixture(
     unique_tokens: npt.ArrayLike,
     *,
@@ -185,25 +208,18 @@ def repeated_mixture(
         ValueError: If f is outside [0, 1); the budget is not a positive multiple of ``seq_len``; E
             exceeds the S sequences the budget holds; the repeated subset U = f·D / E tokens rounds to zero
             sequences (U < seq_len/2; the repeat span is one sequence); or ``unique_tokens`` is too short.
+
+    Examples:
+        >>> import numpy as np
+        >>> from unlearnx import data
+        >>> mix = data.repeated_mixture(np.arange(400), budget=200, repeated_fraction=0.2, repeat_epochs=4,
+        ...                             seq_len=10, seed=0)
+        >>> len(mix.chunks), int(mix.is_repeated.sum()), len(mix.repeated_chunks)
+        (20, 4, 1)
     """
-    tokens = np.asarray(unique_tokens)
-    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise TypeError(f"unique_tokens must be a 1-D integer array, got {tokens.dtype} {tokens.shape}")
-    if tokens.flags.writeable:
-        tokens = tokens.view()
-        tokens.setflags(write=False)
-    seq_len = _positive_int(seq_len, "seq_len")
-    budget = _positive_int(budget, "budget")
-    epochs = _positive_int(repeat_epochs, "repeat_epochs")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if isinstance(repeated_fraction, bool) or not isinstance(repeated_fraction, int | float | np.floating):
-        raise TypeError(f"repeated_fraction must be a float, got {repeated_fraction!r}")
-    fraction = float(repeated_fraction)
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"repeated_fraction must lie in [0, 1), got {repeated_fraction!r}")
-    if budget % seq_len:
-        raise ValueError(f"budget {budget} is not a multiple of seq_len {seq_len}")
+    tokens, seq_len, budget, epochs, fraction = _checked_arguments(
+        unique_tokens, budget, repeated_fraction, repeat_epochs, seq_len, seed
+    )
     slots = budget // seq_len
     num_repeated = repeat_count(slots, fraction, epochs, seq_len=seq_len)
     repeat_slots = num_repeated * epochs
