@@ -4,12 +4,12 @@ from the model (the true Fisher) and LFSSD's label-free output norm. Public thro
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-PyTree = Any
+from unlearnx._typing import PyTree
+
 LossFn = Callable[[PyTree, PyTree], jax.Array]
 
 

@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
-PyTree = Any
+from unlearnx._typing import PyTree
 
 _CALLS = frozenset({"jit", "pjit", "closed_call"})
 _ELEMENT_PRESERVING = frozenset({"reshape", "transpose", "squeeze", "broadcast_in_dim", "copy", "copy_p"})

@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PyTree = Any
+from unlearnx._typing import PyTree
+
 INT32_MAX = 2**31 - 1  # sizes, steps and counts that reach JAX (whose default integer is int32)
 
 __all__ = [

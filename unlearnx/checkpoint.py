@@ -21,7 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-PyTree = Any
+from unlearnx._typing import PyTree
 
 __all__ = ["Checkpointer", "interval_policy"]
 

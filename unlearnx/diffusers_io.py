@@ -63,8 +63,7 @@ from safetensors import safe_open
 
 from unlearnx import tree as tree_lib
 from unlearnx._text_states import check_file, load_text_states
-
-PyTree = Any
+from unlearnx._typing import PyTree
 
 __all__ = ["load_text_states", "read_cross_attention", "rece_checkpoint", "write_cross_attention"]
 

@@ -35,8 +35,8 @@ from unlearnx import _validation as checks
 from unlearnx import parallel
 from unlearnx import tree as tree_lib
 from unlearnx._fisher_losses import output_norm_loss, sampled_label_loss
+from unlearnx._typing import PyTree
 
-PyTree = Any
 LossFn = Callable[[PyTree, PyTree], jax.Array]
 Estimator = Literal["empirical", "batch_sq", "batch_abs"]
 ESTIMATORS: tuple[str, ...] = ("empirical", "batch_sq", "batch_abs")

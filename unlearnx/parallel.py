@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-PyTree = Any
+from unlearnx._typing import PyTree
+
 DATA_AXIS = "data"
 
 __all__ = [

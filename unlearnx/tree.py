@@ -25,10 +25,12 @@ from typing import Any
 import jax
 import numpy as np
 
-PyTree = Any
+from unlearnx._typing import PyTree
+
 Where = None | str | re.Pattern | Callable[[str], bool] | PyTree
 
 __all__ = [
+    "PyTree",
     "check_same_structure",
     "is_batch_stat",
     "key_path_str",

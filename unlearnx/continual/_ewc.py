@@ -30,7 +30,7 @@ integrals) live in its ``NamedTuple`` state, so they checkpoint and shard with t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +38,7 @@ import optax
 
 from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
-
-PyTree = Any
+from unlearnx._typing import PyTree
 
 __all__ = [
     "EwcState",

@@ -14,7 +14,7 @@ labelled 0.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +22,7 @@ import numpy as np
 
 from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
-
-PyTree = Any
+from unlearnx._typing import PyTree
 
 __all__ = ["ReplayBuffer", "buffer_add", "buffer_init", "buffer_sample"]
 

@@ -40,12 +40,11 @@ import numpy as np
 
 from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
+from unlearnx._typing import PyTree
 from unlearnx.erase._chain import rece_chain
 from unlearnx.erase._checks import as_kernel, as_rows, check_scale, host64, overflow_cause
 from unlearnx.erase._linalg import serially
 from unlearnx.erase._selectors import cross_attention_kv
-
-PyTree = Any
 
 __all__ = ["rece"]
 

@@ -23,10 +23,9 @@ import numpy as np
 
 from unlearnx import _validation as checks
 from unlearnx import tree
+from unlearnx._typing import PyTree
 
 __all__ = ["attack_success_rate", "erased_rate", "kv_output_change", "preservation_accuracy"]
-
-PyTree = Any
 
 
 def _labels(name: str, values: Any) -> np.ndarray:

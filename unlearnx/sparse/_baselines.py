@@ -4,8 +4,6 @@ what one ``update`` does)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -16,8 +14,6 @@ from unlearnx.sparse import _distributions as distributions
 from unlearnx.sparse import _engine
 from unlearnx.sparse import _schedules as schedules
 from unlearnx.sparse._transforms import _cubic, _death_rates, _distribution, _prune, _regrow_all
-
-PyTree = Any
 
 __all__ = ["gmp", "rigl", "set_sparse", "static_sparse"]
 

@@ -9,15 +9,13 @@ rounding of per-tensor counts).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import numpy as np
 
 from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
-
-PyTree = Any
+from unlearnx._typing import PyTree
 
 __all__ = ["erk_sparsities", "uniform_sparsities"]
 

@@ -6,7 +6,7 @@ See :mod:`unlearnx.sparse` (its transforms module) for the step's order and the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +15,10 @@ import optax
 
 from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
+from unlearnx._typing import PyTree
 from unlearnx.sparse import _distributions as distributions
 from unlearnx.sparse._masks import keep_top
 
-PyTree = Any
 MOMENTUM_POLICIES = ("mask_every_step", "reset_regrown", "none")
 
 

@@ -8,7 +8,7 @@ result as a stable sort.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +16,8 @@ import numpy as np
 
 from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
+from unlearnx._typing import PyTree
 from unlearnx.sparse import _select
-
-PyTree = Any
 
 __all__ = ["drop_and_grow", "keep_top", "magnitude_masks", "prune_globally"]
 

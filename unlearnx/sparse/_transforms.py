@@ -40,7 +40,6 @@ The default selector sparsifies every tensor of rank ≥ 2 (kernels), as GraNet 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,13 +48,12 @@ import optax
 
 from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
+from unlearnx._typing import PyTree
 from unlearnx.sparse import _distributions as distributions
 from unlearnx.sparse import _engine, _select
 from unlearnx.sparse import _schedules as schedules
 from unlearnx.sparse._engine import MOMENTUM_POLICIES, SparseState
 from unlearnx.sparse._masks import _drop_and_grow, _prune_to_count
-
-PyTree = Any
 
 __all__ = ["MOMENTUM_POLICIES", "SparseState", "granet", "masks"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +21,9 @@ import numpy as np
 import optax
 
 from unlearnx import _validation as checks
+from unlearnx._typing import PyTree
 from unlearnx.models import Model
 
-PyTree = Any
 Batch = Mapping[str, jax.Array]
 
 __all__ = ["TrainState", "example_losses", "make_train_step", "next_token_losses", "predict"]

@@ -21,8 +21,7 @@ import jax.numpy as jnp
 
 from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
-
-PyTree = Any
+from unlearnx._typing import PyTree
 
 __all__ = ["assd_alpha", "dampening_factors", "ssd"]
 

@@ -23,7 +23,7 @@ apart from "updating fewer parameters helps".
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +33,8 @@ import optax
 from unlearnx import _validation as checks
 from unlearnx import fisher
 from unlearnx import tree as tree_lib
+from unlearnx._typing import PyTree
 from unlearnx.unlearn._ssd import dampening_factors
-
-PyTree = Any
 
 __all__ = [
     "MaskedUpdatesState",

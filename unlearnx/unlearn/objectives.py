@@ -57,7 +57,7 @@ The examples below use ``import jax.numpy as jnp``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -65,9 +65,9 @@ import numpy as np
 
 from unlearnx import _validation as checks
 from unlearnx import tree as tree_lib
+from unlearnx._typing import PyTree
 from unlearnx.unlearn._log_probs import next_token_log_probs, token_log_probs
 
-PyTree = Any
 KLForm = Literal["cross_entropy", "forward", "reverse"]
 KL_FORMS: tuple[str, ...] = ("cross_entropy", "forward", "reverse")
 
