@@ -12,7 +12,7 @@ added), as Zenke et al.'s ω measures each parameter's contribution to the task 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +51,9 @@ class SiState(NamedTuple):
     damping: jax.Array
 
 
-def synaptic_intelligence(strength: float, damping: float = 0.1, *, path_gradient: str = "task"):
+def synaptic_intelligence(
+    strength: float, damping: float = 0.1, *, path_gradient: Literal["task", "total"] = "task"
+):
     """SI: accumulates ωₚ += −gₚ Δθₚ and adds 2c Ω ⊙ (θ − θ̃) to the updates (module docstring).
 
     The step's own Δθ is only known at the next call, so each call adds the previous step's term

@@ -26,6 +26,7 @@ The counts always sum to B exactly. Two computations give them:
 from __future__ import annotations
 
 import numbers
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,7 @@ import numpy as np
 from unlearnx import _validation as checks
 
 KINDS = ("power_law", "exponential", "uniform", "none")
+Kind = Literal["power_law", "exponential", "uniform", "none"]
 _INT32_MAX = 2**31 - 1
 _FLOAT32_EXACT = 2**24
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -144,7 +146,7 @@ def _check(kind, current_task, last_seen, budget, exponent, rate) -> tuple[int, 
 
 
 def rehearsal_counts(
-    kind: str,
+    kind: Kind,
     *,
     current_task: int,
     last_seen,

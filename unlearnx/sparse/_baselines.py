@@ -13,6 +13,7 @@ from unlearnx import tree as tree_lib
 from unlearnx.sparse import _distributions as distributions
 from unlearnx.sparse import _engine
 from unlearnx.sparse import _schedules as schedules
+from unlearnx.sparse._engine import Distribution, Growth, MomentumPolicy
 from unlearnx.sparse._transforms import _cubic, _death_rates, _distribution, _prune, _regrow_all
 
 __all__ = ["gmp", "rigl", "set_sparse", "static_sparse"]
@@ -26,9 +27,9 @@ def gmp(
     begin_step: int,
     end_step: int,
     frequency: int,
-    distribution: str = "erk",
+    distribution: Distribution = "erk",
     where: tree_lib.Where = None,
-    momentum_policy: str = "mask_every_step",
+    momentum_policy: MomentumPolicy = "mask_every_step",
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """Gradual magnitude pruning: GraNet's global pruning without regrowth.
@@ -96,10 +97,10 @@ def rigl(
     end_step: int,
     frequency: int = 100,
     drop_fraction: float = 0.3,
-    growth: str = "gradient",
-    distribution: str = "erk",
+    growth: Growth = "gradient",
+    distribution: Distribution = "erk",
     where: tree_lib.Where = None,
-    momentum_policy: str = "reset_regrown",
+    momentum_policy: MomentumPolicy = "reset_regrown",
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """RigL: fixed-sparsity masks whose active entries move by drop-and-grow.
@@ -182,9 +183,9 @@ def set_sparse(
     end_step: int,
     frequency: int = 100,
     drop_fraction: float = 0.3,
-    distribution: str = "erk",
+    distribution: Distribution = "erk",
     where: tree_lib.Where = None,
-    momentum_policy: str = "reset_regrown",
+    momentum_policy: MomentumPolicy = "reset_regrown",
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """SET: :func:`rigl` with random regrowth (``growth="random"``).
@@ -236,9 +237,9 @@ def static_sparse(
     inner: optax.GradientTransformation,
     *,
     sparsity: float,
-    distribution: str = "erk",
+    distribution: Distribution = "erk",
     where: tree_lib.Where = None,
-    momentum_policy: str = "mask_every_step",
+    momentum_policy: MomentumPolicy = "mask_every_step",
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """A fixed random mask with ``distribution`` sparsities (ERK or uniform), never updated.

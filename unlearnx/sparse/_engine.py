@@ -6,7 +6,7 @@ See :mod:`unlearnx.sparse` (its transforms module) for the step's order and the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,9 @@ from unlearnx.sparse import _distributions as distributions
 from unlearnx.sparse._masks import keep_top
 
 MOMENTUM_POLICIES = ("mask_every_step", "reset_regrown", "none")
+MomentumPolicy = Literal["mask_every_step", "reset_regrown", "none"]
+Distribution = Literal["erk", "uniform"]
+Growth = Literal["gradient", "random"]
 
 
 class SparseState(NamedTuple):
@@ -129,7 +132,7 @@ def sparse_transform(
     update_masks: Callable[..., dict[str, jax.Array]] | None,
     is_update_step: Callable[[jax.Array], jax.Array],
     where: tree_lib.Where,
-    momentum_policy: str,
+    momentum_policy: MomentumPolicy,
     seed: int,
 ) -> optax.GradientTransformationExtraArgs:
     """Builds a masked optimizer; ``update_masks(weights, masks, grads, step) -> (masks, carried)`` acts on

@@ -52,7 +52,7 @@ from unlearnx._typing import PyTree
 from unlearnx.sparse import _distributions as distributions
 from unlearnx.sparse import _engine, _select
 from unlearnx.sparse import _schedules as schedules
-from unlearnx.sparse._engine import MOMENTUM_POLICIES, SparseState
+from unlearnx.sparse._engine import MOMENTUM_POLICIES, Distribution, MomentumPolicy, SparseState
 from unlearnx.sparse._masks import _drop_and_grow, _prune_to_count
 
 __all__ = ["MOMENTUM_POLICIES", "SparseState", "granet", "masks"]
@@ -150,9 +150,9 @@ def granet(
     total_steps: int,
     drop_fraction: float = 0.5,
     minimum_drop_fraction: float = 0.005,
-    distribution: str = "erk",
+    distribution: Distribution = "erk",
     where: tree_lib.Where = None,
-    momentum_policy: str = "mask_every_step",
+    momentum_policy: MomentumPolicy = "mask_every_step",
     seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """GraNet: gradual global magnitude pruning plus zero-cost neuroregeneration.
