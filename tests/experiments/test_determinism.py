@@ -2,8 +2,8 @@
 scratch here. The others check it on runs their tests make anyway: ``ssd_forget``, ``granet_sparse`` and
 ``powerlaw_rehearsal`` in ``test_kill_resume.py`` (a run SIGKILLed and resumed from the same seed must give
 the uninterrupted run's bytes, which no run with an unseeded source of randomness could), ``rece_erase`` in
-``test_rece_experiment.py`` (a byte-identical rerun reading the cached testbed, and an interrupted-and-resumed
-run against a fresh one) and ``restor_recovery`` in ``test_restor_experiment.py`` (an interrupted-and-resumed
+``test_rece_erase.py`` (a byte-identical rerun reading the cached testbed, and an interrupted-and-resumed
+run against a fresh one) and ``restor_recovery`` in ``test_restor_recovery.py`` (an interrupted-and-resumed
 run against an uninterrupted one)."""
 
 import os

@@ -7,7 +7,7 @@ count-th largest key t is built bit by bit from the top — 32 passes of "how ma
 candidate?" — and the entries equal to t are resolved by position (lower flat index first) with a second
 bisection on the index, run only when t is tied. Every pass is one linear reduction, so a selection costs
 about 32–64 passes over the keys where a sort costs O(N log N) with poor locality. The result is the same
-mask as a stable descending sort (``tests/sparse/test_sparse_masks.py`` checks it bit for bit). 64-bit
+mask as a stable descending sort (``tests/sparse/test_masks.py`` checks it bit for bit). 64-bit
 scores (with ``jax_enable_x64``) keep the sort.
 
 **Drop counts.** ⌈p·n⌉ for a fraction p and an active count n is what Python's ``math.ceil(p * n)`` gives

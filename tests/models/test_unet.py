@@ -101,7 +101,7 @@ SCRIPT = textwrap.dedent(
     import sys
     import jax, numpy as np
     sys.path[:0] = [sys.argv[2], sys.argv[2] + "/.."]
-    from test_models_unet import loss_on
+    from test_unet import loss_on
     from unlearnx import parallel
     assert jax.device_count() == 8, jax.devices()
     mesh = parallel.data_mesh()

@@ -19,7 +19,7 @@ from experiments import rece_erase, rece_report, runner
 from unlearnx import diffusers_io, erase, tree
 from unlearnx import testbed as testbeds
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_presets_and_overrides():

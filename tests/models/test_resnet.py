@@ -104,7 +104,7 @@ def train_step(small_resnet):
 
 def test_forward_and_train_mode(small_resnet, train_step):
     model, _, variables, x = small_resnet
-    out = jax.jit(model.apply)(variables, x)  # eager vs jit is covered in test_models_bridge
+    out = jax.jit(model.apply)(variables, x)  # eager vs jit is covered in test_bridge
     assert out.shape == (2, 5)
     assert np.all(np.isfinite(out))
     out_t, new_vars, _ = train_step

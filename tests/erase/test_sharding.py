@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
     import jax, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
     sys.path.insert(0, sys.argv[2])
-    from test_erase_sharding import problem
+    from test_sharding import problem
     from unlearnx import erase, parallel
 
     assert jax.device_count() == 8, jax.devices()

@@ -145,7 +145,7 @@ SIGTERM_SCRIPT = textwrap.dedent(
     """
     import sys, time, jax
     sys.path[:0] = [sys.argv[2], sys.argv[2] + "/.."]
-    from test_train_loop import initial_state, batch_at, step_fn
+    from test_loop import initial_state, batch_at, step_fn
     from unlearnx import train
 
     train.install_sigterm_handler()
@@ -187,7 +187,7 @@ EIGHT_SCRIPT = textwrap.dedent(
     import sys, jax, numpy as np
     from jax.sharding import PartitionSpec as P
     sys.path[:0] = [sys.argv[2], sys.argv[2] + "/.."]
-    from test_train_loop import initial_state, batch_at, step_fn
+    from test_loop import initial_state, batch_at, step_fn
     from unlearnx import train
 
     assert jax.device_count() == 8

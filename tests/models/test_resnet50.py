@@ -115,7 +115,7 @@ def test_init_deterministic_and_he_normal(small_resnet50):
 def test_forward_train_and_jit(small_resnet50):
     model, _, variables, x = small_resnet50
     # Eager vs jit in train mode covers the outputs and every updated BatchNorm statistic (eager vs
-    # jit in eval mode is covered generically in test_models_bridge; compiling it here costs ~2 s).
+    # jit in eval mode is covered generically in test_bridge; compiling it here costs ~2 s).
     out_t, new_vars = model.apply(variables, x, train=True)
     out_tj, new_vars_j = jax.jit(model.apply, static_argnames="train")(variables, x, train=True)
     out = model.apply(variables, x)

@@ -74,7 +74,7 @@ SCRIPT = textwrap.dedent(
     """
     import sys, json
     sys.path[:0] = [sys.argv[2], sys.argv[2] + "/.."]
-    from test_train_cost import mlp_problem
+    from test_cost import mlp_problem
     from unlearnx import train
     step, state, batch = mlp_problem()
     out = {}

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     import sys
     import jax, numpy as np
     sys.path.insert(0, sys.argv[2])
-    from test_sparse_sharding import run
+    from test_sharding import run
     from unlearnx import parallel
 
     assert jax.device_count() == 8

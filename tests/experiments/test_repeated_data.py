@@ -17,7 +17,7 @@ from experiments import __main__ as cli
 from experiments import repeated_data, repeated_report
 from unlearnx import parallel
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dataclasses.replace(
     repeated_data.PRESETS["smoke"], steps=8, eval_points=3, repeat_epochs=(2,), sweep_fractions=()
 )
@@ -42,8 +42,8 @@ SCRIPT = textwrap.dedent(
     """
     import sys
     import jax, numpy as np
-    sys.path.insert(0, sys.argv[2])
-    from test_repeated_experiment import TINY, family_results
+    sys.path[:0] = [sys.argv[2], sys.argv[2] + "/.."]
+    from test_repeated_data import TINY, family_results
     from experiments import repeated_data
     from unlearnx import parallel
 
