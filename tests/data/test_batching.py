@@ -1,4 +1,4 @@
-"""Tests for unlearnx.data.batches and num_batches."""
+"""Tests for unlearnx.data.batches, EpochBatches and num_batches."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unlearnx.data import batches, num_batches
+from unlearnx.data import EpochBatches, batches, num_batches
+from unlearnx.data.batching import _pipeline
 
 
 def _arrays(n: int) -> dict[str, np.ndarray]:
@@ -87,6 +88,10 @@ def test_works_with_dataset_arrays_and_readonly_inputs():
         ({"a": np.zeros(3)}, {"batch_size": True}, "positive"),
         ({"a": np.zeros(3)}, {"seed": -1}, "seed"),
         ({"a": np.zeros(3)}, {"epoch": -1}, "epoch"),
+        ({"a": np.zeros(3)}, {"batch_size": 3, "process_count": 2}, r"batch_size=3 .*process_count=2"),
+        ({"a": np.zeros(3)}, {"process_count": 0}, "process_count"),
+        ({"a": np.zeros(3)}, {"process_index": 2, "process_count": 2}, "process_index"),
+        ({"a": np.zeros(3)}, {"process_index": -1}, "process_index"),
     ],
 )
 def test_errors_raised_eagerly(arrays, kwargs, match):
@@ -142,3 +147,144 @@ def test_epoch_batches_augment_is_seeded_by_epoch_and_index():
         EpochBatches(_arrays(10), 4, augment=tag)
     with pytest.raises(ValueError, match="mapping"):
         EpochBatches([np.arange(3)], 2)
+
+
+# An independent NumPy reference of the batching before the Grain pipeline: every experiment's data order.
+
+
+def _reference_order(n, seed, epoch):
+    if seed is None:
+        return np.arange(n)
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(n)
+
+
+def _reference(arrays, batch_size, seed=None, epoch=0, drop_remainder=False):
+    n = len(next(iter(arrays.values())))
+    order = _reference_order(n, seed, epoch)
+    stop = n - n % batch_size if drop_remainder else n
+    return [
+        {key: value[order[start : start + batch_size]] for key, value in arrays.items()}
+        for start in range(0, stop, batch_size)
+    ]
+
+
+def _assert_same_bytes(got, want):
+    assert set(got) == set(want)
+    for key in want:
+        assert got[key].dtype == want[key].dtype and got[key].shape == want[key].shape
+        assert got[key].tobytes() == want[key].tobytes()
+
+
+def _mixed(n):
+    rng = np.random.default_rng(n)
+    return {
+        "x": rng.standard_normal((n, 3, 2), dtype=np.float32),
+        "y": rng.integers(0, 10, n).astype(np.int32),
+        "w": rng.random(n),
+    }
+
+
+@pytest.mark.parametrize(
+    ("n", "batch_size", "seed", "epoch", "drop_remainder"),
+    [
+        (1, 1, None, 0, False),
+        (10, 4, None, 0, False),
+        (10, 4, 0, 0, True),
+        (10, 16, 3, 2, False),
+        (10, 16, 3, 2, True),
+        (64, 8, 7, 5, False),
+        (257, 32, 2**40, 1, False),
+        (257, 32, 11, 3, True),
+        (1000, 128, 0, 9, False),
+    ],
+)
+def test_batches_match_the_numpy_reference_byte_for_byte(n, batch_size, seed, epoch, drop_remainder):
+    arrays = _mixed(n)
+    got = list(batches(arrays, batch_size, seed=seed, epoch=epoch, drop_remainder=drop_remainder))
+    want = _reference(arrays, batch_size, seed, epoch, drop_remainder)
+    assert len(got) == len(want) == num_batches(n, batch_size, drop_remainder)
+    for g, w in zip(got, want, strict=True):
+        _assert_same_bytes(g, w)
+
+
+@pytest.mark.parametrize(
+    ("n", "batch_size", "seed", "offset", "drop_remainder"),
+    [
+        (10, 4, 1, 0, None),
+        (10, 16, 2, 1, None),
+        (257, 32, 5, 3, None),
+        (257, 32, 5, 0, False),
+        (64, 8, 0, 2, True),
+    ],
+)
+def test_epoch_batches_match_the_numpy_reference_with_augment_and_offset(
+    n, batch_size, seed, offset, drop_remainder
+):
+    def augment(batch, rng):
+        return {**batch, "x": batch["x"] + rng.standard_normal(batch["x"].shape, dtype=np.float32)}
+
+    arrays = _mixed(n)
+    sampler = EpochBatches(
+        arrays, batch_size, seed=seed, drop_remainder=drop_remainder, augment=augment, epoch_offset=offset
+    )
+    drop = n >= batch_size if drop_remainder is None else drop_remainder
+    per_epoch = num_batches(n, batch_size, drop)
+    assert sampler.per_epoch == per_epoch
+    steps = list(range(3 * per_epoch))
+    for step in [*steps, *steps[::-1], 0, per_epoch, 0]:  # random access across epochs
+        epoch, index = offset + step // per_epoch, step % per_epoch
+        want = augment(
+            _reference(arrays, batch_size, seed, epoch, drop)[index],
+            np.random.default_rng((seed, epoch, index)),
+        )
+        _assert_same_bytes(sampler(step), want)
+
+
+@pytest.mark.parametrize(
+    ("n", "batch_size", "process_count", "drop_remainder"),
+    [
+        (64, 8, 2, False),
+        (64, 8, 4, True),
+        (70, 8, 4, False),
+        (70, 8, 4, True),
+        (5, 8, 4, False),
+        (30, 12, 3, False),
+    ],
+)
+@pytest.mark.parametrize("seed", [None, 4])
+def test_processes_load_disjoint_shares_of_each_global_batch(
+    n, batch_size, process_count, drop_remainder, seed
+):
+    arrays = _mixed(n)
+    kwargs = {"seed": seed, "epoch": 2, "drop_remainder": drop_remainder}
+    single = list(batches(arrays, batch_size, **kwargs))
+    per_process = [
+        list(batches(arrays, batch_size, process_index=p, process_count=process_count, **kwargs))
+        for p in range(process_count)
+    ]
+    share = batch_size // process_count
+    for process, got in enumerate(per_process):
+        assert len(got) == len(single)  # lock-step: every process yields the same number of batches
+        for g, whole in zip(got, single, strict=True):
+            # Process p loads rows [p·k, (p+1)·k) of the global batch (what parallel.process_share keeps).
+            want = {key: value[process * share : (process + 1) * share] for key, value in whole.items()}
+            _assert_same_bytes(g, want)
+            if len(whole["y"]) == batch_size:
+                assert len(g["y"]) == share
+    for step, whole in enumerate(single):  # the shares, in process order, make up the global batch
+        joined = {key: np.concatenate([got[step][key] for got in per_process]) for key in whole}
+        _assert_same_bytes(joined, whole)
+    seen = np.concatenate([g["w"] for got in per_process for g in got])
+    epoch = np.concatenate([b["w"] for b in single])
+    assert len(seen) == len(epoch) and np.array_equal(
+        np.sort(seen), np.sort(epoch)
+    )  # disjoint, union = epoch
+
+
+def test_epoch_pipeline_is_a_grain_map_dataset():
+    import grain
+
+    order = np.arange(10)[::-1].copy()
+    pipeline = _pipeline({"y": np.arange(10) * 10}, order, 4, False, process_index=1, process_count=2)
+    assert isinstance(pipeline, grain.MapDataset)
+    assert [pipeline[i]["y"].tolist() for i in range(len(pipeline))] == [[70, 60], [30, 20], []]
