@@ -8,6 +8,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from unlearnx import _losses
 from unlearnx._typing import PyTree
 
 LossFn = Callable[[PyTree, PyTree], jax.Array]
@@ -60,8 +61,7 @@ def sampled_label_loss(logits_fn: Callable[[PyTree, PyTree], jax.Array], rng: ja
             )
         keys = jax.vmap(lambda h: jax.random.fold_in(rng, h))(_example_fingerprints(batch))
         labels = jax.vmap(jax.random.categorical)(keys, jax.lax.stop_gradient(logits))
-        log_probs = jax.nn.log_softmax(logits)
-        return -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
+        return _losses.token_nll(logits, labels)
 
     return loss_fn
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearnx import _losses
 from unlearnx import _validation as checks
 
 __all__ = ["accuracy", "cross_entropy", "entropy"]
@@ -107,6 +108,5 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> np.ndarray:
         True
     """
     _check(logits, labels)
-    log_probs = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=1)
-    values = -jnp.take_along_axis(log_probs, jnp.asarray(labels)[:, None], axis=1)[:, 0]
+    values = _losses.token_nll(jnp.asarray(logits), jnp.asarray(labels))
     return np.asarray(jnp.where(_finite_rows(logits), values, jnp.nan))

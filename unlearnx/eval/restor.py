@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearnx import _losses
 from unlearnx import _validation as checks
 from unlearnx.models import Model
 
@@ -120,8 +121,7 @@ def _scorer(model: Model):
     @jax.jit
     def score(variables, tokens, marks):
         logits = model.apply(variables, tokens, train=False)
-        log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
-        picked = jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
+        picked = -_losses.token_nll(logits[:, :-1], tokens[:, 1:])
         beyond = jnp.sum(tokens >= logits.shape[-1], dtype=jnp.int32)
         return jnp.sum(picked * marks[:, 1:], axis=1), beyond
 

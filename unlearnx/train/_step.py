@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from unlearnx import _losses
 from unlearnx import _validation as checks
 from unlearnx._typing import PyTree
 from unlearnx.models import Model
@@ -61,16 +62,15 @@ class TrainState(NamedTuple):
         return cls(jnp.asarray(0, jnp.int32), variables, optimizer.init(variables["params"]), rng, extra)
 
 
-def _gathered_nll(log_probs: jax.Array, ids: jax.Array, name: str, what: str) -> jax.Array:
-    """−log_probs[..., id] per position. Ids outside [0, V) raise when concrete; traced, they give NaN
-    (never a silently wrapped or zero-gradient loss), so a diverged-looking loss, not a plausible one,
+def _gathered_nll(logits: jax.Array, ids: jax.Array, name: str, what: str) -> jax.Array:
+    """−log softmax(logits)[..., id] per position. Ids outside [0, V) raise when concrete; traced, they give
+    NaN (never a silently wrapped or zero-gradient loss), so a diverged-looking loss, not a plausible one,
     surfaces."""
-    count = log_probs.shape[-1]
+    count = logits.shape[-1]
     checks.check_ids(name, ids, count, what=what)
     ids = ids.astype(jnp.int32)
     valid = (ids >= 0) & (ids < count)
-    gathered = jnp.take_along_axis(log_probs, jnp.where(valid, ids, 0)[..., None], axis=-1)[..., 0]
-    return jnp.where(valid, -gathered, jnp.nan)
+    return jnp.where(valid, _losses.token_nll(logits, jnp.where(valid, ids, 0)), jnp.nan)
 
 
 def example_losses(logits: jax.Array, batch: Batch) -> jax.Array:
@@ -96,8 +96,8 @@ def example_losses(logits: jax.Array, batch: Batch) -> jax.Array:
         >>> example_losses(logits, {"target_probs": jnp.array([[0.5, 0.5], [0.8, 0.2]])})  # KL = 0
         Array([0., 0.], dtype=float32)
     """
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
     if "target_probs" in batch:
+        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
         targets = batch["target_probs"].astype(jnp.float32)
         safe_log_targets = jnp.log(jnp.where(targets > 0, targets, 1.0))
         losses = jnp.sum(targets * (safe_log_targets - log_probs), axis=-1)
@@ -106,7 +106,7 @@ def example_losses(logits: jax.Array, batch: Batch) -> jax.Array:
             raise ValueError(
                 f"example_losses needs batch['y'] (labels) or batch['target_probs'], got {sorted(batch)}"
             )
-        losses = _gathered_nll(log_probs, batch["y"], "batch['y']", "class labels")
+        losses = _gathered_nll(logits, batch["y"], "batch['y']", "class labels")
     if "weight" in batch:
         losses = losses * batch["weight"].astype(jnp.float32)
     return losses
@@ -138,8 +138,7 @@ def next_token_losses(logits: jax.Array, batch: Batch) -> jax.Array:
         >>> next_token_losses(logits, {"x": jnp.array([[0, 1, 2]])})
         Array([1.3862...], dtype=float32)
     """
-    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
-    token_nll = _gathered_nll(log_probs, batch["x"][:, 1:], "batch['x']", "token ids")
+    token_nll = _gathered_nll(logits[:, :-1], batch["x"][:, 1:], "batch['x']", "token ids")
     mask = batch["mask"][:, 1:].astype(jnp.float32) if "mask" in batch else jnp.ones_like(token_nll)
     return jnp.sum(token_nll * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from unlearnx import _losses
 from unlearnx import _validation as checks
 
 
@@ -32,8 +33,7 @@ def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
     # take_along_axis would give NaN (zero gradient) or wrap around silently; concrete ids are checked, also
     # when closed over by an outer jit
     checks.check_ids("targets", targets, jnp.shape(logits)[-1], what="token ids")
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return -_losses.token_nll(logits, targets)
 
 
 def next_token_log_probs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
