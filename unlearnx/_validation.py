@@ -266,38 +266,43 @@ def _where(name: str, path: str) -> str:
     return f"{name}[{path!r}]" if path else name
 
 
+def _first_flagged(name: str, tree: PyTree, nonnegative: bool) -> tuple[str, Any, int] | None:
+    """``(path, leaf, count)`` of the first concrete leaf holding NaN/inf (or, with ``nonnegative``, a
+    negative entry), counted on device in one transfer; None when every concrete leaf is clean."""
+    leaves = _concrete_leaves(name, tree)
+    if not leaves:
+        return None
+    counts = _counts_if_bad([leaf for _, leaf in leaves], nonnegative)
+    flagged = [(path, leaf, int(count)) for (path, leaf), count in zip(leaves, counts, strict=True) if count]
+    return flagged[0] if flagged else None
+
+
 def check_tree(name: str, tree: PyTree, *, nonnegative: bool = False, what: str = "") -> None:
     """Raises ``ValueError`` naming ``name``, the path and a bad value when a concrete leaf of ``tree`` holds
     NaN/inf (or, with ``nonnegative``, a negative entry). Traced leaves are skipped.
 
     Concrete arrays closed over by an outer ``jit`` are counted at trace time (on device, one transfer).
     """
-    leaves = _concrete_leaves(name, tree)
-    if not leaves:
-        return
-    counts = _counts_if_bad([leaf for _, leaf in leaves], nonnegative)
-    for (path, leaf), count in zip(leaves, counts, strict=True):
-        if count:
-            rule = "finite and non-negative" if nonnegative else "finite"
-            raise ValueError(
-                f"{_where(name, path)} must be {rule}{what}, found {_first_bad(leaf, nonnegative)!r} "
-                f"({int(count)} of {np.size(leaf)} entries)"
-            )
+    flagged = _first_flagged(name, tree, nonnegative)
+    if flagged:
+        path, leaf, count = flagged
+        rule = "finite and non-negative" if nonnegative else "finite"
+        raise ValueError(
+            f"{_where(name, path)} must be {rule}{what}, found {_first_bad(leaf, nonnegative)!r} "
+            f"({count} of {np.size(leaf)} entries)"
+        )
 
 
 def check_output(name: str, tree: PyTree, cause: object) -> None:
     """Raises ``ValueError`` when a concrete output leaf holds NaN/inf, naming it, the path and ``cause``
     (formatted with ``str`` only then, so a diagnosis can be computed lazily)."""
-    leaves = _concrete_leaves(name, tree)
-    if not leaves:
-        return
-    counts = _counts_if_bad([leaf for _, leaf in leaves], False)
-    for (path, leaf), count in zip(leaves, counts, strict=True):
-        if count:
-            raise ValueError(
-                f"{_where(name, path)} is not finite ({int(count)} of {np.size(leaf)} entries, e.g. "
-                f"{_first_bad(leaf, False)!r}) although the inputs are finite: {cause}"
-            )
+    flagged = _first_flagged(name, tree, False)
+    if flagged:
+        path, leaf, count = flagged
+        raise ValueError(
+            f"{_where(name, path)} is not finite ({count} of {np.size(leaf)} entries, e.g. "
+            f"{_first_bad(leaf, False)!r}) although the inputs are finite: {cause}"
+        )
 
 
 def check_ids(name: str, ids: Any, upper: int, *, low: int = 0, what: str = "ids") -> None:

@@ -31,7 +31,6 @@ d_in × d_in solves (768 for SD v1.x) followed by one product K_l + D_total K_l 
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import jax
@@ -74,17 +73,6 @@ def _selected_kernels(params: PyTree, where: tree_lib.Where) -> tuple[list, Any,
             )
     checks.check_tree("params", kernels)  # the values: one pass over every kernel
     return [leaf for _, leaf in flat], treedef, chosen, d_in
-
-
-def _check_epochs(epochs) -> int:
-    if isinstance(epochs, bool) or not isinstance(epochs, int):
-        try:
-            epochs = operator.index(epochs)
-        except TypeError:
-            raise TypeError(f"epochs must be a Python int (it is static), got {epochs!r}") from None
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    return checks.static_int("epochs", epochs, high=checks.INT32_MAX)
 
 
 def _hyper(**hyper) -> dict:
@@ -199,7 +187,7 @@ def rece(
     References:
         Gong et al., *Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models*, ECCV 2024.
     """
-    epochs = _check_epochs(epochs)
+    epochs = checks.static_int("epochs", epochs, low=0, high=checks.INT32_MAX)
     leaves, treedef, chosen, d_in = _selected_kernels(params, where)
     initial, rounds = _keys(d_in, concept_keys, guide_keys, preserve_keys, initial_concept_keys,
                             initial_guide_keys, initial_preserve_keys)  # fmt: skip
