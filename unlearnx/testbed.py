@@ -219,6 +219,21 @@ def diffusion_step(testbed: Testbed, optimizer: optax.GradientTransformation) ->
     Returns:
         The jitted step for :func:`unlearnx.train.loop`, over ``state.variables["params"]`` =
         ``{"text", "unet"}`` and token batches of the captions.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp
+        >>> from unlearnx import train
+        >>> config = TestbedConfig(num_train=4, batch_size=2, image_size=8, channels=(8,), attention=(True,),
+        ...                        layers_per_block=1, text_width=8, text_layers=1)  # tiny, untrained
+        >>> testbed, optimizer = Testbed(config), make_optimizer(config)
+        >>> params = {"text": testbed.text_model.init(jax.random.key(0))["params"],
+        ...           "unet": testbed.unet_model.init(jax.random.key(1))["params"]}
+        >>> state = train.TrainState.create(
+        ...     {"params": params}, optimizer, jax.random.key(2), extra={"ema": params})
+        >>> batch = {"x": testbed.data.images[:2] * 2.0 - 1.0, "tokens": testbed.data.tokens[:2]}
+        >>> state, record = diffusion_step(testbed, optimizer)(state, batch)
+        >>> int(state.step), bool(jnp.isfinite(record["loss"]))
+        (1, True)
     """
     config = testbed.config
     empty = jnp.asarray(testbed.tokens(""))[None]
@@ -314,6 +329,14 @@ def held_out(testbed: Testbed, *, seed: int, count: int = 2000) -> dict[str, flo
 
     Returns:
         ``{"shape_acc", "colour_acc"}``, fractions in [0, 1].
+
+    Examples:
+        >>> import jax
+        >>> testbed = Testbed(TestbedConfig(num_train=8))  # untrained: :func:`build` trains or restores
+        >>> testbed.classifier_variables = testbed.classifier.init(jax.random.key(0))
+        >>> scores = held_out(testbed, seed=1, count=16)
+        >>> sorted(scores), all(0.0 <= value <= 1.0 for value in scores.values())
+        (['colour_acc', 'shape_acc'], True)
     """
     test = _captioned_shapes(testbed.config, count, seed)
     shape, colour = testbed.classify(test.images)
