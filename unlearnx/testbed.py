@@ -171,7 +171,7 @@ def _embed(text_model, variables, tokens):
     return _embed_fn(text_model)(variables, jnp.asarray(tokens))
 
 
-def eps_function(unet_model: models.Model, unet_params: Any):
+def eps_function(unet_model: models.Model, unet_params: Any) -> Callable[..., jax.Array]:
     """The ε-predictor ``eps_fn(x_t, t, context)`` of the UNet with parameters ``unet_params``.
 
     Args:

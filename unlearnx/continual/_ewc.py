@@ -101,7 +101,9 @@ class EwcState(NamedTuple):
     anchors: tuple
 
 
-def ewc(fisher: PyTree | Sequence[PyTree], anchor: PyTree | Sequence[PyTree], strength: float):
+def ewc(
+    fisher: PyTree | Sequence[PyTree], anchor: PyTree | Sequence[PyTree], strength: float
+) -> optax.GradientTransformationExtraArgs:
     """EWC penalty gradient λ Σₜ Fₜ ⊙ (θ − θ*ₜ) added to the updates (see the module docstring).
 
     Args:
@@ -177,7 +179,9 @@ class OnlineEwcState(NamedTuple):
     decay: jax.Array
 
 
-def online_ewc(strength: float, decay: float = 1.0, *, decay_penalty: bool = False):
+def online_ewc(
+    strength: float, decay: float = 1.0, *, decay_penalty: bool = False
+) -> optax.GradientTransformationExtraArgs:
     """Online EWC: λ F̃ ⊙ (θ − θ*) (or λ γ F̃ ⊙ (θ − θ*)) added to the updates.
 
     F̃ starts at 0 (no penalty before the first :func:`consolidate_online_ewc`), which sets

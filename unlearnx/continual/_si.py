@@ -53,7 +53,7 @@ class SiState(NamedTuple):
 
 def synaptic_intelligence(
     strength: float, damping: float = 0.1, *, path_gradient: Literal["task", "total"] = "task"
-):
+) -> optax.GradientTransformationExtraArgs:
     """SI: accumulates ωₚ += −gₚ Δθₚ and adds 2c Ω ⊙ (θ − θ̃) to the updates (module docstring).
 
     The step's own Δθ is only known at the next call, so each call adds the previous step's term

@@ -153,7 +153,7 @@ def rehearsal_counts(
     budget: int,
     exponent: float = 1.0,
     rate: float = 1.0,
-):
+) -> jax.Array | np.ndarray:
     """Examples to rehearse from each past task (see the module docstring).
 
     Args:

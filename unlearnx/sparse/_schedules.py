@@ -13,7 +13,9 @@ from unlearnx import _validation as checks
 __all__ = ["cosine_drop_fraction", "cubic_sparsity"]
 
 
-def cubic_sparsity(step, *, initial: float, final: float, begin_step: int, end_step: int, frequency: int):
+def cubic_sparsity(
+    step, *, initial: float, final: float, begin_step: int, end_step: int, frequency: int
+) -> jax.Array:
     """Zhu–Gupta gradual sparsity with an initial value, evaluated at pruning events.
 
     With k = ⌊step/ΔT⌋, k₀ = ⌊t₀/ΔT⌋, k_f = ⌊t_f/ΔT⌋ and K = k_f − k₀ (ΔT = ``frequency``):
@@ -69,7 +71,9 @@ def cubic_sparsity(step, *, initial: float, final: float, begin_step: int, end_s
     return jnp.where(k < first, initial, jnp.where(k >= last, final, ramp))
 
 
-def cosine_drop_fraction(step, *, initial: float = 0.5, minimum: float = 0.005, total_steps: int):
+def cosine_drop_fraction(
+    step, *, initial: float = 0.5, minimum: float = 0.005, total_steps: int
+) -> jax.Array:
     """GraNet's death rate p_t = η_min + ½(p₀ − η_min)(1 + cos(π t / T)), t clipped to [0, T].
 
     Args:
