@@ -50,11 +50,21 @@ __all__ = [
 class World:
     """People and their facts.
 
+    Usually drawn by :func:`make_world`; :meth:`value` turns a fact id into its value string.
+
     Attributes:
         names: ``[P]`` full names ``"First Last"``, all distinct.
         facts: ``[P, R]`` int array, ``facts[p, r]`` indexes ``VALUES[RELATIONS[r]]``.
         qa_people: ``[P]`` bool, the people whose question-answer lines are in the clean corpus.
         seed: the generating seed.
+
+    Examples:
+        >>> import numpy as np
+        >>> from unlearnx.data.knowledge import World
+        >>> world = World(names=("Ada Abbott",), facts=np.zeros((1, 7), np.int64), qa_people=np.ones(1, bool),
+        ...               seed=0)  # every fact is the first value of its relation's pool
+        >>> world.num_people, world.value(0, 0), world.value(0, 1)  # birth city, birth year
+        (1, 'Paris', '1950')
     """
 
     names: tuple[str, ...]
@@ -64,6 +74,7 @@ class World:
 
     @property
     def num_people(self) -> int:
+        """The number of people P."""
         return len(self.names)
 
     def value(self, person: int, relation: int, facts: np.ndarray | None = None) -> str:
@@ -79,6 +90,10 @@ def _rng(seed: int, purpose: int) -> np.random.Generator:
 def make_world(num_people: int, *, seed: int = 0, qa_fraction: float = 0.5) -> World:
     """Draws a world of ``num_people`` distinct people.
 
+    Names are distinct (first name, last name) pairs; each of the ``len(RELATIONS)`` facts of a person is
+    uniform over its relation's value pool; ``round(qa_fraction · P)`` people, chosen at random, are QA
+    people. The same ``seed`` gives the same world.
+
     Args:
         num_people: 1 ≤ P ≤ |FIRST_NAMES|·|LAST_NAMES|.
         seed: the seed everything is derived from.
@@ -86,6 +101,18 @@ def make_world(num_people: int, *, seed: int = 0, qa_fraction: float = 0.5) -> W
 
     Returns:
         A :class:`World`.
+
+    Raises:
+        ValueError: If ``num_people`` is outside [1, |FIRST_NAMES|·|LAST_NAMES|] or ``qa_fraction`` is
+            outside [0, 1].
+
+    Examples:
+        >>> from unlearnx.data.knowledge import make_world
+        >>> world = make_world(4, seed=0)
+        >>> world.num_people, len(set(world.names)), world.facts.shape, int(world.qa_people.sum())
+        (4, 4, (4, 7), 2)
+        >>> make_world(4, seed=0).names == world.names  # deterministic in the seed
+        True
     """
     capacity = len(FIRST_NAMES) * len(LAST_NAMES)
     if not 1 <= num_people <= capacity:
@@ -106,10 +133,23 @@ def make_world(num_people: int, *, seed: int = 0, qa_fraction: float = 0.5) -> W
 class Corruption:
     """Counterfactual edits of the target people's facts.
 
+    Usually drawn by :func:`make_corruption`; :meth:`corrupted_facts` applies the edits to a world's facts
+    and :meth:`target_facts` lists them.
+
     Attributes:
         targets: ``[n]`` person ids (sorted).
         relations: ``[n, m]`` relation ids edited per target (distinct within a row).
         values: ``[n, m]`` counterfactual value ids, ``values[i, j] != facts[targets[i], relations[i, j]]``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from unlearnx.data.knowledge import Corruption, World
+        >>> world = World(("Ada Abbott",), np.zeros((1, 7), np.int64), np.ones(1, bool), seed=0)
+        >>> edit = Corruption(targets=np.array([0]), relations=np.array([[1]]), values=np.array([[5]]))
+        >>> edit.target_facts()  # (person, relation, value): Ada's birth year becomes value 5
+        [(0, 1, 5)]
+        >>> world.value(0, 1), world.value(0, 1, edit.corrupted_facts(world))
+        ('1950', '1955')
     """
 
     targets: np.ndarray
@@ -142,6 +182,9 @@ def make_corruption(
 ) -> Corruption:
     """Chooses ⌈fraction·P⌉ targets and, for each, ``facts_per_target`` relations with o′ ≠ o.
 
+    Targets are drawn without replacement from ``candidates``; each target's relations are distinct and
+    each counterfactual value is uniform over its relation's pool minus the true value.
+
     Args:
         world: the world.
         fraction: target fraction in (0, 1].
@@ -151,6 +194,19 @@ def make_corruption(
 
     Returns:
         A :class:`Corruption`.
+
+    Raises:
+        ValueError: If ``fraction`` is outside (0, 1], ``facts_per_target`` is outside [1, |RELATIONS|], or
+            ⌈fraction·P⌉ exceeds the number of candidates.
+
+    Examples:
+        >>> from unlearnx.data.knowledge import make_corruption, make_world
+        >>> world = make_world(4, seed=0)
+        >>> edit = make_corruption(world, fraction=0.5, facts_per_target=3, seed=1)  # ⌈0.5 · 4⌉ = 2 targets
+        >>> len(edit.targets), edit.relations.shape, len(edit.target_facts())
+        (2, (2, 3), 6)
+        >>> int((edit.corrupted_facts(world) != world.facts).sum())  # every edited fact changes
+        6
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
@@ -177,7 +233,17 @@ class Tokenizer:
     """Word-level tokenizer over the world's closed vocabulary (splits on single spaces).
 
     Ids: ``<pad>`` = 0, ``<bos>`` = 1, ``<eos>`` = 2, then every word of the names, values, templates and
-    questions in sorted order, so the vocabulary is the same for every world.
+    questions in sorted order, so the vocabulary is the same for every world. :meth:`encode` raises
+    ``ValueError`` on a word outside the vocabulary.
+
+    Examples:
+        >>> from unlearnx.data.knowledge import Tokenizer
+        >>> tokenizer = Tokenizer()
+        >>> tokenizer.vocab[:3], tokenizer.bos_id
+        (('<pad>', '<bos>', '<eos>'), 1)
+        >>> ids = tokenizer.encode("Ada Abbott was born in New York .")  # one id per word
+        >>> len(ids), tokenizer.decode(ids)
+        (8, 'Ada Abbott was born in New York .')
     """
 
     def __init__(self) -> None:
@@ -192,18 +258,22 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """The number of tokens, specials included."""
         return len(self.vocab)
 
     @property
     def pad_id(self) -> int:
+        """The id of ``<pad>`` (0)."""
         return 0
 
     @property
     def bos_id(self) -> int:
+        """The id of ``<bos>`` (1)."""
         return 1
 
     @property
     def eos_id(self) -> int:
+        """The id of ``<eos>`` (2)."""
         return 2
 
     def encode(self, text: str) -> list[int]:
@@ -216,4 +286,5 @@ class Tokenizer:
         return ids
 
     def decode(self, ids) -> str:
+        """The space-joined words of token ids (the inverse of :meth:`encode`)."""
         return " ".join(self.vocab[int(i)] for i in ids)
