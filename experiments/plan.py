@@ -30,7 +30,7 @@ def _classifier(config: Any, model_name: str, info: data.DatasetInfo, width: int
 
 def _ssd_forget(config: Any) -> list[Phase]:
     """The six trained phases; the unlearning sets are sized from the class count (D_f ≈ N / C)."""
-    from experiments import ssd_forget
+    from experiments import ssd_phases
 
     info = data.describe(config.dataset, "train")
     model = _classifier(config, config.model, info, config.width)
@@ -42,8 +42,8 @@ def _ssd_forget(config: Any) -> list[Phase]:
     }  # fmt: skip
     runs = len(config.seeds) * len(config.forget_classes)
     phases = []
-    for phase in ssd_forget.PHASES:
-        opt, epochs, batch_size = ssd_forget.phase_optimizer(config, phase, sizes[phase])
+    for phase in ssd_phases.PHASES:
+        opt, epochs, batch_size = ssd_phases.phase_optimizer(config, phase, sizes[phase])
         repeats = len(config.seeds) if phase == "original" else runs
         steps = epochs * max(sizes[phase] // batch_size, 1)
         phases.append(

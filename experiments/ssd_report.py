@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from experiments.report import diverged_line, figure, fmt, markdown_table, mean_std_plot, stat
-from experiments.ssd_forget import METHODS, METRICS
+from experiments.ssd_forget import METHODS
+from experiments.ssd_phases import METRICS
 
 COST_ROWS = ("retrain", "finetune", "neggrad+", "amnesiac", "bad_teacher", "ssd", "ssd (I_D cached)")
 #: The METRICS' column headings.
