@@ -92,14 +92,24 @@ class Checkpointer:
         policy: orbax ``SaveDecisionPolicy`` consulted by :meth:`should_save` (see :func:`interval_policy`);
             ``None`` never asks for a save, so only forced saves happen.
 
-    Example::
+    Raises:
+        ValueError: if ``max_to_keep`` < 1.
 
-      with Checkpointer("runs/x/checkpoints/train", policy=interval_policy(seconds=60)) as ckpt:
-          if ckpt.latest_step() is not None:
-              state, history = ckpt.restore(state)
-          ...
-          if ckpt.should_save(step):
-              ckpt.save(step, state, history)
+    Examples:
+        Three saves with ``max_to_keep=2`` keep steps 2 and 3; a restore reads the newest into the structure
+        of ``like``:
+
+        >>> import tempfile, jax.numpy as jnp
+        >>> with Checkpointer(tempfile.mkdtemp(), max_to_keep=2) as ckpt:
+        ...     for step in (1, 2, 3):
+        ...         ckpt.save(step, {"w": jnp.full(2, float(step))}, {"epoch": step})
+        ...     tree, record = ckpt.restore({"w": jnp.zeros(2)})
+        ...     steps = ckpt.all_steps()
+        >>> steps, tree["w"].tolist(), record
+        ([2, 3], [3.0, 3.0], {'epoch': 3})
+
+        In a training loop, ``policy=interval_policy(seconds=60)`` and ``if ckpt.should_save(step):
+        ckpt.save(step, state, history)``; :meth:`restore_latest` resumes from the newest intact step.
     """
 
     def __init__(

@@ -362,13 +362,26 @@ def build(
         The :class:`Testbed` with its variables set and ``train_seconds`` the training wall time spent in
         this call.
 
-    Example (about 11 minutes on 2 CPU cores the first time, seconds from the cache)::
+    Examples:
+        A tiny configuration (one diffusion step, one classifier epoch). Even so ``build`` takes over a minute
+        on 2 CPU cores, so the lines that need it are skipped in the doctests:
 
-        testbed = build(TestbedConfig(), "runs/cache")
-        grid = testbed.prompt_grid(repeat=8)
-        images = testbed.sample(testbed.unet_variables["params"], grid.contexts, jax.random.key(0),
-                                num_steps=25, guidance_scale=5.0)
-        print(quality_gate(grid, *testbed.classify(images)))
+        >>> import os, tempfile
+        >>> config = TestbedConfig(num_train=4, batch_size=2, image_size=8, channels=(8,), attention=(True,),
+        ...                        layers_per_block=1, text_width=8, text_layers=1, steps=1,
+        ...                        classifier_epochs=1)
+        >>> cache = tempfile.mkdtemp()
+        >>> testbed = build(config, cache, progress=False)  # doctest: +SKIP
+        >>> sorted(os.listdir(os.path.join(cache, f"testbed-{config.key()}")))  # doctest: +SKIP
+        ['classifier', 'diffusion', 'testbed.json']
+        >>> sorted(testbed.unet_variables), testbed.train_seconds > 0  # doctest: +SKIP
+        (['params'], True)
+
+        The default :class:`TestbedConfig` trains for about 11 minutes on 2 CPU cores the first time (later
+        calls restore it from the cache); its samples are then scored with ``grid =
+        testbed.prompt_grid(repeat=8)``, ``images = testbed.sample(testbed.unet_variables["params"],
+        grid.contexts, jax.random.key(0), num_steps=25, guidance_scale=5.0)`` and ``quality_gate(grid,
+        *testbed.classify(images))``.
     """
     testbed = Testbed(config)
     directory = os.path.join(os.path.abspath(cache_dir), f"testbed-{config.key()}")

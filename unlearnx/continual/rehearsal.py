@@ -176,6 +176,20 @@ def rehearsal_counts(
             when concrete); a negative or non-finite exponent or rate; a traced ``last_seen`` with B ≥ 2³¹
             (int32 cannot hold the counts).
         TypeError: a traced exponent or rate.
+
+    Examples:
+        Three past tasks last seen at tasks 0, 1, 2 have Δt = 3, 2, 1; the power law with d = 1 weighs them
+        1/4, 1/3, 1/2 (Σ = 13/12), so B = 11 gives quotas 33/13 ≈ 2.54, 44/13 ≈ 3.38, 66/13 ≈ 5.08: the floors
+        2, 3, 5 sum to 10 and the one left goes to the largest remainder (task 0):
+
+        >>> from unlearnx import continual
+        >>> continual.rehearsal_counts("power_law", current_task=3, last_seen=[0, 1, 2], budget=11).tolist()
+        [3, 3, 5]
+
+        Uniform quotas of 10/3 tie, and the one left goes to the most recent task:
+
+        >>> continual.rehearsal_counts("uniform", current_task=3, last_seen=[0, 1, 2], budget=10).tolist()
+        [3, 3, 4]
     """
     current_task, budget = _check(kind, current_task, last_seen, budget, exponent, rate)
     if kind == "none" or current_task == 0:

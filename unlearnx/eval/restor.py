@@ -43,7 +43,26 @@ def _check_rate(name: str, value: float) -> float:
 
 
 def accuracy(predicted, target) -> float:
-    """Fraction of entries with ``predicted == target`` (``target`` −1 never matches); empty raises."""
+    """Fraction of entries with ``predicted == target``: Acc = meanᵢ [predictedᵢ = targetᵢ].
+
+    A ``target`` of −1 (a fact without a valid answer) never matches, since predictions are candidate indices
+    ≥ 0.
+
+    Args:
+        predicted: ``[N]`` predicted candidate indices (e.g. the argmax of :func:`candidate_scores`).
+        target: ``[N]`` the indices to match (the correct value o for Acc_correct, the injected value o′
+            for Rate_corrupted).
+
+    Returns:
+        The fraction in [0, 1], a Python float.
+
+    Raises:
+        ValueError: ``predicted`` and ``target`` not of one 1-D shape, or empty.
+
+    Examples:
+        >>> accuracy([1, 2, 3, 0], [1, 2, 0, -1])  # 2 of the 4 match
+        0.5
+    """
     predicted, target = np.asarray(predicted), np.asarray(target)
     if predicted.shape != target.shape or predicted.ndim != 1:
         raise ValueError(f"predicted {predicted.shape} and target {target.shape} must be equal 1-D shapes")
@@ -53,7 +72,26 @@ def accuracy(predicted, target) -> float:
 
 
 def recovery(acc_unlearned: float, acc_corrupted: float, acc_clean: float, *, eps: float = 1e-6) -> float:
-    """R = (Acc_u − Acc_c) / (Acc_clean − Acc_c); raises when |Acc_clean − Acc_c| < ``eps``."""
+    """Recovery R = (Acc_u − Acc_c) / (Acc_clean − Acc_c): 1 = back to the clean model, 0 = still corrupted.
+
+    Args:
+        acc_unlearned: Acc_u, the unlearned model's accuracy on the target facts, in [0, 1].
+        acc_corrupted: Acc_c, the corrupted model's accuracy, in [0, 1].
+        acc_clean: Acc_clean, the clean model's accuracy, in [0, 1].
+        eps: the smallest |Acc_clean − Acc_c| for which R is defined.
+
+    Returns:
+        R, a Python float (negative when unlearning lowered accuracy further, above 1 when it beat the clean
+        model).
+
+    Raises:
+        ValueError: an accuracy outside [0, 1] or not finite, or |Acc_clean − Acc_c| < ``eps`` (the
+            corruption did not change accuracy).
+
+    Examples:
+        >>> recovery(0.6, 0.2, 1.0)  # (0.6 − 0.2) / (1.0 − 0.2)
+        0.5
+    """
     acc_unlearned = _check_rate("acc_unlearned", acc_unlearned)
     acc_corrupted = _check_rate("acc_corrupted", acc_corrupted)
     acc_clean = _check_rate("acc_clean", acc_clean)
@@ -67,7 +105,24 @@ def recovery(acc_unlearned: float, acc_corrupted: float, acc_clean: float, *, ep
 
 
 def forgetting(rate_unlearned: float, rate_corrupted: float, *, eps: float = 1e-6) -> float:
-    """F = 1 − Rate_u / Rate_c; raises when Rate_c < ``eps`` (the corruption never took hold)."""
+    """Forgetting F = 1 − Rate_u / Rate_c: 1 = the injected answers are gone, 0 = as frequent as before.
+
+    Args:
+        rate_unlearned: Rate_u, how often the unlearned model gives the injected value o′, in [0, 1].
+        rate_corrupted: Rate_c, how often the corrupted model gives it, in [0, 1].
+        eps: the smallest Rate_c for which F is defined.
+
+    Returns:
+        F, a Python float (negative when unlearning made the injected answers more frequent).
+
+    Raises:
+        ValueError: a rate outside [0, 1] or not finite, or Rate_c < ``eps`` (the corruption never took
+            hold).
+
+    Examples:
+        >>> forgetting(0.2, 0.8)  # 1 − 0.2 / 0.8
+        0.75
+    """
     rate_unlearned = _check_rate("rate_unlearned", rate_unlearned)
     rate_corrupted = _check_rate("rate_corrupted", rate_corrupted)
     if rate_corrupted < eps:
@@ -93,6 +148,13 @@ def logit_probe(scores, lengths, correct, corrupted, random) -> dict[str, float]
     Raises:
         ValueError: shapes that disagree, an empty set, indices outside [0, C), a chosen candidate without
             tokens.
+
+    Examples:
+        >>> scores = [[-2.0, -6.0, -9.0], [-1.0, -3.0, -4.0]]
+        >>> lengths = [[1, 2, 3], [1, 3, 2]]
+        >>> probe = logit_probe(scores, lengths, correct=[0, 0], corrupted=[1, 1], random=[2, 2])
+        >>> probe["correct"], probe["corrupted"], probe["random"]  # means of (−2, −1), (−3, −1), (−3, −2)
+        (-1.5, -2.0, -2.5)
     """
     scores, lengths = np.asarray(scores, np.float64), np.asarray(lengths)
     if scores.ndim != 2 or lengths.shape != scores.shape:
@@ -176,6 +238,22 @@ def candidate_scores(
     Returns:
         ``(scores, lengths)``, both ``[N, C_max]``: scores[i, c] = Σ_t log P(cand_t | prompt_i, cand_<t),
         ``-inf`` where prompt i has fewer than c + 1 candidates (where lengths is 0).
+
+    Raises:
+        ValueError: no prompts, or not one candidate list per prompt; an empty prompt or candidate; a
+            ``length`` shorter than the longest prompt + candidate; a negative token id or one beyond the
+            model's vocabulary.
+
+    Examples:
+        A model with constant logits over V = 4 tokens gives every token log P = −log 4 ≈ −1.386:
+
+        >>> import jax.numpy as jnp
+        >>> from unlearnx import models
+        >>> logits = lambda variables, tokens, train=False: jnp.zeros((*tokens.shape, 4))  # V = 4
+        >>> uniform = models.Model(lambda rng: {"params": {}}, logits, "uniform")
+        >>> scores, lengths = candidate_scores(uniform, {"params": {}}, [[1, 2], [3]], [[[0], [1, 2]], [[2]]])
+        >>> scores.round(3).tolist(), lengths.tolist()  # −log 4, −2 log 4; prompt 1 has one candidate
+        ([[-1.386, -2.773], [-1.386, -inf]], [[1, 2], [1, 0]])
     """
     if len(prompts) != len(candidates) or not prompts:
         raise ValueError(
@@ -210,7 +288,30 @@ def candidate_scores(
 
 
 def mean_token_nll(model: Model, variables, arrays: dict[str, np.ndarray], *, batch_size: int = 256) -> float:
-    """Token-mean next-token NLL over ``arrays["x"]`` with target mask ``arrays["mask"]`` (positions ≥ 1)."""
+    """Token-mean next-token NLL, −Σ_{b,t≥1} m_{b,t} log P(x_{b,t} | x_{b,<t}) / Σ_{b,t≥1} m_{b,t}.
+
+    Args:
+        model: a causal LM whose ``apply(variables, tokens)`` gives logits ``[B, L, V]``.
+        variables: its variables.
+        arrays: ``{"x": [N, L] token ids, "mask": [N, L] target weights}``; the mask (default: all ones) is
+            read at positions ≥ 1, the targets that have a context.
+        batch_size: sequences per forward pass.
+
+    Returns:
+        The mean NLL in nats per target token, a Python float.
+
+    Raises:
+        ValueError: a mask that selects no target token; a negative token id or one beyond the vocabulary.
+
+    Examples:
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from unlearnx import models
+        >>> logits = lambda variables, tokens, train=False: jnp.zeros((*tokens.shape, 4))  # V = 4
+        >>> uniform = models.Model(lambda rng: {"params": {}}, logits, "uniform")
+        >>> arrays = {"x": np.array([[1, 2, 3], [0, 1, 2]])}
+        >>> round(mean_token_nll(uniform, {"params": {}}, arrays), 4)  # log 4, whatever the tokens
+        1.3863
+    """
     tokens = np.asarray(arrays["x"], np.int32)
     marks = np.asarray(arrays.get("mask", np.ones(tokens.shape)), np.float32)
     count = float(marks[:, 1:].sum())
@@ -220,5 +321,27 @@ def mean_token_nll(model: Model, variables, arrays: dict[str, np.ndarray], *, ba
 
 
 def perplexity(model: Model, variables, arrays: dict[str, np.ndarray], *, batch_size: int = 256) -> float:
-    """exp of :func:`mean_token_nll` (held-out perplexity)."""
+    """Held-out perplexity, exp of :func:`mean_token_nll`.
+
+    Args:
+        model: a causal LM whose ``apply(variables, tokens)`` gives logits ``[B, L, V]``.
+        variables: its variables.
+        arrays: ``{"x": [N, L] token ids, "mask": [N, L] target weights}`` as in :func:`mean_token_nll`.
+        batch_size: sequences per forward pass.
+
+    Returns:
+        exp(mean NLL), a Python float ≥ 1 (V for a model that is uniform over V tokens).
+
+    Raises:
+        ValueError: as :func:`mean_token_nll`.
+
+    Examples:
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from unlearnx import models
+        >>> logits = lambda variables, tokens, train=False: jnp.zeros((*tokens.shape, 4))  # V = 4
+        >>> uniform = models.Model(lambda rng: {"params": {}}, logits, "uniform")
+        >>> arrays = {"x": np.array([[1, 2, 3], [0, 1, 2]])}
+        >>> round(perplexity(uniform, {"params": {}}, arrays), 4)  # exp(log 4) = V
+        4.0
+    """
     return float(np.exp(mean_token_nll(model, variables, arrays, batch_size=batch_size)))

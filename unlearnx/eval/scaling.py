@@ -27,7 +27,21 @@ __all__ = ["EffectiveParams", "PowerLawFit", "effective_params", "fit_power_law"
 
 
 class PowerLawFit(NamedTuple):
-    """L(N) = a·N^(−α) + L∞ fitted on sizes in [n_min, n_max]; ``rss`` is the loss-space residual."""
+    """L(N) = a·N^(−α) + L∞ fitted on sizes in [n_min, n_max]; calling it evaluates L at given sizes.
+
+    Attributes:
+        a: the scale a > 0.
+        alpha: the exponent α > 0.
+        l_inf: the irreducible loss L∞, 0 ≤ L∞ < min L of the fitted losses.
+        n_min: the smallest fitted size.
+        n_max: the largest fitted size.
+        rss: the loss-space residual sum of squares Σ (a·Nᵢ^(−α) + L∞ − Lᵢ)².
+
+    Examples:
+        >>> fit = PowerLawFit(a=2.0, alpha=0.5, l_inf=1.0, n_min=100.0, n_max=6400.0, rss=0.0)
+        >>> fit([100, 400]).tolist()  # 2 / √100 + 1, 2 / √400 + 1
+        [1.2, 1.1]
+    """
 
     a: float
     alpha: float
@@ -42,11 +56,21 @@ class PowerLawFit(NamedTuple):
 
 
 class EffectiveParams(NamedTuple):
-    """N_eff and how far to trust it.
+    """N_eff and how far to trust it (the result of :func:`effective_params`).
 
-    ``status`` is ``"ok"`` (inside the fitted size range), ``"below_range"`` / ``"above_range"``
-    (extrapolated below the smallest / above the largest fitted size: a number, but outside the data),
-    or ``"undefined"`` (L ≤ L∞: no finite size reaches that loss; ``value`` is ``inf``).
+    Attributes:
+        value: N_eff = (a / (L − L∞))^(1/α), or ``inf`` when ``status`` is ``"undefined"``.
+        status: ``"ok"`` (inside the fitted size range), ``"below_range"`` / ``"above_range"``
+            (extrapolated below the smallest / above the largest fitted size: a number, but outside the
+            data), or ``"undefined"`` (L ≤ L∞: no finite size reaches that loss; ``value`` is ``inf``).
+
+    Examples:
+        >>> fit = PowerLawFit(a=2.0, alpha=0.5, l_inf=1.0, n_min=100.0, n_max=6400.0, rss=0.0)
+        >>> result = effective_params(fit, 1.1)  # (2 / (1.1 − 1))² = 400
+        >>> round(result.value, 6), result.status
+        (400.0, 'ok')
+        >>> effective_params(fit, 0.9)  # below L∞ = 1
+        EffectiveParams(value=inf, status='undefined')
     """
 
     value: float
@@ -95,6 +119,13 @@ def fit_power_law(sizes: npt.ArrayLike, losses: npt.ArrayLike) -> PowerLawFit:
     Raises:
         ValueError: On bad shapes or values, fewer than 3 distinct sizes, or losses that do not decrease
             with size (no fit with α > 0).
+
+    Examples:
+        Exact losses of L(N) = 2·N^(−1/2) + 1 give back a = 2, α = 1/2, L∞ = 1:
+
+        >>> fit = fit_power_law([100, 400, 1600, 6400], [1.2, 1.1, 1.05, 1.025])
+        >>> round(fit.a, 6), round(fit.alpha, 6), round(fit.l_inf, 6), fit.n_min, fit.n_max
+        (2.0, 0.5, 1.0, 100.0, 6400.0)
     """
     n, loss = _validated(sizes, losses)
     log_n = np.log(n)
@@ -134,6 +165,15 @@ def effective_params(fit: PowerLawFit, loss: float) -> EffectiveParams:
 
     Raises:
         ValueError: If ``loss`` is not finite.
+
+    Examples:
+        >>> fit = fit_power_law([100, 400, 1600, 6400], [1.2, 1.1, 1.05, 1.025])  # 2·N^(−1/2) + 1
+        >>> result = effective_params(fit, 1.05)  # (2 / 0.05)² = 1600, a fitted size
+        >>> round(result.value), result.status
+        (1600, 'ok')
+        >>> result = effective_params(fit, 1.01)  # (2 / 0.01)² = 40000 > 6400
+        >>> round(result.value), result.status
+        (40000, 'above_range')
     """
     value = float(loss)
     if not math.isfinite(value):

@@ -159,11 +159,17 @@ def step_cost(
     Returns:
         A :class:`StepCost`.
 
-    Example::
+    Examples:
+        A step with one [8, 16] × [16, 4] matmul, costed on shapes only (nothing is allocated):
 
-      cost = train.step_cost(step, jax.eval_shape(make_state), {"x": jax.ShapeDtypeStruct((512, 784),
-                             jnp.float32), "y": jax.ShapeDtypeStruct((512,), jnp.int32)}, 10_000)
-      print(cost.flops_per_step, cost.hours(275e12, chips=1))
+        >>> import jax, jax.numpy as jnp
+        >>> def step(state, batch):
+        ...     return state, {"loss": jnp.sum(batch["x"] @ state["w"])}
+        >>> state = {"w": jax.ShapeDtypeStruct((16, 4), jnp.float32)}
+        >>> batch = {"x": jax.ShapeDtypeStruct((8, 16), jnp.float32)}
+        >>> cost = step_cost(step, state, batch, 100)
+        >>> cost.params, cost.steps, cost.flops_per_step >= 2 * 8 * 16 * 4  # 16·4 weights; 2·8·16·4 FLOPs
+        (64, 100, True)
     """
     mesh = parallel.data_mesh() if mesh is None else mesh
     replicated = NamedSharding(mesh, PartitionSpec())

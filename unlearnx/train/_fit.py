@@ -116,11 +116,20 @@ def fit(
             arrays without ``x`` (or ``y``/``target_probs`` for the default loss), or labels outside [0, C).
         Preempted: after a checkpoint, when a stop was requested.
 
-    Example::
+    Examples:
+        Sixteen examples in batches of 8 are 2 steps per epoch, so 3 epochs end at steps 2, 4 and 6:
 
-      variables, history = train.fit(model, model.init(jax.random.key(0)), {"x": x, "y": y},
-                                     optimizer=optax.adam(1e-3), epochs=5, batch_size=64,
-                                     rng=jax.random.key(1))
+        >>> import jax, numpy as np, optax
+        >>> from unlearnx import models
+        >>> model = models.mlp((4,), 2, hidden=(8,))
+        >>> x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+        >>> arrays = {"x": x, "y": (x[:, 0] > 0).astype(np.int32)}
+        >>> variables, history = fit(model, model.init(jax.random.key(0)), arrays, optimizer=optax.adam(1e-2),
+        ...                          epochs=3, batch_size=8, rng=jax.random.key(1), progress=False)
+        >>> [(record["epoch"], record["step"]) for record in history]
+        [(1, 2), (2, 4), (3, 6)]
+        >>> history[-1]["loss"] < history[0]["loss"]  # the epoch-mean loss fell
+        True
     """
     _check_inputs(model, variables, arrays, loss, epochs, batch_size)
     sampler = data.EpochBatches(arrays, batch_size, seed=seed, augment=augment)

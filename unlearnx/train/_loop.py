@@ -179,12 +179,21 @@ def loop(
         ValueError: for a negative ``num_steps``, an ``interval`` < 1, or a checkpoint past ``num_steps``.
         Preempted: after saving, when a stop was requested.
 
-    Example::
+    Examples:
+        A running sum: step i adds its batch of eight i's (8i); each record holds the mean of its two steps'
+        sums:
 
-      step = train.make_train_step(model, optax.adam(1e-3))
-      state = train.TrainState.create(model.init(jax.random.key(0)), optax.adam(1e-3), jax.random.key(1))
-      sampler = data.EpochBatches(arrays, 64, seed=0)
-      state, history = train.loop(step, state, sampler, 10 * sampler.per_epoch, interval=sampler.per_epoch)
+        >>> import jax.numpy as jnp, numpy as np
+        >>> def step(state, batch):
+        ...     return state + batch["x"].sum(), {"loss": batch["x"].sum()}
+        >>> batch_at = lambda i: {"x": np.full(8, float(i))}
+        >>> state, history = loop(step, jnp.float32(0.0), batch_at, 4, interval=2, progress=False)
+        >>> float(state), [(record["step"], record["loss"]) for record in history]  # 0 + 8 + 16 + 24
+        (48.0, [(2, 4.0), (4, 20.0)])
+
+        For supervised training, ``step = train.make_train_step(model, optimizer)``, ``state =
+        train.TrainState.create(variables, optimizer, rng)`` and ``batch_at = data.EpochBatches(arrays, 64,
+        seed=0)`` (or :func:`fit`, which does this).
     """
     num_steps = _check_count("num_steps", num_steps, 0)
     interval = _check_count("interval", interval, 1)

@@ -39,11 +39,16 @@ class MetricLogger:
         path: the JSONL file (``None``: log nothing).
         tensorboard_dir: where the event files go.
 
-    Example::
-
-      logger = MetricLogger("runs/x/train_log.jsonl")
-      logger.log(phase="train", step=100, loss=0.25)
-      logger.close()
+    Examples:
+        >>> import os, tempfile, numpy as np
+        >>> path = os.path.join(tempfile.mkdtemp(), "train_log.jsonl")
+        >>> logger = MetricLogger(path, tensorboard_dir=False)  # JSONL only
+        >>> logger.log(phase="train", step=100, loss=np.float32(0.25))
+        >>> logger.log(phase="train", step=200, loss=np.float32(0.125))
+        >>> logger.rewind("train", 100)  # a run resumed from step 100 drops the later record
+        >>> logger.close()
+        >>> open(path).read().splitlines()
+        ['{"phase": "train", "step": 100, "loss": 0.25}']
     """
 
     def __init__(
