@@ -205,3 +205,78 @@ def test_period_form_scores_a_perfect_head_one_even_with_repeats_inside_the_segm
     np.testing.assert_allclose(np.asarray(uniform_score), [[expected]], rtol=1e-6)
     with pytest.raises(ValueError, match="period"):
         induction.prefix_matching_score(jnp.asarray(perfect), jnp.asarray(tokens), period=length)
+
+
+def _hand_built_induction_model(length: int, vocab: int, scale: float = 40.0):
+    """A 2-layer attention-only ``decoder_lm`` (d = 64, 4 heads of 16) whose weights implement the
+    induction circuit by hand; every other head has zero weights (uniform causal attention, no output).
+
+    Residual dims: 0–15 position one-hot, 16–31 token one-hot, 32–47 "previous token" (written by layer 1),
+    48–63 the output token (written by layer 2, the only dims the unembedding reads).
+    Layer 1 head 0 (previous-token head): q(pos t)·k(pos s) = scale when s = t − 1; its OV copies the
+    token one-hot into the previous-token dims. Layer 2 head 0 (induction head): q(token x_t)·k(previous
+    token of s) = scale when x_{s−1} = x_t, so it attends to the position *after* the earlier occurrence;
+    its OV copies that position's token into the output dims: W_E W_V W_O W_U is the identity (score 1).
+    LayerNorm subtracts the same mean and divides by the same std at every position (each position holds
+    three one-hots), which shifts every score of a query row equally and leaves the softmax unchanged up
+    to the 1/σ² factor absorbed by ``scale``."""
+    from unlearnx.models import decoder_lm
+
+    d, width = 64, 16
+    model = decoder_lm(vocab, max_len=length, d_model=d, num_layers=2, num_heads=4, mlp_ratio=0,
+                       return_attention=True)  # fmt: skip
+    params = jax.tree.map(np.zeros_like, jax.device_get(model.init(jax.random.key(0)))["params"])
+    params = jax.tree.map(np.array, params)
+    params["ln_f"]["scale"][:] = 1.0
+    for layer in range(2):
+        params[f"blocks_{layer}"]["ln_1"]["scale"][:] = 1.0
+    eye = np.eye(width)
+    params["pos_embed"]["embedding"][:length, :length] = np.eye(length)
+    params["embed"]["embedding"][:vocab, width : width + vocab] = np.eye(vocab)
+    first, second = params["blocks_0"]["attn"], params["blocks_1"]["attn"]
+    # previous-token head: query position t → key position t − 1 (position 0 sees only itself)
+    first["to_q"]["kernel"][:width, :width] = scale * np.eye(width, k=-1)  # q_t = scale · e_{t−1}
+    first["to_k"]["kernel"][:width, :width] = eye
+    first["to_v"]["kernel"][width : 2 * width, :width] = eye
+    first["to_out_0"]["kernel"][:width, 2 * width : 3 * width] = eye
+    # induction head: query token x_t → key whose previous token is x_t; copies the key's token
+    second["to_q"]["kernel"][width : 2 * width, :width] = scale * eye
+    second["to_k"]["kernel"][2 * width : 3 * width, :width] = eye
+    second["to_v"]["kernel"][width : 2 * width, :width] = eye
+    second["to_out_0"]["kernel"][:width, 3 * width :] = eye
+    params["unembed"]["kernel"][3 * width : 3 * width + vocab, :vocab] = np.eye(vocab) * 10.0
+    return model, {"params": jax.tree.map(jnp.asarray, params)}
+
+
+def test_hand_built_induction_model_scores_one_on_the_probe_and_its_ov_circuit_copies():
+    """End to end on a real ``decoder_lm``: the attention it returns is [query, key] with the induction
+    head's weight on s + 1 (the token after the earlier occurrence), the probe scores it ≈ 1 and the other
+    heads at the uniform-causal chance level, and ``decoder_ov_scores`` reads its OV circuit as +1."""
+    length, vocab, period = 16, 16, 8
+    model, variables = _hand_built_induction_model(length, vocab)
+    rng = np.random.default_rng(0)
+    segments = np.stack([rng.permutation(vocab)[:period] for _ in range(4)])  # no repeat inside a segment
+    tokens = jnp.asarray(np.tile(segments, (1, 2)), jnp.int32)
+    logits, attention = model.apply(variables, tokens)
+    attention = np.asarray(attention, np.float64)
+    # layer 1 head 0 is a previous-token head, layer 2 head 0 attends from t to t − period + 1
+    t = np.arange(1, length)
+    assert attention[:, 0, 0, t, t - 1].min() > 0.99
+    t = np.arange(period + 1, length)
+    assert attention[:, 1, 0, t, t - period + 1].min() > 0.99
+    # the first token of the second copy (x_ℓ = x_0) matches key 1 and also key 0, where the previous-token
+    # head attended to itself (position 0 has no previous token): half its weight each
+    np.testing.assert_allclose(attention[:, 1, 0, period, :2], 0.5, atol=1e-6)
+    score = np.asarray(induction.prefix_matching_score(jnp.asarray(attention), tokens, period=period))
+    np.testing.assert_allclose(score[1, 0], 1.0 - 0.5 / period, atol=1e-5)  # hand-computed: 15/16
+    assert score[0, 0] < 0.01
+    chance = induction.chance_prefix_matching(length, period)
+    np.testing.assert_allclose(score[:, 1:], chance, rtol=1e-5)  # zero-weight heads: uniform causal
+    # the model copies: every scored second-copy token is predicted almost surely except x_{ℓ+1}, predicted
+    # from position ℓ, whose split attention gives x_0 and x_1 equal logits: ln 2 over ℓ − 1 targets
+    np.testing.assert_allclose(
+        float(induction.copying_loss(logits, tokens)), np.log(2) / (period - 1), atol=1e-3
+    )
+    ov = induction.decoder_ov_scores(variables, 4)
+    np.testing.assert_allclose(ov[1, 0], 1.0, atol=1e-5)
+    np.testing.assert_allclose(ov[0], 0.0, atol=1e-6)  # layer 1 writes where the unembedding never reads
