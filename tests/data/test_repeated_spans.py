@@ -69,6 +69,37 @@ def test_copy_mask_on_hand_built_rows():
     np.testing.assert_array_equal(rows.copy_mask(), expected)
 
 
+def test_gapped_copies_hand_built_mask_and_every_gap_and_start_occurs():
+    rows = RepeatedSpans(
+        tokens=np.zeros((2, 12), np.int32), starts=np.array([1, 0]), lengths=np.array([3, 2]),
+        gaps=np.array([4, 0]),
+    )  # fmt: skip
+    expected = np.zeros((2, 12), bool)
+    expected[0, [9, 10]] = True  # second copy at b = 1 + 3 + 4 = 8: targets 9 ≤ t < 11
+    expected[1, [3]] = True
+    np.testing.assert_array_equal(rows.copy_mask(), expected)
+    base = _base(4000)
+    rows = repeated_spans(base, min_span=3, max_span=6, vocab_size=50, max_gap=30, seed=2)
+    assert set(rows.gaps.tolist()) == set(range(0, 32 - 2 * 3 + 1))  # g ≤ min(max_gap, L − 2ℓ)
+    assert np.all(rows.gaps <= 32 - 2 * rows.lengths) and rows.starts.min() == 0
+    assert (rows.starts + 2 * rows.lengths + rows.gaps).max() == 32
+    for i in range(len(base)):
+        a, n, g = int(rows.starts[i]), int(rows.lengths[i]), int(rows.gaps[i])
+        np.testing.assert_array_equal(rows.tokens[i, a : a + n], rows.tokens[i, a + n + g : a + 2 * n + g])
+        outside = np.ones(base.shape[1], bool)
+        outside[a : a + n] = outside[a + n + g : a + 2 * n + g] = False
+        np.testing.assert_array_equal(rows.tokens[i, outside], base[i, outside])
+    mask = rows.copy_mask()
+    assert mask.sum() == np.sum(rows.lengths - 1)
+    for i, t in zip(*np.nonzero(mask), strict=True):
+        assert rows.tokens[i, t] == rows.tokens[i, t - rows.lengths[i] - rows.gaps[i]]
+    # max_gap = 0 draws exactly what the call without it draws
+    plain = repeated_spans(base, min_span=3, max_span=6, vocab_size=50, seed=2)
+    again = repeated_spans(base, min_span=3, max_span=6, vocab_size=50, max_gap=0, seed=2)
+    np.testing.assert_array_equal(plain.tokens, again.tokens)
+    assert not plain.gaps.any()
+
+
 def test_copy_mask_targets_are_predictable_from_the_first_copy():
     rows = repeated_spans(_base(300), min_span=2, max_span=16, vocab_size=50, seed=5)
     mask = rows.copy_mask()
@@ -93,6 +124,7 @@ def test_copy_mask_targets_are_predictable_from_the_first_copy():
         ({"span_fraction": 1.5}, r"span_fraction must lie in \[0, 1\], got 1.5"),
         ({"span_fraction": float("nan")}, "span_fraction must lie in"),
         ({"seed": -1}, "seed must lie in"),
+        ({"max_gap": -1}, r"max_gap must lie in \[0, 16\], got -1"),
     ],
 )
 def test_bad_arguments_raise_naming_the_argument(changes, message):
