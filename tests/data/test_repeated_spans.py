@@ -100,6 +100,24 @@ def test_gapped_copies_hand_built_mask_and_every_gap_and_start_occurs():
     assert not plain.gaps.any()
 
 
+def test_source_spans_are_chunks_of_the_source_and_the_other_draws_are_unchanged():
+    base = _base(300)
+    source = np.arange(5000, 5400)  # every chunk of it is consecutive integers
+    rows = repeated_spans(base, min_span=3, max_span=8, vocab_size=50, max_gap=10, source=source, seed=4)
+    plain = repeated_spans(base, min_span=3, max_span=8, vocab_size=50, max_gap=10, seed=4)
+    for field in ("starts", "lengths", "gaps"):  # the same placements: only the span tokens differ
+        np.testing.assert_array_equal(getattr(rows, field), getattr(plain, field))
+    for i in range(len(base)):
+        a, n, g = int(rows.starts[i]), int(rows.lengths[i]), int(rows.gaps[i])
+        span = rows.tokens[i, a : a + n]
+        assert span[0] >= 5000 and np.array_equal(span, span[0] + np.arange(n))  # a chunk of the source
+        np.testing.assert_array_equal(span, rows.tokens[i, a + n + g : a + 2 * n + g])
+    with pytest.raises(ValueError, match="source must be 1-D integer tokens"):
+        repeated_spans(base, min_span=3, max_span=8, vocab_size=50, source=np.arange(5))
+    with pytest.raises(ValueError, match="source must be 1-D integer tokens"):
+        repeated_spans(base, min_span=3, max_span=8, vocab_size=50, source=np.zeros((2, 50), int))
+
+
 def test_copy_mask_targets_are_predictable_from_the_first_copy():
     rows = repeated_spans(_base(300), min_span=2, max_span=16, vocab_size=50, seed=5)
     mask = rows.copy_mask()

@@ -84,6 +84,7 @@ def repeated_spans(
     vocab_size: int,
     span_fraction: float = 1.0,
     max_gap: int = 0,
+    source: np.ndarray | None = None,
     seed: int = 0,
 ) -> RepeatedSpans:
     """Writes a random token span followed by its repeat into rows of ``base``.
@@ -102,6 +103,9 @@ def repeated_spans(
         vocab_size: Span tokens are drawn from [0, vocab_size), ≥ 2.
         span_fraction: Share of the rows that get a span, in [0, 1].
         max_gap: Longest gap between the two copies, ≥ 0 (0: the repeat follows the span directly).
+        source: Optional 1-D integer tokens (e.g. a text corpus): each span is then a chunk of ℓ consecutive
+            source tokens at a uniformly random offset instead of uniform random tokens, so the span looks
+            like its surroundings (``vocab_size`` is still checked but unused).
         seed: Seed of the draw (rows, lengths, starts and span tokens), a non-negative int.
 
     Returns:
@@ -143,6 +147,12 @@ def repeated_spans(
     room = length - 2 * lengths - gaps + 1
     starts = np.where(chosen, np.floor(rng.random(count) * room), -1).astype(np.int64)
     spans = rng.integers(0, vocab_size, (count, max_span))
+    if source is not None:
+        source = np.asarray(source)
+        if source.ndim != 1 or not np.issubdtype(source.dtype, np.integer) or len(source) < max_span:
+            raise ValueError(f"source must be 1-D integer tokens of length >= max_span, got {source.shape}")
+        offsets = np.floor(rng.random(count) * (len(source) - max_span + 1)).astype(np.int64)
+        spans = source[offsets[:, None] + np.arange(max_span)]
     position = np.arange(length)[None, :]
     first = position - starts[:, None]
     second = first - (lengths + gaps)[:, None]
