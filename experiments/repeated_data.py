@@ -26,8 +26,9 @@ Presets (``PRESETS``): ``smoke`` (tests), ``quick`` (Python stdlib bytes, sizes 
 attention-only 32 × 2 × 4, 160 steps of batch 8 × 128, E ∈ {3, 10, 30, 100} at f = 0.1, 2 seeds) and ``paper``
 (``tfds_text:lm1b`` bytes, ≈ 10M–400M non-embedding parameters, 8,000 steps of 256 × 1024, E up to 10⁴);
 ``induction``: the span mixture (``span_lengths``; :mod:`experiments.repeated_induction`), attention-only
-64 × 2 × 4, 6,000 steps of 32 × 32, E ∈ {100, 1000} at f = 0.1, 2 seeds (with 4,000 steps copying was still
-forming when the cosine schedule ended: span copying loss 2.2; with 6,000–8,000 it falls to ≈ 0.2–0.3).
+64 × 2 × 4, 8,000 steps of 16 × 64, every sequence carrying a text chunk of ℓ ∈ [8, 16] bytes repeated 0–32
+bytes later (``span_text``, ``span_gap``), E ∈ {100, 1000} at f = 0.1, 2 seeds. (Random-byte spans repeated
+right after themselves, the earlier setting, were copied without any induction head.)
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ class Config:
     # (min, max) span lengths: every train and test sequence gets a random byte span followed by its
     # repeat (unlearnx.data.repeated_spans, the spec's induction fallback); () for plain text
     span_lengths: tuple[int, ...] = ()
+    span_gap: int = 0  # the repeat starts 0..span_gap tokens after the span (0: right after it)
+    span_text: bool = False  # spans are chunks of the same split's text instead of random bytes
 
 
 PRESETS: dict[str, Config] = {
@@ -111,10 +114,11 @@ PRESETS: dict[str, Config] = {
         runs_per_loop=1, microbatches=16, shard_params=True, checkpoint_seconds=600.0,
     ),
     "induction": Config(
-        sizes=(), attention_only_sizes=("64x2x4",), seq_len=32, batch_size=32, steps=6000,
+        sizes=(), attention_only_sizes=("64x2x4",), seq_len=64, batch_size=16, steps=8000,
         repeat_epochs=(100, 1000), sweep_fractions=(), lr=3e-3, warmup_steps=50,
-        eval_points=16, eval_sequences=64, final_eval_sequences=256, probe_batch=64, icl_early=(2, 8),
-        icl_late=(24, 32), linear_seeds=8, linear_epochs=(1, 4, 16), span_lengths=(8, 16),
+        eval_points=16, eval_sequences=64, final_eval_sequences=256, probe_batch=64, icl_early=(4, 16),
+        icl_late=(48, 64), linear_seeds=8, linear_epochs=(1, 4, 16), span_lengths=(8, 16), span_gap=32,
+        span_text=True,
     ),
 }  # fmt: skip
 

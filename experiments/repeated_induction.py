@@ -1,13 +1,17 @@
 """Report and plots of the repeated-data study's span mixture (``repeated_data --preset induction``).
 
-Every training and held-out sequence carries a random byte span followed by its repeat
-(:func:`unlearnx.data.repeated_spans`, ``span_lengths``), the fallback of ``shared/papers/repeated_data.md``
-§7 on which two-layer attention models can form induction heads. The report first checks that heads
-formed in the unique-data runs (f = 0): the maximum per-head prefix-matching score against its chance
-level, uniform causal attention on the probe (:func:`unlearnx.eval.induction.chance_prefix_matching`).
-Then, per (f, E), mean ± std over seeds of: the maximum prefix-matching score, the span copying loss (loss
-on the second copies of the held-out sequences' spans, in context), the text copying loss (held-out text
-segments of seq_len / 2 bytes repeated twice), the held-out test loss and the repeated-subset loss.
+Every training and held-out sequence carries a span followed by its repeat
+(:func:`unlearnx.data.repeated_spans`, ``span_lengths``; the repeat up to ``span_gap`` tokens later; the span
+random bytes or, with ``span_text``, a chunk of the same split's text), the fallback of
+``shared/papers/repeated_data.md`` §7 on which two-layer attention models can form induction heads.
+Random-byte spans stand out from text, and with adjacent copies the models copied them without induction
+heads; text spans at a random distance leave content matching as the way to copy. The report first
+checks that heads formed in the unique-data runs (f = 0): the maximum per-head prefix-matching score
+against its chance level, uniform causal attention on the probe
+(:func:`unlearnx.eval.induction.chance_prefix_matching`). Then, per (f, E), mean ± std over seeds of:
+the maximum prefix-matching score, the span copying loss (loss on the second copies of the held-out
+sequences' spans, in context), the text copying loss (held-out text segments of seq_len / 2 bytes repeated
+twice), the held-out test loss and the repeated-subset loss.
 """
 
 from __future__ import annotations
@@ -33,10 +37,16 @@ COLUMNS = (
 )
 
 
-def with_spans(config, rows: np.ndarray, seed: int) -> RepeatedSpans:
-    """``rows`` ``[n, seq_len]`` with a random byte span and its repeat in each (``config.span_lengths``)."""
+def with_spans(config, rows: np.ndarray, seed: int, source: np.ndarray | None = None) -> RepeatedSpans:
+    """``rows`` ``[n, seq_len]`` with a span and its repeat in each (``config.span_lengths``), the repeat up
+    to ``config.span_gap`` tokens after it; the span is random bytes, or with ``config.span_text`` a chunk of
+    ``source`` (text of the same split, so the span cannot be told from its surroundings by its bytes)."""
     low, high = config.span_lengths
-    return repeated_spans(rows, min_span=low, max_span=high, vocab_size=256, seed=seed)
+    source = source if getattr(config, "span_text", False) else None
+    gap = getattr(config, "span_gap", 0)
+    return repeated_spans(
+        rows, min_span=low, max_span=high, vocab_size=256, max_gap=gap, source=source, seed=seed
+    )
 
 
 def training_stream(config, tokens: np.ndarray) -> np.ndarray:
@@ -45,7 +55,7 @@ def training_stream(config, tokens: np.ndarray) -> np.ndarray:
     if not config.span_lengths:
         return tokens
     rows = np.asarray(tokens)[: len(tokens) // config.seq_len * config.seq_len]
-    return with_spans(config, rows.reshape(-1, config.seq_len), 2).tokens.reshape(-1)
+    return with_spans(config, rows.reshape(-1, config.seq_len), 2, np.asarray(tokens)).tokens.reshape(-1)
 
 
 def final_test_rows(config, held_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +64,7 @@ def final_test_rows(config, held_out: np.ndarray) -> tuple[np.ndarray, np.ndarra
     final = held_out[: config.final_eval_sequences]
     mask = np.zeros((len(held_out) + config.probe_batch, config.seq_len), bool)
     if config.span_lengths:
-        spanned = with_spans(config, final, 3)
+        spanned = with_spans(config, final, 3, np.asarray(held_out).reshape(-1))
         final, mask[: len(final)] = spanned.tokens, spanned.copy_mask()
     return final, mask
 
@@ -116,7 +126,10 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
         "# Repeated data on a span mixture: induction heads and copying vs repetition",
         "",
         f"Corpus `{config.dataset}` bytes cut into sequences of {config.seq_len}; each sequence carries a "
-        f"random byte span of ℓ ∈ [{low}, {high}] followed by its repeat (random start). Budget D = "
+        f"{'text chunk of the same split' if getattr(config, 'span_text', False) else 'random byte span'} "
+        f"of ℓ ∈ [{low}, {high}] followed by its repeat "
+        + (f"0–{config.span_gap} tokens later" if getattr(config, "span_gap", 0) else "right after it")
+        + f" (random start). Budget D = "
         f"{budget:,} tokens ({config.steps} steps × {config.batch_size} × {config.seq_len}), one pass; "
         f"f = {config.fraction:g} with E ∈ {list(config.repeat_epochs)}"
         + (

@@ -53,6 +53,23 @@ def test_every_training_and_test_sequence_carries_a_span_and_its_repeat():
     assert not np.array_equal(data.final_test, plain.final_test) and len(raw) > 0
 
 
+def test_text_spans_with_a_gap_come_from_the_split_and_repeat_after_the_gap():
+    config = dataclasses.replace(SPANS, seq_len=32, span_lengths=(4, 6), span_gap=8, span_text=True)
+    train = np.asarray(text.load(config.dataset, "train").tokens)
+    rows = np.zeros((12, config.seq_len), np.int64) + 1000  # ids outside the byte range mark the base
+    spanned = repeated_induction.with_spans(config, rows, 0, train)
+    assert spanned.gaps.max() > 0 and np.all(spanned.gaps <= 8)
+    windows = {n: np.lib.stride_tricks.sliding_window_view(train, n) for n in range(4, 7)}
+    for i in range(len(rows)):
+        a, n, g = int(spanned.starts[i]), int(spanned.lengths[i]), int(spanned.gaps[i])
+        span = spanned.tokens[i, a : a + n]
+        np.testing.assert_array_equal(span, spanned.tokens[i, a + n + g : a + 2 * n + g])
+        assert np.any(np.all(windows[n] == span, axis=1))  # a chunk of the training text
+    # the flags off: random bytes right after the span, as before
+    plain = repeated_induction.with_spans(SPANS, rows, 0, train)
+    assert not plain.gaps.any()
+
+
 def test_smoke_run_reports_head_formation_and_the_span_measures(tmp_path, monkeypatch):
     monkeypatch.setitem(repeated_data.PRESETS, "spans_test", SPANS)
     run_dir = cli.run_one("repeated_data", "spans_test", [], out=str(tmp_path), resume=False)
