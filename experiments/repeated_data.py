@@ -176,8 +176,11 @@ class Data:
         self.test = self.final_test[: config.eval_sequences]
         segments = held_out[config.final_eval_sequences :, : config.seq_len // 2]
         copies = np.concatenate([segments, segments], axis=1)
-        random_tokens = induction.repeated_random_tokens(
-            jax.random.key(12345), config.probe_batch, config.seq_len // 2, 256
+        # text spans: the probe's random bytes are printable ASCII (32–126), bytes the text trained; bytes
+        # >= 128 never occur in it, so their embeddings stay untrained and a 0–255 probe under-reads heads
+        low, count = (32, 95) if config.span_text else (0, 256)
+        random_tokens = low + induction.repeated_random_tokens(
+            jax.random.key(12345), config.probe_batch, config.seq_len // 2, count
         )
         # one probe batch: final test sequences, copy probes, random-token induction probes
         self.probes = np.concatenate([self.final_test, copies, np.asarray(random_tokens, np.int32)])

@@ -144,7 +144,8 @@ def report(config, metrics: dict[str, Any], timing: dict[str, Any]) -> str:
         *diverged_line(metrics["diverged"]),
         "## Do induction heads form without repetition? (f = 0)",
         "",
-        f"Prefix-matching probe: {config.probe_batch} rows of {config.seq_len // 2} random bytes repeated "
+        f"Prefix-matching probe: {config.probe_batch} rows of {config.seq_len // 2} random "
+        f"{'printable-ASCII bytes (32–126)' if getattr(config, 'span_text', False) else 'bytes'} repeated "
         f"twice; chance (uniform causal attention) = {chance(config):.4f}. A head counts as an induction "
         f"head at a score ≥ {FORMED}.",
         "",

@@ -68,6 +68,12 @@ def test_text_spans_with_a_gap_come_from_the_split_and_repeat_after_the_gap():
     # the flags off: random bytes right after the span, as before
     plain = repeated_induction.with_spans(SPANS, rows, 0, train)
     assert not plain.gaps.any()
+    # with text spans the induction probe's random bytes are printable ASCII, the same draw shifted
+    probes = repeated_data.Data(config).probes[-config.probe_batch :]
+    reference = repeated_data.Data(dataclasses.replace(config, span_text=False)).probes[-config.probe_batch :]
+    assert probes.min() >= 32 and probes.max() <= 126 and reference.max() > 126
+    half = config.seq_len // 2
+    np.testing.assert_array_equal(probes[:, :half], probes[:, half:])
 
 
 def test_smoke_run_reports_head_formation_and_the_span_measures(tmp_path, monkeypatch):
