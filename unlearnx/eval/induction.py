@@ -46,7 +46,25 @@ def _check_tokens(tokens: Any, name: str = "tokens") -> None:
 
 
 def previous_occurrence(tokens: jax.Array) -> jax.Array:
-    """For every position t the latest s < t with ``tokens[s] == tokens[t]``, or −1; ``[batch, T]``."""
+    """For every position t the latest earlier position holding the same token, or −1; ``[batch, T]``.
+
+        s_b(t) = max{s < t : x[b, s] = x[b, t]},  or −1 when the set is empty.
+
+    Args:
+        tokens: Integer tokens ``[batch, T]``.
+
+    Returns:
+        int32 ``[batch, T]``: s_b(t) at every position.
+
+    Raises:
+        ValueError: Unless ``tokens`` is an integer array ``[batch, T]``.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from unlearnx.eval import induction
+        >>> induction.previous_occurrence(jnp.array([[5, 7, 5, 5, 7]])).tolist()  # 5 at 0, 2, 3; 7 at 1, 4
+        [[-1, -1, 0, 2, 1]]
+    """
     _check_tokens(tokens)
     length = tokens.shape[1]
     positions = jnp.arange(length)
@@ -77,6 +95,21 @@ def prefix_matching_score(attention: jax.Array, tokens: jax.Array, *, period: in
 
     Raises:
         ValueError: On mismatched shapes, or (concrete inputs) when no token occurs twice in any row.
+
+    Examples:
+        Tokens 1 2 1 2: t = 2 should attend to position 1, t = 3 to position 2. Head 0 does exactly that
+        (an induction head); head 1 attends uniformly, scoring (1/3 + 1/4) / 2 = 7/24.
+
+        >>> import jax.numpy as jnp
+        >>> from unlearnx.eval import induction
+        >>> tokens = jnp.array([[1, 2, 1, 2]])
+        >>> perfect = jnp.eye(4)[jnp.array([0, 0, 1, 2])]  # row t attends to key s(t) + 1
+        >>> uniform = jnp.tril(jnp.ones((4, 4))) / jnp.arange(1, 5)[:, None]
+        >>> attention = jnp.stack([perfect, uniform])[None, None]  # [batch 1, layers 1, heads 2, 4, 4]
+        >>> induction.prefix_matching_score(attention, tokens).round(4).tolist()
+        [[1.0, 0.2917]]
+        >>> induction.prefix_matching_score(attention, tokens, period=2).round(4).tolist()
+        [[1.0, 0.2917]]
     """
     _check_tokens(tokens)
     if jnp.ndim(attention) != 5 or attention.shape[-1] != attention.shape[-2]:
@@ -102,16 +135,56 @@ def chance_prefix_matching(length: int, period: int) -> float:
     """The prefix-matching score of uniform causal attention (A[t, ·] = 1/(t + 1)) on rows of a segment of
     ``period`` tokens repeated to ``length``: the chance level, mean of 1/(t + 1) over t ∈ [period, length).
 
+        chance = (1 / (T − ℓ)) Σ_{t=ℓ}^{T−1} 1/(t + 1),  T = ``length``, ℓ = ``period``.
+
+    Args:
+        length: Row length T ≥ 2.
+        period: Segment length ℓ, 1 ≤ ℓ < T.
+
+    Returns:
+        The chance-level score, a Python float in (0, 1).
+
     Raises:
         ValueError: Unless 1 ≤ period < length.
+
+    Examples:
+        >>> from unlearnx.eval import induction
+        >>> induction.chance_prefix_matching(4, 2)  # (1/3 + 1/4) / 2 = 7/24
+        0.291667
     """
     checks.static_int("length", length, low=2, high=checks.INT32_MAX)
     checks.static_int("period", period, low=1, high=length - 1)
     return float(np.mean(1.0 / (np.arange(period, length, dtype=np.float64) + 1.0)))
 
 
-def repeated_random_tokens(key: jax.Array, batch: int, length: int, vocab_size: int, repeats: int = 2):
-    """Uniform random tokens r₁..r_ℓ repeated ``repeats`` times per row, ``[batch, repeats·length]``."""
+def repeated_random_tokens(
+    key: jax.Array, batch: int, length: int, vocab_size: int, repeats: int = 2
+) -> jax.Array:
+    """Uniform random tokens r₁..r_ℓ repeated ``repeats`` times per row, ``[batch, repeats·length]``.
+
+        x[b] = (r₁ … r_ℓ)^repeats,  r_i ~ Uniform{0, …, V − 1} i.i.d.
+
+    Args:
+        key: PRNG key.
+        batch: Number of rows.
+        length: Segment length ℓ.
+        vocab_size: Tokens are drawn from [0, ``vocab_size``).
+        repeats: Copies of the segment in each row.
+
+    Returns:
+        int32 tokens ``[batch, repeats·length]``.
+
+    Raises:
+        ValueError: Unless every size is a positive int.
+
+    Examples:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from unlearnx.eval import induction
+        >>> tokens = induction.repeated_random_tokens(jax.random.key(0), 2, 3, vocab_size=10, repeats=3)
+        >>> tokens.shape, bool(jnp.all(tokens == jnp.tile(tokens[:, :3], (1, 3))))  # three equal copies
+        ((2, 9), True)
+    """
     for name, value in (
         ("batch", batch),
         ("length", length),
@@ -131,8 +204,27 @@ def copying_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     lies in the second copy, i.e. where copying from the first copy can predict the token (the first
     token of the second copy cannot be known to start a repeat). First-copy tokens are never scored.
 
+        L = (1/B) Σ_b (1/(ℓ − 1)) Σ_{t=ℓ+1}^{2ℓ−1} −log softmax(logits[b, t − 1])[x_{b,t}].
+
+    Args:
+        logits: ``[batch, 2ℓ, vocab]``.
+        tokens: Integer tokens ``[batch, 2ℓ]``, ℓ ≥ 2, both halves equal.
+
+    Returns:
+        L, a float32 scalar.
+
     Raises:
         ValueError: On bad shapes, an odd or too short length, or (concrete inputs) unequal copies.
+
+    Examples:
+        With ℓ = 2 only x₃ = 2 is scored, from ``logits[:, 2]``; giving token 2 the logit ln 4 against
+        four zeros makes p = 4 / (4 + 4) = 1/2, a loss of ln 2 (the other, uniform positions do not count).
+
+        >>> import jax.numpy as jnp
+        >>> from unlearnx.eval import induction
+        >>> logits = jnp.zeros((1, 4, 5)).at[0, 2, 2].set(jnp.log(4.0))
+        >>> round(float(induction.copying_loss(logits, jnp.array([[1, 2, 1, 2]]))), 4)  # ln 2
+        0.6931
     """
     _check_tokens(tokens)
     batch, length = tokens.shape
@@ -157,9 +249,28 @@ def masked_copying_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array) -
     marks second-copy targets, e.g. :meth:`unlearnx.data.RepeatedSpans.copy_mask`; position 0 has no
     prediction and must be unmarked. NaN when nothing is marked.
 
+    Args:
+        logits: ``[batch, T, vocab]``.
+        tokens: Integer tokens ``[batch, T]``.
+        mask: ``[batch, T]`` boolean or 0/1 marks m on target positions; ``mask[:, 0]`` must be 0.
+
+    Returns:
+        L, a float32 scalar (NaN when nothing is marked).
+
     Raises:
         ValueError: On bad shapes, token ids outside the logits' vocabulary, or (concrete inputs) a marked
             position 0.
+
+    Examples:
+        Two marked targets over V = 5: x₂ = 1 gets p = 4 / (4 + 4) from the logit ln 4 at position 1
+        (loss ln 2); x₃ is predicted uniformly (loss ln 5). The mean is (ln 2 + ln 5) / 2 = ln √10.
+
+        >>> import jax.numpy as jnp
+        >>> from unlearnx.eval import induction
+        >>> logits = jnp.zeros((1, 4, 5)).at[0, 1, 1].set(jnp.log(4.0))
+        >>> mask = jnp.array([[False, False, True, True]])
+        >>> round(float(induction.masked_copying_loss(logits, jnp.array([[1, 2, 1, 2]]), mask)), 4)
+        1.1513
     """
     _check_tokens(tokens)
     if jnp.ndim(logits) != 3 or jnp.shape(logits)[:2] != tokens.shape:
@@ -201,8 +312,24 @@ def icl_score(
             1024+; at context 256: ~200–250).
         early: Likewise (paper: ~50); every early position precedes every late one, all in [1, T − 1].
 
+    Returns:
+        ICL, a float32 scalar; negative when the later position is predicted better.
+
     Raises:
         ValueError: On bad shapes or positions.
+
+    Examples:
+        Over V = 5 the early target x₁ is predicted uniformly (loss ln 5); the late target x₄ gets the logit
+        ln 4 against four zeros, p = 1/2 (loss ln 2). ICL = ln 2 − ln 5 = ln 0.4.
+
+        >>> import jax.numpy as jnp
+        >>> from unlearnx.eval import induction
+        >>> logits = jnp.zeros((1, 5, 5)).at[0, 3, 4].set(jnp.log(4.0))
+        >>> tokens = jnp.array([[0, 1, 2, 3, 4]])
+        >>> round(float(induction.icl_score(logits, tokens, late=4, early=1)), 4)
+        -0.9163
+        >>> round(float(induction.icl_score(logits, tokens, late=(3, 5), early=(1, 3))), 4)  # ½ ln 0.4
+        -0.4581
     """
     _check_tokens(tokens)
     batch, length = tokens.shape
@@ -236,6 +363,32 @@ def ov_copying_score(
     eigenvalues). The nonzero eigenvalues of M equal those of the small ``[d_head, d_head]`` product
     W_O W_U W_E W_V (cyclic permutation), which is what is decomposed. LayerNorms are ignored, as in
     Olsson et al. ``jnp.linalg.eigvals`` runs on CPU.
+
+    Args:
+        w_embed: Token embedding W_E ``[V, d]``.
+        w_value: The head's value kernel W_V ``[d, d_head]``.
+        w_out: The head's rows of the output kernel W_O ``[d_head, d]``.
+        w_unembed: Unembedding W_U ``[d, V]``.
+
+    Returns:
+        The score in [−1, 1], a float32 scalar.
+
+    Raises:
+        ValueError: If the kernels are not 2-D or their shapes do not chain ``[V, d] [d, h] [h, d] [d, V]``.
+
+    Examples:
+        With identity kernels M = I (eigenvalues 1, 1); negating W_V flips every eigenvalue; W_V =
+        diag(3, −1) gives eigenvalues 3 and −1, so (3 − 1) / (3 + 1) = 1/2.
+
+        >>> import jax.numpy as jnp
+        >>> from unlearnx.eval import induction
+        >>> eye = jnp.eye(2)
+        >>> float(induction.ov_copying_score(eye, eye, eye, eye))
+        1.0
+        >>> float(induction.ov_copying_score(eye, -eye, eye, eye))
+        -1.0
+        >>> round(float(induction.ov_copying_score(eye, jnp.diag(jnp.array([3.0, -1.0])), eye, eye)), 4)
+        0.5
     """
     shapes = [jnp.shape(w) for w in (w_embed, w_value, w_out, w_unembed)]
     if any(len(s) != 2 for s in shapes) or not (
@@ -260,6 +413,32 @@ def decoder_ov_scores(params: Mapping[str, Any], num_heads: int) -> np.ndarray:
     ``params`` collection, full variables or an NNX ``State``); head h owns columns
     ``h·d_head:(h+1)·d_head`` of ``to_v`` and the same rows of ``to_out_0``. Meaningful for
     attention-only models (``mlp_ratio=0``).
+
+        score[l, h] = Σλ / Σ|λ|, λ the eigenvalues of W_U W_O^{l,h} W_V^{l,h} W_E (:func:`ov_copying_score`).
+
+    Args:
+        params: The model's parameters: ``{"params": ...}`` variables, the ``params`` dict itself, or an
+            NNX ``State``.
+        num_heads: Attention heads per block; must divide the width of every ``to_v`` kernel.
+
+    Returns:
+        float64 NumPy array ``[layers, heads]``.
+
+    Raises:
+        ValueError: If the parameters lack ``embed``, ``unembed`` or any ``blocks_{i}``, or a ``to_v``
+            width is not divisible by ``num_heads``.
+
+    Examples:
+        One block, two heads of width 1, identity embeddings: head 0 carries +1 (copying), head 1 carries −1
+        through its value column (anti-copying).
+
+        >>> import numpy as np
+        >>> from unlearnx.eval import induction
+        >>> eye = np.eye(2)
+        >>> attn = {"to_v": {"kernel": np.diag([1.0, -1.0])}, "to_out_0": {"kernel": eye}}
+        >>> params = {"embed": {"embedding": eye}, "unembed": {"kernel": eye}, "blocks_0": {"attn": attn}}
+        >>> induction.decoder_ov_scores({"params": params}, num_heads=2).tolist()
+        [[1.0, -1.0]]
     """
     if isinstance(params, nnx.State):
         params = nnx.to_pure_dict(params)
