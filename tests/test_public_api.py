@@ -12,6 +12,7 @@ import importlib
 import inspect
 import pathlib
 import pkgutil
+import re
 import types
 
 import pytest
@@ -122,3 +123,41 @@ def test_the_scan_catches_both_forms(tmp_path):
         "line 1: from unlearnx.tree import _nothing_public",
         "line 4: unlearnx.tree._hidden",
     ]
+
+
+def _public_callables():
+    """(qualified name, object) of every function and class exported by a public module or namespace."""
+    found = {}
+    for package in (*SUBPACKAGES, *MODULES):
+        module = importlib.import_module(f"unlearnx.{package}")
+        spaces = [module] + [v for v in map(module.__dict__.get, module.__all__) if inspect.ismodule(v)]
+        for space in spaces:
+            for name in getattr(space, "__all__", ()):
+                value = getattr(space, name)
+                if inspect.isfunction(value) or (inspect.isclass(value) and value.__module__ != "typing"):
+                    found[f"{space.__name__}.{name}"] = value
+    return sorted(found.items())
+
+
+def test_every_public_function_and_class_documents_args_returns_and_a_runnable_example():
+    incomplete = []
+    for name, value in _public_callables():
+        doc = inspect.getdoc(value) or ""
+        parameters = [p for p in inspect.signature(value).parameters if p not in ("self", "cls")]
+        needs = {
+            "Args": bool(parameters) and not re.search(r"^(Args|Attributes):", doc, re.M),
+            "Returns": inspect.isfunction(value) and not re.search(r"^(Returns|Yields):", doc, re.M),
+            "example": ">>>" not in doc,
+        }
+        if any(needs.values()):
+            incomplete.append(f"{name} lacks {', '.join(k for k, v in needs.items() if v)}")
+    assert not incomplete, "\n".join(incomplete)
+
+
+def test_every_public_function_has_a_return_annotation():
+    missing = [
+        name
+        for name, value in _public_callables()
+        if inspect.isfunction(value) and inspect.signature(value).return_annotation is inspect.Signature.empty
+    ]
+    assert not missing, missing
