@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearnx import _losses
 from unlearnx import _validation as checks
 from unlearnx.eval._ov_scores import decoder_ov_scores, ov_copying_score
 from unlearnx.train import next_token_losses
@@ -279,8 +280,7 @@ def masked_copying_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array) -
     checks.check_ids("tokens", tokens, jnp.shape(logits)[-1], what="token ids")
     if not checks.is_traced(mask) and bool(jnp.any(jnp.asarray(mask)[:, 0])):
         raise ValueError("masked_copying_loss: mask marks position 0, which has no prediction")
-    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
-    nll = -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
+    nll = _losses.token_nll(logits[:, :-1], tokens[:, 1:])
     weight = jnp.asarray(mask)[:, 1:].astype(jnp.float32)
     total = jnp.sum(weight)
     return jnp.where(total > 0, jnp.sum(nll * weight) / jnp.maximum(total, 1.0), jnp.nan)
