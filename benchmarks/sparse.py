@@ -96,8 +96,9 @@ def _step_factory(args: argparse.Namespace) -> Callable[..., Callable[[], Any]]:
         optimizer = optimizers[name]
         step = train.make_train_step(model, optimizer)
         opt_state = optimizer.init(variables["params"])
-        if count is not None:  # the transform's update runs step count + 1
-            opt_state = opt_state._replace(count=jnp.asarray(count, jnp.int32))
+        if count is not None:  # the transform's update runs step count + 1, a mask update when ΔT divides it
+            due = jnp.asarray((count + 1) % period == 0)
+            opt_state = opt_state._replace(count=jnp.asarray(count, jnp.int32), update_due=due)
         state = train.TrainState(jnp.asarray(0, jnp.int32), variables, opt_state, rng)
         return lambda: step(state, batch)
 

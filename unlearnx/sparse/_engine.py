@@ -5,6 +5,7 @@ See :mod:`unlearnx.sparse` (its transforms module) for the step's order and the 
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
@@ -32,18 +33,31 @@ class SparseState(NamedTuple):
         count: optimizer steps taken (int32).
         masks: a bool tree with the parameters' structure (all True for dense tensors).
         inner_state: the wrapped optimizer's state.
+        update_due: whether the next update (step ``count + 1``) updates the masks (bool scalar; None for a
+            static mask): the schedule's answer, computed one step ahead, so that a training step can
+            branch on it before its forward pass (:func:`~unlearnx.sparse.branch_on_mask_update`).
 
     Examples:
         >>> import jax.numpy as jnp, optax
         >>> from unlearnx import sparse
         >>> state = sparse.static_sparse(optax.sgd(0.1), sparsity=0.5).init({"w": jnp.ones((2, 4))})
-        >>> type(state).__name__, int(state.count), int(state.masks["w"].sum())
-        ('SparseState', 0, 4)
+        >>> type(state).__name__, int(state.count), int(state.masks["w"].sum()), state.update_due
+        ('SparseState', 0, 4, None)
+        >>> rigl = sparse.rigl(optax.sgd(0.1), sparsity=0.5, end_step=10, frequency=2)
+        >>> bool(rigl.init({"w": jnp.ones((2, 4))}).update_due)  # step 1 is not a multiple of 2
+        False
     """
 
     count: jax.Array
     masks: PyTree
     inner_state: optax.OptState
+    update_due: jax.Array | None
+
+
+# ids of the ``update_due`` values (tracers) that :func:`~unlearnx.sparse.branch_on_mask_update` has checked
+# to be False in the branch being traced: an update whose state carries one of them skips the mask update's
+# ``lax.cond`` (and the join on every gradient that it brings); any other state keeps the ``lax.cond``.
+NOT_DUE: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar("not_due", default=frozenset())
 
 
 def _flat(tree: PyTree, paths) -> dict[str, jax.Array]:
@@ -140,6 +154,9 @@ def sparse_transform(
     ``carried`` marks the entries whose value and state carry over (a subset of the old masks)."""
     inner = optax.with_extra_args_support(inner)
 
+    def _due(step: jax.Array) -> jax.Array | None:
+        return None if update_masks is None else jnp.asarray(is_update_step(step), bool)
+
     def init(params):
         _check_momentum_policy(inner, params, momentum_policy)
         distributions._selected_paths(params, where)  # raises if nothing is selected
@@ -147,6 +164,7 @@ def sparse_transform(
             jnp.zeros([], jnp.int32),
             _initial_masks(params, initial_sparsities(params), seed),
             inner.init(params),
+            _due(jnp.ones([], jnp.int32)),
         )
 
     def update(grads, state, params=None, **extra_args):
@@ -157,7 +175,7 @@ def sparse_transform(
         updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
         step = state.count + 1
         new_masks = live = state.masks  # live: active entries whose value and state carry over
-        if update_masks is not None:
+        if update_masks is not None and id(state.update_due) not in NOT_DUE.get():
             paths = list(distributions._selected_paths(params, where))
             old = _flat(state.masks, paths)
 
@@ -172,16 +190,15 @@ def sparse_transform(
 
             # The cond needs every tensor's gradient (the global prune), so no tensor's masked update can
             # start before the last gradient is ready: on 2 idle cores that join costs the digits MLP
-            # 256-256 (batch 64) ~8% of a dense step over a static mask's (GraNet 1.13-1.16x, static
-            # 1.03-1.09x), ~1% under load; 1.05-1.07x at width 1024 (benchmarks/sparse.py). Variants that
-            # ran the whole update, or the masking, inside the branches measured 1.22-1.24x.
-            fresh, kept = jax.lax.cond(is_update_step(step), refresh, lambda: (old, old))
+            # 256-256 ~8% of a dense step (GraNet 1.13-1.16x, static 1.03-1.09x). A step wrapped by
+            # branch_on_mask_update takes this path only on mask-update steps; its other steps skip the cond.
+            fresh, kept = jax.lax.cond(state.update_due, refresh, lambda: (old, old))
             new_masks = _unflat(state.masks, fresh, state.masks)
             live = _unflat(state.masks, kept, state.masks)
         masked = lambda p, u, m: (jnp.where(m, p + u, jnp.zeros_like(p)) - p).astype(p.dtype)
         final = jax.tree.map(masked, params, updates, live)
         inner_state = _mask_inner_state(inner, inner_state, momentum_policy, new_masks, live)
-        return final, SparseState(step, new_masks, inner_state)
+        return final, SparseState(step, new_masks, inner_state, _due(step + 1))
 
     return optax.GradientTransformationExtraArgs(init, update)
 

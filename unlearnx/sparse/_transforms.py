@@ -20,7 +20,10 @@ every inactive entry and of every regrown one (the official ``apply_mask`` after
 after the mask update); ``"reset_regrown"`` zeroes it only for regrown entries; ``"none"`` leaves it.
 
 The mask update reads only the step's inputs and gradients (the inner step is recomputed inside the
-``lax.cond`` branch), so a step without a mask update is the masked inner step plus a bool copy. Counts are
+``lax.cond`` branch), so a step without a mask update is the masked inner step plus a bool copy. The cond
+still waits for every gradient (the prune is global); a training step wrapped by
+:func:`~unlearnx.sparse.branch_on_mask_update` (``train.make_train_step`` does it) decides before its
+forward pass, from ``SparseState.update_due``, and its ordinary steps have no cond at all. Counts are
 exact: ⌈p·n⌉ and round((1 − s)·N) are taken from the schedules evaluated in Python float64 at each event
 (for up to 65,536 events; beyond, from the traced schedule), with the product p·n computed exactly.
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from unlearnx import _losses
+from unlearnx import _losses, sparse
 from unlearnx import _validation as checks
 from unlearnx._typing import PyTree
 from unlearnx.models import Model
@@ -158,7 +158,9 @@ def make_train_step(
     statistics are carried in ``state.variables``. Optimizers that take extra arguments (optax's
     ``GradientTransformationExtraArgs``) receive the parameters as ``params``. Steps are cached per
     ``(model, optimizer, loss, microbatches)``, so training the same model twice with one optimizer
-    compiles once.
+    compiles once. With a sparse optimizer (:mod:`unlearnx.sparse`) the step branches on whether it updates
+    the masks before it starts (:func:`unlearnx.sparse.branch_on_mask_update`), so that its other steps cost
+    what a static sparse step costs.
 
     ``microbatches = k > 1`` splits the batch into k equal parts and accumulates their gradients in a
     ``lax.scan`` before the one optimizer update: the mean of the k part means is the batch mean, so the
@@ -190,6 +192,7 @@ def make_train_step(
         return (value / microbatches, variables), jax.tree.map(lambda g: g / microbatches, grads)
 
     @jax.jit
+    @sparse.branch_on_mask_update  # a sparse optimizer's mask updates: a branch taken before the forward pass
     def step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(state.rng, state.step)
         params = state.variables["params"]
