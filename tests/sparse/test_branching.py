@@ -36,7 +36,13 @@ def _inner():
 
 OPTIMIZERS = {
     "granet": lambda: sparse.granet(
-        _inner(), final_sparsity=0.8, initial_sparsity=0.5, begin_step=0, end_step=6, frequency=2, total_steps=12
+        _inner(),
+        final_sparsity=0.8,
+        initial_sparsity=0.5,
+        begin_step=0,
+        end_step=6,
+        frequency=2,
+        total_steps=12,
     ),
     "gmp": lambda: sparse.gmp(_inner(), final_sparsity=0.8, begin_step=2, end_step=8, frequency=3),
     "rigl": lambda: sparse.rigl(_inner(), sparsity=0.7, end_step=9, frequency=3),
@@ -130,7 +136,8 @@ def test_no_branch_without_mask_updates_and_states_made_inside_keep_their_cond()
     state = static.init(PARAMS)
     assert state.update_due is None
     assert _conds(jax.make_jaxpr(wrapped)(PARAMS, state, X, Y).jaxpr) == []
-    for a, b in zip(jax.tree.leaves(wrapped(PARAMS, state, X, Y)), jax.tree.leaves(plain(PARAMS, state, X, Y))):
+    got, expected = wrapped(PARAMS, state, X, Y), plain(PARAMS, state, X, Y)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
         np.testing.assert_array_equal(a, b)
 
     opt = OPTIMIZERS["rigl"]()

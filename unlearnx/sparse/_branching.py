@@ -37,8 +37,9 @@ def branch_on_mask_update(step_fn: Step) -> Step:
 
     .. math::
 
-        \\text{step}(a) = \\begin{cases} \\text{step\\_fn}(a) & \\text{if } \\bigvee_s \\texttt{update\\_due}_s
-        \\\\ \\text{step\\_fn}(a) \\text{ with no mask update} & \\text{otherwise} \\end{cases}
+        \\text{step}(a) = \\begin{cases}
+        \\text{step\\_fn}(a) & \\text{if } \\bigvee_s \\texttt{update\\_due}_s \\\\
+        \\text{step\\_fn}(a) \\text{ with no mask update} & \\text{otherwise} \\end{cases}
 
     over every :class:`~unlearnx.sparse.SparseState` ``s`` found in the step's arguments. The second branch
     is traced with those states marked as not due, so their transforms skip the mask update's ``lax.cond``
