@@ -4,7 +4,9 @@ One jitted training step (forward, backward, optimizer update; :func:`unlearnx.t
 digits MLP on one fixed batch, with the spec's inner optimizer (SGD, momentum 0.9, Nesterov, weight decay):
 
 1. dense: the inner optimizer alone;
-2. GraNet on a step that is not a mask update (the ``lax.cond`` takes the cheap branch: masking only);
+2. GraNet on a step that is not a mask update: ``make_train_step`` branches on ``SparseState.update_due``
+   before the forward pass (:func:`unlearnx.sparse.branch_on_mask_update`), so this is the ordinary branch,
+   a masked step with no mask-update ``lax.cond`` inside;
 3. GraNet on a mask-update step (global magnitude pruning + per-tensor drop and regrow: exact top-k by
    bisection on the float bits, linear in the tensor size);
 4. for reference, a static sparse mask (masking, no ``lax.cond``) and RigL with and without a mask update.
@@ -14,7 +16,7 @@ GraNet mask-update step / dense ≤ 10×, RigL mask-update step / dense ≤ 10×
 machine may be shared: ratios within one process are what to compare).
 
 The state is never advanced, so every call repeats the same step: the optimizer state's ``count`` is set so
-that ``count + 1`` is (or is not) a multiple of ΔT. Each timing is the median of ``--repeats`` calls (a tenth
+that ``count + 1`` is (or is not) a multiple of ΔT, and ``update_due`` with it. Each timing is the median of ``--repeats`` calls (a tenth
 as many for the slow mask-update steps) after a warm-up call that compiles, every result blocked until
 ready; the steps of a group are timed in turn within each repeat, so background load hits them alike.
 Ratios are against the dense step timed in the same group.
