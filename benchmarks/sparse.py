@@ -16,9 +16,10 @@ GraNet mask-update step / dense ≤ 10×, RigL mask-update step / dense ≤ 10×
 machine may be shared: ratios within one process are what to compare).
 
 The state is never advanced, so every call repeats the same step: the optimizer state's ``count`` is set so
-that ``count + 1`` is (or is not) a multiple of ΔT, and ``update_due`` with it. Each timing is the median of ``--repeats`` calls (a tenth
-as many for the slow mask-update steps) after a warm-up call that compiles, every result blocked until
-ready; the steps of a group are timed in turn within each repeat, so background load hits them alike.
+that ``count + 1`` is (or is not) a multiple of ΔT, and ``update_due`` with it. Each timing is the median of
+``--repeats`` calls (a tenth as many for the slow mask-update steps) after a warm-up call that compiles, every
+result blocked until ready; the steps of a group are timed in turn within each repeat, so background load hits
+them alike.
 Ratios are against the dense step timed in the same group.
 
 Usage: ``python benchmarks/sparse.py [--repeats 200] [--sparsity 0.9] [--width 256] [--batch-size 64]``.

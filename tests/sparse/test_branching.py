@@ -155,6 +155,27 @@ def test_no_branch_without_mask_updates_and_states_made_inside_keep_their_cond()
     )
 
 
+def test_static_arguments_reach_both_branches_unchanged():
+    opt = OPTIMIZERS["rigl"]()
+    seen = []
+
+    def step(params, state, x, y, *, scale):  # scale: a Python float, static under jit
+        seen.append(type(scale))
+        grads = jax.tree.map(lambda g: scale * g, jax.grad(_loss)(params, x, y))
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    state = opt.init(PARAMS)
+    state = state._replace(update_due=jnp.asarray(True), count=jnp.asarray(2))  # step 3: a mask update
+    wrapped = jax.jit(sparse.branch_on_mask_update(step), static_argnames="scale")
+    got = wrapped(PARAMS, state, X, Y, scale=2.0)
+    expected = jax.jit(step, static_argnames="scale")(PARAMS, state, X, Y, scale=2.0)
+    assert set(seen) == {float}
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(sparse.masks(got[1])["Dense_0"]["kernel"], state.masks["Dense_0"]["kernel"])
+
+
 def test_make_train_step_branches_before_the_forward_pass():
     model = models.mlp((12,), 3, hidden=(16,))
     variables = model.init(jax.random.key(0))

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from unlearnx.sparse._engine import NOT_DUE, SparseState
 
@@ -51,7 +52,8 @@ def branch_on_mask_update(step_fn: Step) -> Step:
     :func:`unlearnx.train.make_train_step` applies it.
 
     Args:
-        step_fn: a function of pytrees of arrays (e.g. ``step(state, batch)``), traced under ``jax.jit``.
+        step_fn: a function of pytrees (e.g. ``step(state, batch)``), traced under ``jax.jit``; array leaves
+            pass through the ``lax.cond``, any other leaf (a static value) reaches both branches unchanged.
 
     Returns:
         A function of the same arguments and results.
@@ -81,15 +83,23 @@ def branch_on_mask_update(step_fn: Step) -> Step:
         flags = _due_flags((args, kwargs))
         if not flags:
             return step_fn(*args, **kwargs)
+        leaves, treedef = jax.tree.flatten((args, kwargs))
+        traced = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.Array | np.ndarray)]
 
-        def ordinary(args, kwargs):
-            token = NOT_DUE.set(frozenset(map(id, _due_flags((args, kwargs)))))
+        def call(arrays, mark):  # non-array leaves (static under jit) are closed over, not cond operands
+            full = list(leaves)
+            for i, array in zip(traced, arrays, strict=True):
+                full[i] = array
+            inner_args, inner_kwargs = jax.tree.unflatten(treedef, full)
+            checked = _due_flags((inner_args, inner_kwargs)) if mark else []
+            token = NOT_DUE.set(frozenset(map(id, checked)))
             try:
-                return step_fn(*args, **kwargs)
+                return step_fn(*inner_args, **inner_kwargs)
             finally:
                 NOT_DUE.reset(token)
 
         due = functools.reduce(jnp.logical_or, flags)
-        return jax.lax.cond(due, lambda a, k: step_fn(*a, **k), ordinary, args, kwargs)
+        operands = [leaves[i] for i in traced]
+        return jax.lax.cond(due, lambda a: call(a, False), lambda a: call(a, True), operands)
 
     return step  # type: ignore[return-value]
