@@ -1,6 +1,7 @@
 """Importance estimators and SSD against retraining, measured side by side in one process.
 
-Prints medians over repeats (after a warm-up that compiles everything, every result blocked until ready):
+Prints medians over repeats (after a warm-up that compiles everything, every result blocked until ready;
+the rows compared in a ratio are timed in turn within each repeat, so load drifts hit them alike):
 
 1. digits MLP: ``empirical`` (exact per-example Fisher: structured per-example squares, and the per-example
    ``vmap`` path with ``structured=False``) vs ``batch_sq`` (the SSD reference), full data;
@@ -12,38 +13,27 @@ Prints medians over repeats (after a warm-up that compiles everything, every res
 5. peak memory of one empirical-Fisher chunk: XLA's temporary buffers of the compiled per-batch update
    (``memory_analysis``) for a batch of one chunk, structured vs ``vmap``, per chunk and per example.
 
-Usage: ``python benchmarks/fisher.py [--repeats 5] [--epochs 30] [--width 256] [--skip-conv] [--conv-vmap]``.
+Usage: ``python benchmarks/fisher.py [--repeats 11] [--epochs 30] [--width 256] [--skip-conv] [--conv-vmap]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _timing import interleaved_medians, median_seconds
 
 from unlearnx import data, fisher, models, train, unlearn
-
-
-def median_seconds(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # warm-up: compile
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--epochs", type=int, default=30, help="retrain epochs (the quick preset's)")
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--loop-examples", type=int, default=256)
@@ -95,15 +85,27 @@ def digits_rows(args: argparse.Namespace) -> list[tuple[str, float, str]]:
         )
 
     full, forget_arrays = train_set.arrays(), forget.arrays()
-    t_emp = median_seconds(lambda: importance(full, "empirical"), args.repeats)
-    t_emp_vmap = median_seconds(lambda: importance(full, "empirical", False), args.repeats)
-    t_batch_sq = median_seconds(lambda: importance(full, "batch_sq"), args.repeats)
+    timed = interleaved_medians(  # in turn within each repeat: load drifts hit all three alike
+        {
+            "structured": lambda: importance(full, "empirical"),
+            "vmap": lambda: importance(full, "empirical", False),
+            "batch_sq": lambda: importance(full, "batch_sq"),
+        },
+        args.repeats,
+    )
+    t_emp, t_emp_vmap, t_batch_sq = timed["structured"], timed["vmap"], timed["batch_sq"]
     n_loop = args.loop_examples
     subset = {k: v[:n_loop] for k, v in full.items()}
     in_memory = list(data.batches(subset, 64))  # the loop reads arrays in memory: so does the Fisher here
-    t_loop = median_seconds(lambda: python_loop(loss_fn, variables, subset), max(1, args.repeats // 2))
-    t_subset = median_seconds(lambda: importance(in_memory, "empirical"), args.repeats)
-    t_subset_vmap = median_seconds(lambda: importance(in_memory, "empirical", False), args.repeats)
+    timed = interleaved_medians(
+        {
+            "loop": lambda: python_loop(loss_fn, variables, subset),
+            "structured": lambda: importance(in_memory, "empirical"),
+            "vmap": lambda: importance(in_memory, "empirical", False),
+        },
+        args.repeats,
+    )
+    t_loop, t_subset, t_subset_vmap = timed["loop"], timed["structured"], timed["vmap"]
     name = f"digits MLP {args.width}-{args.width}"
     rows = [
         (f"{name}: empirical Fisher, full data (structured, chunk {args.chunk})", t_emp, ""),

@@ -29,30 +29,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from _timing import interleaved_medians
 
 from unlearnx import data, models, sparse, train
-
-
-def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median seconds of each function, timed in turn within every repeat (so background load drifts hit
-    all of them alike), after one warm-up call each that compiles."""
-    for fn in fns.values():
-        jax.block_until_ready(fn())
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            started = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _arguments() -> argparse.Namespace:

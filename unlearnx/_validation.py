@@ -49,6 +49,7 @@ __all__ = [
     "check_tree",
     "choice",
     "is_traced",
+    "nonfinite_flags",
     "path_str",
     "static_int",
     "static_number",
@@ -202,6 +203,14 @@ def _any_bad(leaves: list, nonnegative: bool) -> jax.Array:
         return flag
 
     return jnp.stack([bad(leaf) for leaf in leaves]) if leaves else jnp.zeros(0, bool)
+
+
+def nonfinite_flags(tree: PyTree) -> jax.Array:
+    """One bool per leaf of ``tree`` (``jax.tree.leaves`` order), True where it holds NaN/inf: the rule of
+    :func:`check_tree`, as a traceable value, so that a jitted computation can return it beside its result
+    (one dispatch, one transfer) and the caller run :func:`check_tree` / :func:`check_output` only when one
+    is set."""
+    return _any_bad(jax.tree.leaves(tree), False)
 
 
 def _counts_if_bad(leaves: list, nonnegative: bool) -> np.ndarray:

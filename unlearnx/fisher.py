@@ -99,7 +99,9 @@ def diagonal(
     _check_arguments(params, estimator, chunk_size, structured)
     structured = structured and estimator == "empirical"
     contribution = _cached(_contribution_fn, loss_fn, estimator, chunk_size, axis_name, structured)
-    total = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+    total, flags = _start(params)  # one dispatch: the zero sums and the params' NaN/inf flags
+    if checks.is_traced(flags) or np.asarray(flags).any():
+        checks.check_tree("params", params)  # names the leaf (and checks concrete leaves under a jit)
     count = 0
     padded_size = None
     bad_losses = []
@@ -116,14 +118,28 @@ def diagonal(
     if padded_size is None:
         raise ValueError("batches is empty: importance needs at least one batch")
     _check_losses(bad_losses)
-    importance = jax.tree.map(lambda t: t / jnp.asarray(count, jnp.float32), total)
-    reduce = "absolute" if estimator == "batch_abs" else "squared"
-    checks.check_output(
-        "fisher.diagonal: the importance",
-        importance,
-        f"the {reduce} gradients overflowed float32 (|∂ℓ/∂θ| beyond ≈1.8e19 when squared); rescale the loss",
-    )
+    importance, flags = _finish(total, count)
+    if checks.is_traced(flags) or np.asarray(flags).any():
+        reduce = "absolute" if estimator == "batch_abs" else "squared"
+        checks.check_output(
+            "fisher.diagonal: the importance",
+            importance,
+            f"the {reduce} gradients overflowed float32 (|∂ℓ/∂θ| beyond ≈1.8e19 when squared); "
+            "rescale the loss",
+        )
     return importance
+
+
+@jax.jit
+def _start(params: PyTree) -> tuple[PyTree, jax.Array]:
+    zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+    return zeros, checks.nonfinite_flags(params)
+
+
+@jax.jit
+def _finish(total: PyTree, count: Any) -> tuple[PyTree, jax.Array]:
+    importance = jax.tree.map(lambda t: t / jnp.asarray(count, jnp.float32), total)
+    return importance, checks.nonfinite_flags(importance)
 
 
 def _check_arguments(params: PyTree, estimator: str, chunk_size: int | None, structured: bool) -> None:
@@ -135,7 +151,6 @@ def _check_arguments(params: PyTree, estimator: str, chunk_size: int | None, str
     for path, leaf in tree_lib.leaves_with_paths(params):
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
             raise TypeError(f"params: leaf {path!r} has non-floating dtype {jnp.result_type(leaf)}")
-    checks.check_tree("params", params)
 
 
 def _padded(batch: PyTree, size: int, padded_size: int, mesh: Mesh | None) -> tuple[PyTree, Any]:
