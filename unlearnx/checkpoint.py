@@ -6,7 +6,8 @@ step into the same structure and continues, which, with deterministic data order
 in exactly the state an uninterrupted run reaches. Orbax writes each step to a temporary folder and renames
 it when complete, so a process killed mid-write leaves the previous step intact. Each finished step also gets
 a SHA-256 digest of every file in it; :meth:`Checkpointer.restore_latest` verifies it and falls back, with a
-warning naming the damaged file, to the newest step that is intact.
+warning naming the damaged file, to the newest step that is intact (an intact step of another state
+structure raises instead: it is not damage, and it is never deleted).
 """
 
 from __future__ import annotations
@@ -176,17 +177,27 @@ class Checkpointer:
     def restore_latest(self, like: PyTree) -> tuple[int, PyTree, Any] | None:
         """``(step, tree, record)`` of the newest intact step, or ``None`` when there is none.
 
-        Steps that fail their digest or cannot be restored are deleted with a warning naming the damaged
-        file, so training resumes from the newest good step (or from scratch) instead of from bad data.
+        Steps that fail their digest are deleted with a warning naming the damaged file, so training
+        resumes from the newest good step (or from scratch) instead of from bad data. An intact step that does
+        not fit ``like`` (another structure, shape or dtype: written by another version of the code or another
+        configuration) is not damage: it raises, and nothing is deleted.
+
+        Raises:
+            ValueError: the newest intact step does not restore into ``like``.
         """
         for step in reversed(self.all_steps()):
             problem = self.verify(step)
             if problem is None:
                 try:
                     tree, record = self.restore(like, step)
-                    return step, tree, record
-                except Exception as error:  # noqa: BLE001 - any failure to read it makes the step unusable
-                    problem = f"restoring it failed: {type(error).__name__}: {error}"
+                except Exception as error:
+                    raise ValueError(
+                        f"checkpoint step {step} in {self.directory} is intact (its files match their "
+                        f"digest) but does not fit the state to restore into ({type(error).__name__}: "
+                        f"{error}); it was written by another version of the code or another configuration: "
+                        "resume with those, or move the directory away to start afresh (nothing was deleted)"
+                    ) from error
+                return step, tree, record
             warnings.warn(
                 f"checkpoint step {step} in {self.directory} is damaged ({problem}); deleting it and "
                 "falling back to an earlier step",

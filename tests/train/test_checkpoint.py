@@ -88,3 +88,17 @@ def test_a_damaged_step_is_named_deleted_and_the_previous_one_restored(tmp_path,
             step, restored, record = ckpt.restore_latest(_state(0.0))
         assert step == 1 and record == {"step": 1} and ckpt.all_steps() == [1]
         np.testing.assert_array_equal(restored.variables["params"]["Dense_0"]["kernel"], np.ones((3, 2)))
+
+
+def test_an_intact_step_of_another_structure_raises_and_is_kept(tmp_path):
+    """A state that gained a field (another code version) is not damage: it raises, and nothing is deleted."""
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, {"w": np.ones(2, np.float32)}, {"step": 1})
+    with Checkpointer(tmp_path) as ckpt:
+        like = {"w": np.zeros(2, np.float32), "update_due": np.zeros((), bool)}
+        with pytest.raises(ValueError, match=r"step 1 in .* is intact .*update_due.*nothing was deleted"):
+            ckpt.restore_latest(like)
+        assert ckpt.all_steps() == [1] and ckpt.verify(1) is None
+        step, tree, record = ckpt.restore_latest({"w": np.zeros(2, np.float32)})
+    assert step == 1 and record == {"step": 1}
+    np.testing.assert_array_equal(tree["w"], np.ones(2))
