@@ -66,6 +66,24 @@ def test_data_checks_name_the_path_and_value():
     jax.jit(lambda t: checks.check_tree("imp", t))(tree)  # traced data: skipped, documented
 
 
+def test_nonfinite_flags_mark_exactly_the_bad_leaves_and_gate_the_search():
+    tree = {"a": jnp.asarray([1.0, jnp.nan]), "b": jnp.ones(3), "c": jnp.asarray([[-jnp.inf]])}
+    assert np.asarray(jax.jit(checks.nonfinite_flags)(tree)).tolist() == [True, False, True]
+    clean = {"a": jnp.ones(2)}
+    flags = checks.nonfinite_flags(clean)
+    checks.check_tree("imp", clean, flags=flags)
+    checks.check_output("out", clean, "because", flags=flags)
+    bad = {"w": jnp.asarray([0.0, jnp.inf])}
+    with pytest.raises(ValueError, match="out\\['w'\\] is not finite .* because"):
+        checks.check_output("out", bad, "because", flags=checks.nonfinite_flags(bad))
+    with pytest.raises(ValueError, match="imp\\['w'\\] must be finite, found inf"):
+        checks.check_tree("imp", bad, flags=checks.nonfinite_flags(bad))
+    # concrete all-False flags skip the search (the caller vouches for them); traced flags never do
+    checks.check_tree("imp", bad, flags=jnp.zeros(1, bool))
+    with pytest.raises(ValueError, match="must be finite"):
+        jax.jit(lambda f: checks.check_tree("imp", bad, flags=f))(jnp.zeros(1, bool))
+
+
 # -- class 2: traced hyper-parameters raise TypeError everywhere --------------------------------------------
 
 TRACED_CALLS = {

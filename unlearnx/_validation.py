@@ -275,9 +275,14 @@ def _where(name: str, path: str) -> str:
     return f"{name}[{path!r}]" if path else name
 
 
-def _first_flagged(name: str, tree: PyTree, nonnegative: bool) -> tuple[str, Any, int] | None:
+def _first_flagged(
+    name: str, tree: PyTree, nonnegative: bool, flags: Any = None
+) -> tuple[str, Any, int] | None:
     """``(path, leaf, count)`` of the first concrete leaf holding NaN/inf (or, with ``nonnegative``, a
-    negative entry), counted on device in one transfer; None when every concrete leaf is clean."""
+    negative entry), counted on device in one transfer; None when every concrete leaf is clean, or at
+    once when ``flags`` (:func:`nonfinite_flags` of ``tree``, from the caller) are concrete and all False."""
+    if flags is not None and not nonnegative and not is_traced(flags) and not np.asarray(flags).any():
+        return None
     leaves = _concrete_leaves(name, tree)
     if not leaves:
         return None
@@ -286,13 +291,17 @@ def _first_flagged(name: str, tree: PyTree, nonnegative: bool) -> tuple[str, Any
     return flagged[0] if flagged else None
 
 
-def check_tree(name: str, tree: PyTree, *, nonnegative: bool = False, what: str = "") -> None:
+def check_tree(
+    name: str, tree: PyTree, *, nonnegative: bool = False, what: str = "", flags: Any = None
+) -> None:
     """Raises ``ValueError`` naming ``name``, the path and a bad value when a concrete leaf of ``tree`` holds
     NaN/inf (or, with ``nonnegative``, a negative entry). Traced leaves are skipped.
 
     Concrete arrays closed over by an outer ``jit`` are counted at trace time (on device, one transfer).
+    ``flags``, :func:`nonfinite_flags` of ``tree`` returned by the caller's own jitted computation, skip the
+    search when they are concrete and all False.
     """
-    flagged = _first_flagged(name, tree, nonnegative)
+    flagged = _first_flagged(name, tree, nonnegative, flags)
     if flagged:
         path, leaf, count = flagged
         rule = "finite and non-negative" if nonnegative else "finite"
@@ -302,10 +311,11 @@ def check_tree(name: str, tree: PyTree, *, nonnegative: bool = False, what: str 
         )
 
 
-def check_output(name: str, tree: PyTree, cause: object) -> None:
+def check_output(name: str, tree: PyTree, cause: object, *, flags: Any = None) -> None:
     """Raises ``ValueError`` when a concrete output leaf holds NaN/inf, naming it, the path and ``cause``
-    (formatted with ``str`` only then, so a diagnosis can be computed lazily)."""
-    flagged = _first_flagged(name, tree, False)
+    (formatted with ``str`` only then, so a diagnosis can be computed lazily); ``flags`` as in
+    :func:`check_tree`."""
+    flagged = _first_flagged(name, tree, False, flags)
     if flagged:
         path, leaf, count = flagged
         raise ValueError(

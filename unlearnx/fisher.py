@@ -100,11 +100,8 @@ def diagonal(
     structured = structured and estimator == "empirical"
     contribution = _cached(_contribution_fn, loss_fn, estimator, chunk_size, axis_name, structured)
     total, flags = _start(params)  # one dispatch: the zero sums and the params' NaN/inf flags
-    if checks.is_traced(flags) or np.asarray(flags).any():
-        checks.check_tree("params", params)  # names the leaf (and checks concrete leaves under a jit)
-    count = 0
-    padded_size = None
-    bad_losses = []
+    checks.check_tree("params", params, flags=flags)
+    count, padded_size, bad_losses = 0, None, []
     devices = 1 if mesh is None else mesh.devices.size
     for index, batch in enumerate(batches):
         size = _batch_size(batch, index)
@@ -119,14 +116,13 @@ def diagonal(
         raise ValueError("batches is empty: importance needs at least one batch")
     _check_losses(bad_losses)
     importance, flags = _finish(total, count)
-    if checks.is_traced(flags) or np.asarray(flags).any():
-        reduce = "absolute" if estimator == "batch_abs" else "squared"
-        checks.check_output(
-            "fisher.diagonal: the importance",
-            importance,
-            f"the {reduce} gradients overflowed float32 (|∂ℓ/∂θ| beyond ≈1.8e19 when squared); "
-            "rescale the loss",
-        )
+    reduce = "absolute" if estimator == "batch_abs" else "squared"
+    checks.check_output(
+        "fisher.diagonal: the importance",
+        importance,
+        f"the {reduce} gradients overflowed float32 (|∂ℓ/∂θ| beyond ≈1.8e19 when squared); rescale the loss",
+        flags=flags,
+    )
     return importance
 
 
