@@ -47,9 +47,8 @@ def branch_on_mask_update(step_fn: Step) -> Step:
     (and the wait for every gradient that the cond brings); the first branch is ``step_fn`` unchanged, its
     conds deciding per state. Both compute what ``step_fn`` computes, bit for bit; the step is traced twice.
     A step whose arguments hold no ``SparseState`` with mask updates (a static mask has none) runs
-    unwrapped. Sparse states created
-    or rebuilt inside the step are not marked and keep their own cond (correct, not faster).
-    :func:`unlearnx.train.make_train_step` applies it.
+    unwrapped. Sparse states created or rebuilt inside the step are not marked and keep their own cond
+    (correct, not faster). :func:`unlearnx.train.make_train_step` applies it.
 
     Args:
         step_fn: a function of pytrees (e.g. ``step(state, batch)``), traced under ``jax.jit``; array leaves
